@@ -1,0 +1,48 @@
+"""vispos: positional embeddings for images and video.
+
+A PE is a function of token coordinates: :class:`GridLayout` says where tokens are, :mod:`vispos.freqs` holds the
+RoPE frequency rules, :func:`build_pe` / :func:`list_pes` give every family by name, and hosts (timm ViTs,
+:class:`vispos.models.VideoDiT`, diffusers video transformers) call the PE through three hooks.
+"""
+import logging as _logging
+
+from . import freqs
+from .attention import Attention, attend
+from .freqs import RULES, ScalingRule, default_k, identify_k, predicted_loop_length, riflex_report, rope_freqs
+from .grid import COORD_MODES, GridLayout, grid_coords
+from .ops.rope import PAIRINGS, apply_rope
+from .registry import build_pe, list_pes, register_pe
+from . import pe  # noqa: F401  (registers the families)
+from .pe import PECombination, PositionalEmbedding
+from .pe.rope import AxialRoPE, MixedRoPE, VoPE
+
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "freqs",
+    "Attention",
+    "attend",
+    "RULES",
+    "ScalingRule",
+    "default_k",
+    "identify_k",
+    "predicted_loop_length",
+    "riflex_report",
+    "rope_freqs",
+    "COORD_MODES",
+    "GridLayout",
+    "grid_coords",
+    "PAIRINGS",
+    "apply_rope",
+    "build_pe",
+    "list_pes",
+    "register_pe",
+    "PECombination",
+    "PositionalEmbedding",
+    "AxialRoPE",
+    "MixedRoPE",
+    "VoPE",
+]

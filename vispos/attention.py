@@ -1,0 +1,91 @@
+"""One attention module for every host: q/k transforms, additive biases and value hooks from a vispos PE.
+
+:func:`attend` is the attention-level hook sequence every host calls::
+
+    bias = pe.attn_bias(q, layout, i)        # from the un-rotated q (MViTv2 / SAM semantics)
+    q, k = pe.forward_qk(q, k, layout, i)    # RoPE
+    out  = sdpa(q, k, v, bias, scale)        # no N×N matrix for decomposed biases
+    out  = pe.forward_value(out, v, layout, i)  # GLPE's local conv on V
+
+:class:`Attention` is a drop-in for timm's ``Attention`` (same parameter names: ``qkv``, ``q_norm``, ``k_norm``,
+``proj``) that takes ``layout``, ``pe`` and the layer ``index``; with ``pe=None`` it is plain attention.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .grid import GridLayout
+from .ops.attention import sdpa
+
+__all__ = ["attend", "Attention"]
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pe=None,
+    layout: Optional[GridLayout] = None,
+    index: int = 0,
+    scale: Optional[float] = None,
+    dropout_p: float = 0.0,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """Attention with a PE's attention-level hooks. ``q, k, v (B, heads, N, head_dim)`` -> ``(B, heads, N, head_dim)``."""
+    bias = None
+    if pe is not None:
+        hooks = pe.hooks
+        if hooks and layout is None:
+            raise ValueError("attend: a PE needs the token layout (layout=GridLayout(...)), got None")
+        if "bias" in hooks:
+            bias = pe.attn_bias(q, layout, index)
+        if "qk" in hooks:
+            q, k = pe.forward_qk(q, k, layout, index)
+    out = sdpa(q, k, v, bias, scale=scale, dropout_p=dropout_p, impl=impl)
+    if pe is not None and "value" in pe.hooks:
+        out = pe.forward_value(out, v, layout, index)
+    return out
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with PE hooks. ``x (B, N, dim)`` -> ``(B, N, dim)``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        qk_norm: bool = False,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        norm_layer=nn.LayerNorm,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
+        dd = dict(device=device, dtype=dtype)
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
+        self.q_norm = norm_layer(self.head_dim, **dd) if qk_norm else nn.Identity()
+        self.k_norm = norm_layer(self.head_dim, **dd) if qk_norm else nn.Identity()
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, layout: Optional[GridLayout] = None, pe=None, index: int = 0) -> torch.Tensor:
+        if pe is not None and "attn_input" in pe.hooks:
+            x = pe.forward_attn_input(x, layout, index)
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        out = attend(q, k, v, pe, layout, index, self.scale, self.attn_drop if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(out))

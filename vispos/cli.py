@@ -1,0 +1,141 @@
+"""The ``vispos`` command.
+
+Subcommands are implemented in the modules named in :data:`COMMANDS`; each module provides
+``add_<x>_args(parser)`` and ``run_<x>(args) -> int``. Modules are imported only when their command runs.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import List, Optional
+
+# (command words) -> (module, suffix, help)
+COMMANDS = {
+    ("list",): ("vispos.cli", "list", "list the PE families, scaling rules and pairings"),
+    ("demo", "rope"): ("vispos.eval.rope_explorer", "demo", "RoPE explorer: score kernel vs offset per scaling rule"),
+    ("demo", "resolution"): ("vispos.eval.resolution", "demo", "train tiny ViTs with every 2D PE, sweep resolution"),
+    ("demo", "video"): ("vispos.eval.frames", "demo", "train a tiny video DiT, extend frames with every rule"),
+    ("demo", "all"): ("vispos.cli", "demo_all", "every demo above, one after the other"),
+    ("eval", "resolution"): ("vispos.eval.resolution", "eval", "accuracy vs test resolution per model/PE"),
+    ("train", "resolution"): ("vispos.eval.resolution", "train", "train PE variants from scratch for the sweep"),
+    ("eval", "frames"): ("vispos.eval.frames", "eval", "frame extrapolation: repetition, motion vs length per rule"),
+    ("train", "video"): ("vispos.eval.frames", "train", "train a VideoDiT (rectified flow) on synthetic or real video"),
+    ("riflex",): ("vispos.integrations.riflex_cli", "riflex", "RIFLEx table: periods, cycles, k, N_k for a model"),
+    ("bench",): ("vispos.bench", "bench", "benchmarks against timm and the eager reference"),
+}
+
+
+def add_list_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def run_list(args) -> int:
+    import json
+
+    from . import PAIRINGS, RULES, list_pes
+
+    rows = [info.as_row() for info in list_pes()]
+    if args.json:
+        print(json.dumps({"pes": rows, "rules": list(RULES), "pairings": list(PAIRINGS)}, indent=2))
+        return 0
+    w = max(len(r["name"]) for r in rows)
+    print(f"{'name'.ljust(w)}  {'family':<12} {'grids':<8} {'hooks':<22} description")
+    for r in rows:
+        grids = ",".join(f"{d}D" for d in r["ndims"])
+        print(f"{r['name'].ljust(w)}  {r['family']:<12} {grids:<8} {','.join(r['hooks']):<22} {r['description']}")
+    print(f"\nscaling rules: {', '.join(RULES)}\npairings: {', '.join(PAIRINGS)}")
+    return 0
+
+
+def add_demo_all_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="results", help="results root folder (default: results)")
+    p.add_argument("--scale", default="cpu", choices=["cpu", "gpu"], help="demo size")
+
+
+def run_demo_all(args) -> int:
+    from pathlib import Path
+
+    rc = 0
+    for words in (("demo", "rope"), ("demo", "resolution"), ("demo", "video")):
+        mod, suffix, _ = COMMANDS[words]
+        sub = build_parser()
+        ns = sub.parse_args(list(words) + ["--out", str(Path(args.out) / words[1]), "--scale", args.scale])
+        rc = rc or ns._run(ns)
+    return rc
+
+
+def _resolve(words):
+    mod_name, suffix, _ = COMMANDS[words]
+    mod = importlib.import_module(mod_name)
+    return getattr(mod, f"add_{suffix}_args"), getattr(mod, f"run_{suffix}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vispos", description="Positional embeddings for images and video.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups = {}
+    for words, (_, _, help_) in COMMANDS.items():
+        if len(words) == 1:
+            p = sub.add_parser(words[0], help=help_, description=help_)
+        else:
+            if words[0] not in groups:
+                g = sub.add_parser(words[0], help=f"{words[0]} commands")
+                groups[words[0]] = g.add_subparsers(dest="subcommand", metavar="WHAT")
+            p = groups[words[0]].add_parser(words[1], help=help_, description=help_)
+        p.set_defaults(_words=words)
+    return _Lazy(parser)
+
+
+class _Lazy:
+    """Adds a command's own arguments only when that command is chosen (so its module imports lazily)."""
+
+    def __init__(self, parser):
+        self.parser = parser
+
+    def parse_args(self, argv):
+        argv = list(argv)
+        words = None
+        for w, _ in sorted(COMMANDS.items(), key=lambda kv: -len(kv[0])):
+            n = len(w)
+            plain = [a for a in argv if not a.startswith("-")][:n]
+            if tuple(plain) == w:
+                words = w
+                break
+        if words is None:
+            return self.parser.parse_args(argv)
+        add, run = _resolve(words)
+        p = argparse.ArgumentParser(prog="vispos " + " ".join(words), description=COMMANDS[words][2])
+        p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+        add(p)
+        rest = list(argv)
+        for w in words:
+            rest.remove(w)
+        ns = p.parse_args(rest)
+        ns._run = run
+        ns._words = words
+        return ns
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if not hasattr(ns, "_run"):
+        parser.parser.print_help()
+        return 2 if argv else 0
+    logging.basicConfig(level=logging.INFO if getattr(ns, "verbose", False) else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(ns._run(ns) or 0)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        if getattr(ns, "verbose", False):
+            raise
+        print(f"vispos: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,338 @@
+"""RoPE frequency bands and the rules that rescale them for longer sequences or larger grids.
+
+One axis has a rotary dim ``d`` (even) and a base ``b``: ``theta_j = b^(-2j/d)``, ``j = 0..d/2-1``; a token at
+position ``p`` rotates pair ``j`` by ``p * theta_j``. A *scaling rule* changes the ``theta`` of one axis given the
+training length ``L`` and the test length ``L'`` of that axis (``s = L'/L``):
+
+========== ===============================================================================================
+``none``   plain extrapolation: unchanged.
+``pi``     position interpolation: ``theta_j / s``.
+``ntk``    NTK-aware: ``theta_j = (lam * b)^(-2j/d)``, ``lam = s^(d/(d-2))``.
+``ntk_base`` plain base multiplier (diffusers' ``ntk_factor``): ``theta_j = (f * b)^(-2j/d)``, ``f`` given or ``s``.
+``yarn``   ``theta_j' = g(r_j) theta_j + (1 - g(r_j)) theta_j / s``, ``r_j = L theta_j / 2pi``, ramp ``g`` 0 below
+           ``alpha``, 1 above ``beta`` (alpha = 1, beta = 32); optional attention factor ``0.1 ln s + 1``.
+``riflex`` RIFLEx: only the intrinsic component ``k`` (1-indexed) changes: ``theta_k' = min(theta_k, gamma 2pi/L')``
+           and only when ``L' > N_k`` (its rounded period); ``gamma = 0.9`` as in the official code.
+========== ===============================================================================================
+
+For ``pi``, ``ntk`` and ``yarn`` the scale is ``max(L'/L, 1)``: a shorter test length leaves the bands unchanged
+(use ``interpolated`` coordinates in :mod:`vispos.grid` to squeeze a grid instead). Bands are built and rescaled in
+float64 and returned in float64; callers cast once (float32) after computing angles.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+
+__all__ = [
+    "RULES",
+    "ScalingRule",
+    "as_rule",
+    "rope_freqs",
+    "apply_rule",
+    "rule_attention_factor",
+    "periods",
+    "identify_k",
+    "default_k",
+    "riflex_freqs",
+    "predicted_loop_length",
+    "riflex_report",
+]
+
+RULES = ("none", "pi", "ntk", "ntk_base", "yarn", "riflex")
+
+
+def _check_len(value, name: str) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a positive number, got {value!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class ScalingRule:
+    """A frequency scaling rule for one axis.
+
+    Args:
+        name: one of :data:`RULES`.
+        train_len: ``L``, the axis length (tokens / latent frames) seen in training.
+        test_len: ``L'``, the axis length at test time.
+        k: RIFLEx intrinsic component (1-indexed). ``None``: found from ``N`` with :func:`identify_k`, or from
+            ``train_len`` with :func:`default_k`.
+        N: RIFLEx: the first frame at which repetition appears (optional).
+        gamma: RIFLEx safety factor (0.9 in the official code; 1.0 is the paper's equation).
+        alpha, beta: YaRN ramp bounds in rotations over ``train_len``.
+        factor: ``ntk_base`` base multiplier (default ``s``).
+        attn_factor: YaRN only: scale cos/sin by ``0.1 ln s + 1`` (FiT / YaRN attention temperature).
+    """
+
+    name: str = "none"
+    train_len: Optional[float] = None
+    test_len: Optional[float] = None
+    k: Optional[int] = None
+    N: Optional[float] = None
+    gamma: float = 0.9
+    alpha: float = 1.0
+    beta: float = 32.0
+    factor: Optional[float] = None
+    attn_factor: bool = False
+
+    def __post_init__(self):
+        if self.name not in RULES:
+            raise ValueError(f"unknown scaling rule {self.name!r}; expected one of {RULES}")
+        _check_len(self.train_len, "train_len")
+        _check_len(self.test_len, "test_len")
+        _check_len(self.N, "N")
+        if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
+            raise ValueError(f"RIFLEx k is 1-indexed and must be an int >= 1, got {self.k!r}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+        if not self.beta > self.alpha:
+            raise ValueError(f"YaRN needs beta > alpha, got alpha={self.alpha}, beta={self.beta}")
+        if self.factor is not None:
+            _check_len(self.factor, "factor")
+    @property
+    def scale(self) -> float:
+        """``s = max(L'/L, 1)`` (1 when either length is unknown)."""
+        if self.train_len is None or self.test_len is None:
+            return 1.0
+        return max(self.test_len / self.train_len, 1.0)
+
+    def with_lengths(self, train_len=None, test_len=None) -> "ScalingRule":
+        """A copy with new lengths (``None`` keeps the current one)."""
+        return replace(
+            self,
+            train_len=self.train_len if train_len is None else train_len,
+            test_len=self.test_len if test_len is None else test_len,
+        )
+
+
+def _require_lengths(rule: "ScalingRule") -> None:
+    """Lengths may be filled in late (from the grid at forward time); check them when the rule is applied."""
+    if rule.name in ("pi", "ntk", "yarn") and (rule.train_len is None or rule.test_len is None):
+        raise ValueError(f"rule {rule.name!r} needs train_len and test_len, got {rule.train_len}, {rule.test_len}")
+    if rule.name == "ntk_base" and rule.factor is None and (rule.train_len is None or rule.test_len is None):
+        raise ValueError("rule 'ntk_base' needs factor=, or train_len and test_len")
+    if rule.name == "riflex" and rule.test_len is None:
+        raise ValueError("rule 'riflex' needs test_len (L')")
+    if rule.name == "riflex" and rule.k is None and rule.N is None and rule.train_len is None:
+        raise ValueError("rule 'riflex' needs k=, N= (repetition frame) or train_len= to choose the component")
+
+
+def as_rule(rule: Union[None, str, dict, ScalingRule], **kwargs) -> ScalingRule:
+    """Coerce ``None`` / a rule name / a dict / a :class:`ScalingRule` into a :class:`ScalingRule`."""
+    if rule is None:
+        return ScalingRule("none", **kwargs) if kwargs else ScalingRule("none")
+    if isinstance(rule, ScalingRule):
+        return replace(rule, **kwargs) if kwargs else rule
+    if isinstance(rule, str):
+        return ScalingRule(rule, **kwargs)
+    if isinstance(rule, dict):
+        return ScalingRule(**{**rule, **kwargs})
+    raise TypeError(f"a scaling rule must be a name in {RULES}, a dict or a ScalingRule, got {type(rule).__name__}")
+
+
+def _check_dim(dim) -> int:
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"rotary dim must be an int, got {dim!r}")
+    if dim <= 0 or dim % 2:
+        raise ValueError(f"rotary dim must be a positive even int, got {dim}")
+    return dim
+
+
+def rope_freqs(dim: int, base: float = 10000.0, device=None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """RoPE bands of one axis: ``theta_j = base^(-2j/dim)``, shape ``(dim // 2,)``, float64 by default."""
+    _check_dim(dim)
+    base = _check_len(base, "base")
+    j = torch.arange(0, dim // 2, dtype=torch.float64, device=device)
+    return (base ** (-2.0 * j / dim)).to(dtype)
+
+
+def periods(freqs: torch.Tensor, rounded: bool = True) -> List[float]:
+    """Period ``2pi/theta_j`` of each component (rounded to ints as in the RIFLEx code by default)."""
+    out = [2 * math.pi / float(f) if float(f) > 0 else math.inf for f in freqs]
+    return [round(p) if (rounded and math.isfinite(p)) else p for p in out]
+
+
+def _freqs_of(base_or_freqs, dim) -> torch.Tensor:
+    if isinstance(base_or_freqs, torch.Tensor):
+        return base_or_freqs.to(torch.float64)
+    if dim is None:
+        raise ValueError("dim is needed when a base (not a frequency tensor) is given")
+    return rope_freqs(dim, base_or_freqs)
+
+
+def identify_k(base: Union[float, torch.Tensor], dim: Optional[int] = None, N: float = None) -> Tuple[int, int]:
+    """RIFLEx: the intrinsic component for a repetition at frame ``N``.
+
+    ``k = argmin_j |N_j - N|`` with ``N_j = round(2pi / theta_j)``, 1-indexed as in the paper; returns ``(k, N_k)``.
+    ``base`` may also be a frequency tensor (then ``dim`` is ignored).
+    """
+    N = _check_len(N, "N")
+    per = periods(_freqs_of(base, dim))
+    diffs = [abs(p - N) for p in per]
+    k = diffs.index(min(diffs)) + 1
+    return k, per[k - 1]
+
+
+def default_k(base: Union[float, torch.Tensor], dim: Optional[int] = None, train_len: float = None) -> Tuple[int, int]:
+    """RIFLEx default when ``N`` is unknown: the component with the smallest period ``N_j >= train_len``.
+
+    Returns ``(k, N_k)``, 1-indexed. Raises ``ValueError`` if no period reaches ``train_len``.
+    """
+    L = _check_len(train_len, "train_len")
+    per = periods(_freqs_of(base, dim))
+    cands = [(p, j) for j, p in enumerate(per) if p >= L]
+    if not cands:
+        raise ValueError(f"no RoPE component has a period >= train_len={L}; periods are {per}")
+    p, j = min(cands)
+    return j + 1, p
+
+
+def _resolve_k(freqs: torch.Tensor, rule: ScalingRule) -> Tuple[int, int]:
+    per = periods(freqs)
+    if rule.k is not None:
+        if rule.k > len(per):
+            raise ValueError(f"RIFLEx k={rule.k} is out of range: this axis has {len(per)} components (1-indexed)")
+        return rule.k, per[rule.k - 1]
+    if rule.N is not None:
+        return identify_k(freqs, N=rule.N)
+    return default_k(freqs, train_len=rule.train_len)
+
+
+def riflex_freqs(freqs: torch.Tensor, k: int, test_len: float, gamma: float = 0.9) -> torch.Tensor:
+    """Lower the ``k``-th (1-indexed) component to ``min(theta_k, gamma 2pi/L')`` when ``L' > N_k``."""
+    L2 = _check_len(test_len, "test_len")
+    freqs = freqs.clone()
+    if not 1 <= k <= freqs.numel():
+        raise ValueError(f"RIFLEx k={k} is out of range 1..{freqs.numel()}")
+    N_k = periods(freqs[k - 1 : k])[0]
+    if L2 > N_k:
+        target = gamma * 2 * math.pi / L2
+        freqs[k - 1] = min(float(freqs[k - 1]), target)
+    return freqs
+
+
+def apply_rule(freqs: torch.Tensor, rule: Union[None, str, dict, ScalingRule], base: float, dim: int) -> torch.Tensor:
+    """Rescale the bands ``freqs`` (``(dim//2,)``, built with ``base``) of one axis by ``rule``. Float64 out."""
+    rule = as_rule(rule)
+    dim = _check_dim(dim)
+    _require_lengths(rule)
+    freqs = freqs.to(torch.float64)
+    if freqs.shape[-1] != dim // 2:
+        raise ValueError(f"freqs has {freqs.shape[-1]} components, rotary dim {dim} needs {dim // 2}")
+    name = rule.name
+    if name == "none":
+        return freqs
+    s = rule.scale
+    if name == "pi":
+        return freqs / s
+    if name == "ntk":
+        if dim <= 2 or s == 1.0:
+            return freqs
+        lam = s ** (dim / (dim - 2))
+        return rope_freqs(dim, base * lam, device=freqs.device)
+    if name == "ntk_base":
+        f = rule.factor if rule.factor is not None else (rule.test_len / rule.train_len)
+        return rope_freqs(dim, base * f, device=freqs.device)
+    if name == "yarn":
+        if s == 1.0:
+            return freqs
+        r = rule.train_len * freqs / (2 * math.pi)
+        g = ((r - rule.alpha) / (rule.beta - rule.alpha)).clamp(0.0, 1.0)
+        return g * freqs + (1 - g) * freqs / s
+    # riflex
+    k, _ = _resolve_k(freqs, rule)
+    return riflex_freqs(freqs, k, rule.test_len, rule.gamma)
+
+
+def rule_attention_factor(rule: Union[None, str, dict, ScalingRule]) -> float:
+    """The factor on cos/sin a rule asks for (YaRN with ``attn_factor=True``: ``0.1 ln s + 1``; else 1)."""
+    rule = as_rule(rule)
+    if rule.name == "yarn" and rule.attn_factor:
+        return 0.1 * math.log(rule.scale) + 1.0
+    return 1.0
+
+
+def predicted_loop_length(base: Union[float, torch.Tensor], dim: Optional[int] = None, k: int = None) -> float:
+    """Frames after which the ``k``-th (1-indexed) component completes a cycle: ``2pi/theta_k`` (not rounded).
+
+    Plain extrapolation repeats content at about this length (RIFLEx Sec. 3); pass the *adjusted* frequencies to see
+    the loop length after a rule.
+    """
+    freqs = _freqs_of(base, dim)
+    if k is None or not 1 <= k <= freqs.numel():
+        raise ValueError(f"k must be in 1..{freqs.numel()}, got {k!r}")
+    return 2 * math.pi / float(freqs[k - 1])
+
+
+def riflex_report(
+    base: float, dim: int, train_len: float, test_len: float, N: Optional[float] = None, k: Optional[int] = None,
+    gamma: float = 0.9,
+) -> dict:
+    """Everything a user computes by hand before applying RIFLEx to one axis.
+
+    Returns a dict with ``components`` (one row per band: index (1-based), theta, period, cycles over train/test
+    length), the chosen ``k`` and ``N_k``, how it was chosen, the adjusted theta and the loop length after it.
+    """
+    freqs = rope_freqs(dim, base)
+    rule = ScalingRule("riflex", train_len=train_len, test_len=test_len, N=N, k=k, gamma=gamma)
+    kk, N_k = _resolve_k(freqs, rule)
+    new = apply_rule(freqs, rule, base, dim)
+    rows = []
+    for j in range(freqs.numel()):
+        th = float(freqs[j])
+        rows.append(
+            {
+                "k": j + 1,
+                "theta": th,
+                "period": 2 * math.pi / th,
+                "cycles_train": train_len * th / (2 * math.pi),
+                "cycles_test": test_len * th / (2 * math.pi),
+                "adjusted_theta": float(new[j]),
+            }
+        )
+    how = "given" if k is not None else ("identify_k(N)" if N is not None else "default (smallest period >= L)")
+    return {
+        "base": base,
+        "dim": dim,
+        "train_len": train_len,
+        "test_len": test_len,
+        "k": kk,
+        "N_k": N_k,
+        "chosen_by": how,
+        "applied": test_len > N_k,
+        "theta_k": float(freqs[kk - 1]),
+        "adjusted_theta_k": float(new[kk - 1]),
+        "loop_length_after": 2 * math.pi / float(new[kk - 1]),
+        "components": rows,
+    }
+
+
+def _as_list(x, n: int, name: str) -> list:
+    if isinstance(x, (list, tuple)):
+        if len(x) != n:
+            raise ValueError(f"{name} must give one value per axis ({n}), got {x!r}")
+        return list(x)
+    return [x] * n
+
+
+def axis_freqs(
+    dims: Sequence[int],
+    bases: Union[float, Sequence[float]] = 10000.0,
+    rules: Union[None, str, ScalingRule, Sequence] = None,
+) -> List[torch.Tensor]:
+    """Bands of every axis after its rule: a list of float64 tensors ``(dims[a] // 2,)``."""
+    n = len(dims)
+    bases = _as_list(bases, n, "bases")
+    rules = _as_list(rules, n, "rules")
+    return [apply_rule(rope_freqs(d, b), r, b, d) for d, b, r in zip(dims, bases, rules)]
+
+
+__all__ += ["axis_freqs"]

@@ -1,0 +1,197 @@
+"""The PE protocol: one base class, three hooks, and combinations.
+
+A host model (timm ViT, :class:`vispos.models.VideoDiT`, ...) calls these hooks; a PE overrides the ones it uses
+and lists them in ``hooks``. A model never knows which PE it carries.
+
+========================= ============================================= =================================
+hook                      call (shapes)                                 used by
+========================= ============================================= =================================
+``token``                 ``x = pe.forward_tokens(x, layout)``          APE, sin-cos APE, GLPE global
+                          after patch embedding, ``x (B, N, C)``
+``block``                 ``x = pe.forward_block(x, layout, i)``        PEG (after block 0), ...
+                          after block ``i`` if ``i in pe.block_indices``
+``attn_input``            ``x = pe.forward_attn_input(x, layout, i)``   LaPE (PE added after norm1)
+                          on the normalised attention input
+``qk``                    ``q, k = pe.forward_qk(q, k, layout, i)``     RoPE axial / mixed, VoPE
+                          ``q, k (B, heads, N, head_dim)``
+``bias``                  ``b = pe.attn_bias(q, layout, i)``            decomposed relative position
+                          a :class:`vispos.ops.attention.DecomposedBias`
+                          or a tensor broadcastable to ``(B, h, N, N)``
+``value``                 ``o = pe.forward_value(o, v, layout, i)``     GLPE local (conv on V)
+                          ``o, v (B, heads, N, head_dim)``
+========================= ============================================= =================================
+
+``layout`` is a :class:`vispos.grid.GridLayout`; prefix tokens are never rotated or biased unless a PE says so.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..grid import GridLayout
+
+__all__ = ["HOOKS", "PositionalEmbedding", "PECombination", "check_tokens_3d"]
+
+HOOKS = ("token", "block", "attn_input", "qk", "bias", "value")
+
+
+def check_tokens_3d(x: torch.Tensor, layout: GridLayout, what: str = "x") -> None:
+    """Validate ``x (B, N, C)`` against a layout (rank and token count)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ValueError(f"{what} must have shape (B, N, C), got {tuple(x.shape)}")
+    layout.check_tokens(x.shape[1], what)
+
+
+class PositionalEmbedding(nn.Module):
+    """Base class of every vispos PE.
+
+    Class attributes:
+        name: registry name (``"rope_axial"``, ...).
+        hooks: the subset of :data:`HOOKS` this PE acts through.
+        ndims: grid ranks supported (``(2, 3)`` for most).
+
+    Every hook defaults to the identity, so hosts may call all of them unconditionally; hosts that care about speed
+    check ``"qk" in pe.hooks`` etc. first.
+    """
+
+    name: str = "base"
+    hooks: frozenset = frozenset()
+    ndims: Tuple[int, ...] = (2, 3)
+
+    # ---- identity defaults -------------------------------------------------------------------------------------
+    def forward_tokens(self, x: torch.Tensor, layout: GridLayout) -> torch.Tensor:
+        return x
+
+    @property
+    def block_indices(self) -> Tuple[int, ...]:
+        """Blocks after which :meth:`forward_block` acts."""
+        return ()
+
+    def forward_block(self, x: torch.Tensor, layout: GridLayout, index: int) -> torch.Tensor:
+        return x
+
+    def forward_attn_input(self, x: torch.Tensor, layout: GridLayout, index: int) -> torch.Tensor:
+        return x
+
+    def forward_qk(
+        self, q: torch.Tensor, k: torch.Tensor, layout: GridLayout, index: int = 0
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        return q, k
+
+    def attn_bias(self, q: torch.Tensor, layout: GridLayout, index: int = 0):
+        return None
+
+    def forward_value(self, out: torch.Tensor, v: torch.Tensor, layout: GridLayout, index: int = 0) -> torch.Tensor:
+        return out
+
+    def forward(self, x: torch.Tensor, layout: GridLayout) -> torch.Tensor:
+        """Token-level application (same as :meth:`forward_tokens`)."""
+        return self.forward_tokens(x, layout)
+
+    # ---- helpers -----------------------------------------------------------------------------------------------
+    def check_layout(self, layout: GridLayout) -> None:
+        """Raise ``ValueError`` if this PE does not support the layout's grid rank."""
+        if layout.ndim not in self.ndims:
+            raise ValueError(
+                f"PE {self.name!r} supports grids with {self.ndims} axes, got a {layout.ndim}-D grid {layout.shape}"
+            )
+
+    def members(self) -> Sequence["PositionalEmbedding"]:
+        return (self,)
+
+    def extra_repr(self) -> str:
+        return f"hooks={sorted(self.hooks)}"
+
+
+class PECombination(PositionalEmbedding):
+    """Several PEs in one model, e.g. ``["ape", "rope_axial"]``: each hook runs its members in order.
+
+    Raises ``ValueError`` for combinations that cannot share a head: two members that both rotate q/k, or
+    two that both add an attention bias.
+    """
+
+    name = "combination"
+
+    def __init__(self, pes: Iterable[PositionalEmbedding]):
+        super().__init__()
+        pes = list(pes)
+        if not pes:
+            raise ValueError("a PE combination needs at least one PE")
+        for pe in pes:
+            if not isinstance(pe, PositionalEmbedding):
+                raise TypeError(f"combination members must be vispos PEs, got {type(pe).__name__}")
+        for hook in ("qk", "bias"):
+            users = [pe.name for pe in pes if hook in pe.hooks]
+            if len(users) > 1:
+                raise ValueError(
+                    f"incompatible PE combination {[p.name for p in pes]}: {users} all use the attention "
+                    f"'{hook}' hook of the same head; keep at most one of them"
+                )
+        self.pes = nn.ModuleList(pes)
+        self.hooks = frozenset().union(*(pe.hooks for pe in pes))
+        nd = set(pes[0].ndims)
+        for pe in pes[1:]:
+            nd &= set(pe.ndims)
+        self.ndims = tuple(sorted(nd))
+        self.name = "+".join(pe.name for pe in pes)
+
+    def members(self):
+        return tuple(self.pes)
+
+    def forward_tokens(self, x, layout):
+        for pe in self.pes:
+            if "token" in pe.hooks:
+                x = pe.forward_tokens(x, layout)
+        return x
+
+    @property
+    def block_indices(self):
+        out = set()
+        for pe in self.pes:
+            out |= set(pe.block_indices)
+        return tuple(sorted(out))
+
+    def forward_block(self, x, layout, index):
+        for pe in self.pes:
+            if "block" in pe.hooks and index in pe.block_indices:
+                x = pe.forward_block(x, layout, index)
+        return x
+
+    def forward_attn_input(self, x, layout, index):
+        for pe in self.pes:
+            if "attn_input" in pe.hooks:
+                x = pe.forward_attn_input(x, layout, index)
+        return x
+
+    def forward_qk(self, q, k, layout, index=0):
+        for pe in self.pes:
+            if "qk" in pe.hooks:
+                q, k = pe.forward_qk(q, k, layout, index)
+        return q, k
+
+    def attn_bias(self, q, layout, index=0):
+        for pe in self.pes:
+            if "bias" in pe.hooks:
+                return pe.attn_bias(q, layout, index)
+        return None
+
+    def forward_value(self, out, v, layout, index=0):
+        for pe in self.pes:
+            if "value" in pe.hooks:
+                out = pe.forward_value(out, v, layout, index)
+        return out
+
+
+def find_member(pe: PositionalEmbedding, cls) -> Optional[PositionalEmbedding]:
+    """The first member of ``pe`` (itself or a combination member) that is an instance of ``cls``."""
+    for m in pe.members():
+        if isinstance(m, cls):
+            return m
+    return None
+
+
+__all__ += ["find_member"]

@@ -1,0 +1,1 @@
+"""(family module: see the issue that owns it)"""

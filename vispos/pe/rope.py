@@ -1,0 +1,453 @@
+"""Rotary position embeddings for 1D, 2D and 3D grids: axial RoPE, RoPE-Mixed and VoPE.
+
+All three compute, for every patch token, one angle per rotated channel pair, from the token's coordinates
+(:func:`vispos.grid.grid_coords`) and frequencies (:mod:`vispos.freqs`), then rotate q and k
+(:func:`vispos.ops.rope.apply_rope`). Prefix tokens get angle 0 (left untouched).
+
+* :class:`AxialRoPE` (``rope_axial``): the head dim is split into per-axis blocks ``dims`` (e.g. 16/24/24 for
+  CogVideoX); the pairs of block ``a`` rotate with axis ``a``'s coordinate and bands ``base_a^(-2j/d_a)``, after the
+  axis' scaling rule. With ``pairing="interleaved"`` pair ``j`` is channels ``(2j, 2j+1)``; with ``"half"`` it is
+  ``(j, j + D/2)``. Matches timm ``RotaryEmbeddingCat(in_pixels=False)`` + ``apply_rot_embed_cat``.
+* :class:`MixedRoPE` (``rope_mixed``, Heo et al. 2024): every pair ``j`` of head ``h`` in layer ``l`` rotates by
+  ``sum_a f[a, l, h, j] * p_a`` with learned frequencies ``f``. Matches timm ``RotaryEmbeddingMixed``.
+* :class:`VoPE` (``vope``): axial RoPE on continuous coordinates centred on the image and normalised to the
+  reference (training) grid -- vispos' definition, see the class docstring.
+
+Tables are cached per layout (and device) and rebuilt when the module moves; under ``torch.compile`` they are
+computed in the graph (no cache mutation, so no recompilation on the second call).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from .. import freqs as F_
+from ..grid import GridLayout, as_layout, check_grid_shape, grid_coords
+from ..ops.rope import apply_rope_qk, check_pairing, rope_angles, rope_table
+from .base import PositionalEmbedding
+
+__all__ = ["PRESETS", "default_axis_dims", "AxialRoPE", "MixedRoPE", "VoPE", "init_mixed_freqs"]
+
+#: Per-axis rotary dims and bases of well-known video models (head dims 64 / 128 / 128).
+PRESETS: Dict[str, dict] = {
+    "cogvideox": dict(head_dim=64, dims=(16, 24, 24), base=10000.0),
+    "hunyuanvideo": dict(head_dim=128, dims=(16, 56, 56), base=256.0),
+    "wan": dict(head_dim=128, dims=(44, 42, 42), base=10000.0),
+}
+
+
+def default_axis_dims(rotary_dim: int, ndim: int) -> Tuple[int, ...]:
+    """Default split of a rotary dim over axes.
+
+    1D: all of it. 2D: equal halves (needs ``rotary_dim % 4 == 0``). 3D: Wan's rule ``h = w = 2 * (D // 6)``,
+    ``t = D - h - w``.
+    """
+    if rotary_dim % 2:
+        raise ValueError(f"rotary dim must be even, got {rotary_dim}")
+    if ndim == 1:
+        return (rotary_dim,)
+    if ndim == 2:
+        if rotary_dim % 4:
+            raise ValueError(f"2D axial RoPE splits the rotary dim into two even halves: need a multiple of 4, got "
+                             f"{rotary_dim}")
+        return (rotary_dim // 2, rotary_dim // 2)
+    if ndim == 3:
+        h = 2 * (rotary_dim // 6)
+        t = rotary_dim - 2 * h
+        if h == 0 or t <= 0:
+            raise ValueError(f"rotary dim {rotary_dim} is too small for 3 axes")
+        return (t, h, h)
+    raise ValueError(f"grids have 1, 2 or 3 axes, got {ndim}")
+
+
+def _check_head_dim(head_dim) -> int:
+    if isinstance(head_dim, bool) or not isinstance(head_dim, int):
+        raise TypeError(f"head_dim must be an int, got {head_dim!r}")
+    if head_dim <= 0 or head_dim % 2:
+        raise ValueError(f"RoPE needs a positive even head_dim, got {head_dim}")
+    return head_dim
+
+
+def _check_qk(q, k, head_dim, layout: GridLayout, who: str) -> None:
+    for name, t in (("q", q), ("k", k)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{who}: {name} must be a tensor (B, heads, N, head_dim), got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{who}: {name} must have shape (B, heads, N, head_dim), got {tuple(t.shape)}")
+        if t.shape[-1] != head_dim:
+            raise ValueError(f"{who}: {name} has head dim {t.shape[-1]}, this RoPE was built for {head_dim}")
+        layout.check_tokens(t.shape[-2], f"{who}: {name}")
+
+
+class _RoPEBase(PositionalEmbedding):
+    hooks = frozenset({"qk"})
+
+    def __init__(self):
+        super().__init__()
+        self._cache: Dict[tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cache = {}
+        return super()._apply(fn, *args, **kwargs)
+
+    def clear_cache(self) -> None:
+        """Drop cached cos/sin tables (call after changing frequencies or rules by hand)."""
+        self._cache = {}
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, layout, index: int = 0):
+        """Rotate ``q, k (B, heads, N, head_dim)`` for ``layout``; returns ``(q, k)``."""
+        return self.forward_qk(q, k, as_layout(layout), index)
+
+
+class AxialRoPE(_RoPEBase):
+    """Axial RoPE on a 1D, 2D or 3D grid.
+
+    Args:
+        head_dim: attention head dim ``D`` (even).
+        ndim: grid rank (1, 2, 3). Ignored if ``dims`` is given.
+        dims: rotary dim per axis (each even); ``sum(dims) <= head_dim``; channels past ``sum(dims)`` pass
+            through unrotated. Default :func:`default_axis_dims` of ``rotary_dim``.
+        rotary_dim: total rotated channels when ``dims`` is not given (default ``head_dim``).
+        base: base per axis (a float or one per axis). Default 100 (RoPE-ViT) for 1D/2D, 1e4 for 3D.
+        pairing: ``"interleaved"`` or ``"half"``.
+        coords: coordinate mode (:data:`vispos.grid.COORD_MODES`), or one per axis.
+        ref_shape: reference grid for ``interpolated`` / ``normalized`` / ``cropped`` coordinates
+            (default ``train_shape``).
+        train_shape: the training grid. Rules whose ``train_len`` is unset take it from here, and rules whose
+            ``test_len`` is unset take the current grid's size, so one module adapts to every test grid.
+        rules: scaling rule(s): a name / :class:`vispos.freqs.ScalingRule` / dict, for all axes, or one per axis
+            (``None`` entries mean ``"none"``).
+        preset: ``"cogvideox"``, ``"hunyuanvideo"`` or ``"wan"`` (sets dims and base; see :data:`PRESETS`).
+
+    Shapes: ``forward_qk(q, k, layout)`` with ``q, k (B, heads, num_prefix + prod(grid), head_dim)``.
+    """
+
+    name = "rope_axial"
+
+    def __init__(
+        self,
+        head_dim: int,
+        ndim: int = 2,
+        dims: Optional[Sequence[int]] = None,
+        rotary_dim: Optional[int] = None,
+        base: Union[float, Sequence[float], None] = None,
+        pairing: str = "interleaved",
+        coords: Union[str, Sequence[str]] = "index",
+        ref_shape: Optional[Sequence[float]] = None,
+        train_shape: Optional[Sequence[int]] = None,
+        rules=None,
+        preset: Optional[str] = None,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        head_dim = _check_head_dim(head_dim)
+        if preset is not None:
+            if preset not in PRESETS:
+                raise ValueError(f"unknown RoPE preset {preset!r}; expected one of {sorted(PRESETS)}")
+            p = PRESETS[preset]
+            if head_dim != p["head_dim"]:
+                raise ValueError(f"preset {preset!r} is for head_dim {p['head_dim']}, got head_dim={head_dim}")
+            dims = p["dims"] if dims is None else dims
+            base = p["base"] if base is None else base
+        if dims is None:
+            rd = head_dim if rotary_dim is None else rotary_dim
+            if isinstance(rd, bool) or not isinstance(rd, int) or rd <= 0 or rd > head_dim:
+                raise ValueError(f"rotary_dim must be an int in 1..head_dim={head_dim}, got {rotary_dim!r}")
+            dims = default_axis_dims(rd, ndim)
+        dims = tuple(dims)
+        for d in dims:
+            if isinstance(d, bool) or not isinstance(d, int) or d <= 0 or d % 2:
+                raise ValueError(f"per-axis rotary dims must be positive even ints, got dims={dims}")
+        if sum(dims) > head_dim:
+            raise ValueError(f"per-axis rotary dims {dims} sum to {sum(dims)}, more than head_dim={head_dim}")
+        if rotary_dim is not None and sum(dims) != rotary_dim:
+            raise ValueError(f"per-axis rotary dims {dims} sum to {sum(dims)}, not rotary_dim={rotary_dim}")
+        self.head_dim = head_dim
+        self.dims = dims
+        self.ndims = (len(dims),)
+        nd = len(dims)
+        if base is None:
+            base = 10000.0 if nd == 3 else 100.0
+        bases = list(base) if isinstance(base, (list, tuple)) else [base] * nd
+        if len(bases) != nd:
+            raise ValueError(f"base must be a number or one per axis ({nd}), got {base!r}")
+        for b in bases:
+            if isinstance(b, bool) or not isinstance(b, (int, float)) or not b > 0:
+                raise ValueError(f"RoPE base must be a positive number, got {b!r}")
+        self.bases = tuple(float(b) for b in bases)
+        self.pairing = check_pairing(pairing)
+        self.coords = coords
+        modes = [coords] * nd if isinstance(coords, str) else list(coords)
+        if len(modes) != nd:
+            raise ValueError(f"coords must be a mode or one per axis ({nd}), got {coords!r}")
+        from ..grid import COORD_MODES
+
+        for m in modes:
+            if m not in COORD_MODES:
+                raise ValueError(f"unknown coordinate mode {m!r}; expected one of {COORD_MODES}")
+        self.train_shape = check_grid_shape(tuple(train_shape), "train_shape") if train_shape is not None else None
+        if self.train_shape is not None and len(self.train_shape) != nd:
+            raise ValueError(f"train_shape {self.train_shape} has {len(self.train_shape)} axes, RoPE has {nd}")
+        self.ref_shape = tuple(ref_shape) if ref_shape is not None else self.train_shape
+        if any(m != "index" for m in modes) and self.ref_shape is None:
+            raise ValueError(f"coordinate mode {coords!r} needs ref_shape= or train_shape=")
+        if isinstance(rules, (list, tuple)):
+            if len(rules) != nd:
+                raise ValueError(f"rules must be one rule or one per axis ({nd}), got {len(rules)}")
+            self.rules = tuple(F_.as_rule(r) for r in rules)
+        else:
+            self.rules = tuple(F_.as_rule(rules) for _ in range(nd))
+        self.device_hint = device
+
+    # ---- frequencies and tables ---------------------------------------------------------------------------------
+    def rules_for(self, shape: Sequence[int]) -> Tuple[F_.ScalingRule, ...]:
+        """The per-axis rules with lengths filled in for a grid of ``shape`` (see ``train_shape``)."""
+        out = []
+        for a, r in enumerate(self.rules):
+            if r.name == "none":
+                out.append(r)
+                continue
+            tr = r.train_len if r.train_len is not None else (self.train_shape[a] if self.train_shape else None)
+            te = r.test_len if r.test_len is not None else shape[a]
+            out.append(r.with_lengths(tr, te) if tr is not None else r.with_lengths(None, te))
+        return tuple(out)
+
+    def get_freqs(self, shape: Optional[Sequence[int]] = None):
+        """Bands per axis (float64) after the rules, for a grid of ``shape`` (default the training grid)."""
+        shape = tuple(shape) if shape is not None else self.train_shape
+        if shape is None and any(r.name != "none" for r in self.rules):
+            raise ValueError("a grid shape is needed to apply scaling rules (no train_shape set)")
+        rules = self.rules_for(shape) if shape is not None else self.rules
+        return F_.axis_freqs(self.dims, self.bases, rules)
+
+    def _attn_factor(self, shape) -> float:
+        f = 1.0
+        for r in self.rules_for(shape):
+            f = max(f, F_.rule_attention_factor(r))
+        return f
+
+    def build_table(self, layout: GridLayout, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(cos, sin)``, each ``(num_prefix + prod(grid), head_dim // 2)`` float32 (uncached)."""
+        self.check_layout(layout)
+        coords = grid_coords(layout, self.coords, self.ref_shape, device=device, dtype=torch.float64)
+        angles = rope_angles(coords, [f.to(device) for f in self.get_freqs(layout.shape)])
+        return rope_table(angles, layout.num_prefix, self.head_dim // 2, scale=self._attn_factor(layout.shape))
+
+    def get_table(self, layout, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Cached :meth:`build_table` (per layout and device)."""
+        layout = as_layout(layout)
+        if torch.compiler.is_compiling():
+            return self.build_table(layout, device)
+        key = (layout, str(device))
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self.build_table(layout, device)
+            self._cache[key] = hit
+        return hit
+
+    def forward_qk(self, q, k, layout, index: int = 0):
+        layout = as_layout(layout)
+        _check_qk(q, k, self.head_dim, layout, self.name)
+        cos, sin = self.get_table(layout, q.device)
+        return apply_rope_qk(q, k, cos, sin, self.pairing)
+
+    def extra_repr(self) -> str:
+        return (f"head_dim={self.head_dim}, dims={self.dims}, bases={self.bases}, pairing={self.pairing!r}, "
+                f"coords={self.coords!r}, rules={[r.name for r in self.rules]}")
+
+
+class VoPE(AxialRoPE):
+    """VoPE: axial RoPE on centred, reference-normalised continuous coordinates.
+
+    Definition used by vispos (the paper's exact formula was not available; see REFERENCES.md): for an axis of
+    ``size`` tokens and reference (training) size ``ref``, token ``p`` sits at
+
+        ``c(p) = (p + 0.5 - size / 2) * ref / size``
+
+    so the image always spans ``[-ref/2, ref/2]``: at the training grid the spacing is 1 (plain RoPE up to a shift,
+    which RoPE ignores); at a larger grid the same image extent is sampled more finely, at any aspect ratio. Angles
+    are ``c(p) * theta_j`` per axis as in :class:`AxialRoPE`.
+
+    Args: as :class:`AxialRoPE`; ``train_shape`` (or ``ref_shape``) is required.
+    """
+
+    name = "vope"
+
+    def __init__(self, head_dim: int, ndim: int = 2, train_shape=None, ref_shape=None, **kwargs):
+        if train_shape is None and ref_shape is None:
+            raise ValueError("VoPE needs train_shape= (or ref_shape=): the reference grid its coordinates span")
+        kwargs.setdefault("coords", "normalized")
+        super().__init__(head_dim, ndim=ndim, train_shape=train_shape, ref_shape=ref_shape, **kwargs)
+
+
+def init_mixed_freqs(
+    head_dim: int, depth: int, num_heads: int, ndim: int = 2, temperature: float = 10.0, rotate: bool = True,
+    generator: Optional[torch.Generator] = None, device=None, dtype=torch.float32,
+) -> torch.Tensor:
+    """RoPE-Mixed init, ``(ndim, depth, num_heads, head_dim // 2)``.
+
+    The pairs are split in ``ndim`` groups of ``n`` bands with magnitudes ``temperature^(-i/n)``; per layer and head
+    a random rotation ``R`` (2D: angle ``alpha``, as RoPE-Mixed/timm; 3D: a random orthogonal matrix) points
+    group ``g`` along ``R[:, g]``. Axis order follows the grid (``(h, w)`` / ``(t, h, w)``); timm's tensor is
+    ``(x, y)`` = ``ours.flip(0)`` for 2D.
+    """
+    half = head_dim // 2
+    if head_dim % (2 * ndim):
+        raise ValueError(f"RoPE-Mixed needs head_dim divisible by {2 * ndim} for a {ndim}-D grid, got {head_dim}")
+    n = half // ndim
+    mag = 1.0 / (temperature ** (torch.arange(0, n, dtype=torch.float64) * (2 * ndim) / head_dim))
+    if ndim == 2:
+        if rotate:
+            ang = torch.rand(depth, num_heads, 1, generator=generator, dtype=torch.float64) * 2 * math.pi
+        else:
+            ang = torch.zeros(depth, num_heads, 1, dtype=torch.float64)
+        fx = torch.cat([mag * torch.cos(ang), mag * torch.cos(ang + math.pi / 2)], dim=-1)
+        fy = torch.cat([mag * torch.sin(ang), mag * torch.sin(ang + math.pi / 2)], dim=-1)
+        out = torch.stack([fy, fx], dim=0)  # axis 0 = rows (y), axis 1 = cols (x)
+    else:
+        if rotate:
+            g = torch.randn(depth, num_heads, ndim, ndim, generator=generator, dtype=torch.float64)
+            R, _ = torch.linalg.qr(g)
+        else:
+            R = torch.eye(ndim, dtype=torch.float64).expand(depth, num_heads, ndim, ndim)
+        # group gi: frequency vector over axes = mag * R[:, :, :, gi]
+        groups = [R[..., :, gi, None] * mag for gi in range(ndim)]  # each (depth, heads, ndim, n)
+        out = torch.cat(groups, dim=-1).permute(2, 0, 1, 3)  # (ndim, depth, heads, ndim*n)
+    if out.shape[-1] < half:  # leftover pairs (half not divisible by ndim) stay unrotated
+        out = torch.cat([out, out.new_zeros(*out.shape[:-1], half - out.shape[-1])], dim=-1)
+    return out.to(device=device, dtype=dtype)
+
+
+class MixedRoPE(_RoPEBase):
+    """RoPE-Mixed: learned per-layer, per-head frequencies over every grid axis (2D or 3D).
+
+    Args:
+        head_dim: attention head dim (divisible by ``2 * ndim``).
+        depth: number of attention layers (``index`` in :meth:`forward_qk` selects the layer).
+        num_heads: heads per layer.
+        ndim: grid rank (2 or 3).
+        temperature: magnitude base (10 in the paper).
+        coords: coordinate mode (default ``index``: RoPE-ViT extends positions, never interpolates).
+
+    Parameter ``freqs (ndim, depth, num_heads, head_dim // 2)`` (no weight decay: see :meth:`no_weight_decay`).
+    Angles are computed in float32 (never lowered by autocast): ``angle[l, h, n, j] = sum_a p[n, a] f[a, l, h, j]``.
+    """
+
+    name = "rope_mixed"
+
+    def __init__(
+        self, head_dim: int, depth: int, num_heads: int, ndim: int = 2, temperature: float = 10.0,
+        pairing: str = "interleaved", coords="index", ref_shape=None, train_shape=None, rotate: bool = True,
+        device=None, dtype=None,
+    ):
+        super().__init__()
+        head_dim = _check_head_dim(head_dim)
+        for nm, v in (("depth", depth), ("num_heads", num_heads)):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"RoPE-Mixed needs a positive int {nm}, got {v!r}")
+        if ndim not in (2, 3):
+            raise ValueError(f"RoPE-Mixed supports 2D and 3D grids, got ndim={ndim}")
+        self.head_dim, self.depth, self.num_heads = head_dim, depth, num_heads
+        self.ndims = (ndim,)
+        self.temperature = temperature
+        self.pairing = check_pairing(pairing)
+        self.coords = coords
+        self.train_shape = check_grid_shape(tuple(train_shape), "train_shape") if train_shape is not None else None
+        self.ref_shape = tuple(ref_shape) if ref_shape is not None else self.train_shape
+        self.rotate = rotate
+        self.freqs = nn.Parameter(
+            init_mixed_freqs(head_dim, depth, num_heads, ndim, temperature, rotate, device=device,
+                             dtype=dtype or torch.float32)
+        )
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.freqs.copy_(init_mixed_freqs(self.head_dim, self.depth, self.num_heads, self.ndims[0],
+                                              self.temperature, self.rotate))
+
+    def no_weight_decay(self):
+        return {"freqs"}
+
+    def get_coords(self, layout: GridLayout, device=None) -> torch.Tensor:
+        """Patch coordinates ``(prod(grid), ndim)`` float32, cached per layout and device."""
+        key = (layout, str(device))
+        if not torch.compiler.is_compiling():
+            hit = self._cache.get(key)
+            if hit is not None:
+                return hit
+        c = grid_coords(layout, self.coords, self.ref_shape, device=device, dtype=torch.float32)
+        if not torch.compiler.is_compiling():
+            self._cache[key] = c
+        return c
+
+    def build_table(self, layout: GridLayout, index: int = 0):
+        """``(cos, sin)`` each ``(num_heads, num_prefix + prod(grid), head_dim // 2)`` for layer ``index``."""
+        layout = as_layout(layout)
+        self.check_layout(layout)
+        if not 0 <= index < self.depth:
+            raise ValueError(f"layer index {index} out of range for RoPE-Mixed with depth {self.depth}")
+        c = self.get_coords(layout, self.freqs.device)  # (N, ndim)
+        f = self.freqs[:, index].float()  # (ndim, heads, D/2)
+        ang = (c.t()[:, None, :, None] * f[:, :, None, :]).sum(0)  # (heads, N, D/2), elementwise: no autocast
+        return rope_table(ang, layout.num_prefix, self.head_dim // 2)
+
+    def forward_qk(self, q, k, layout, index: int = 0):
+        layout = as_layout(layout)
+        _check_qk(q, k, self.head_dim, layout, self.name)
+        if q.shape[1] != self.num_heads:
+            raise ValueError(f"rope_mixed: q has {q.shape[1]} heads, this RoPE was built for {self.num_heads}")
+        cos, sin = self.build_table(layout, index)
+        return apply_rope_qk(q, k, cos, sin, self.pairing)
+
+    def extra_repr(self) -> str:
+        return (f"head_dim={self.head_dim}, depth={self.depth}, num_heads={self.num_heads}, ndim={self.ndims[0]}, "
+                f"pairing={self.pairing!r}")
+
+
+# ---- registry --------------------------------------------------------------------------------------------------
+from ..registry import register_pe  # noqa: E402
+
+
+def _head_dim(dim, num_heads, head_dim):
+    if head_dim is not None:
+        return head_dim
+    if dim is None or num_heads is None:
+        raise ValueError("RoPE needs head_dim=, or dim= and num_heads=")
+    if dim % num_heads:
+        raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+    return dim // num_heads
+
+
+def _ndim(grid, ndim):
+    if grid is not None:
+        return len(grid)
+    return 2 if ndim is None else ndim
+
+
+@register_pe("rope_axial", "rope", (1, 2, 3), ("qk",),
+             "axial RoPE: per-axis rotary blocks, any coordinates and scaling rule (RoPE-ViT, EVA-02, video DiTs)")
+def build_rope_axial(*, dim=None, num_heads=None, grid=None, head_dim=None, ndim=None, device=None, dtype=None,
+                     **kwargs):
+    return AxialRoPE(_head_dim(dim, num_heads, head_dim), ndim=_ndim(grid, ndim), train_shape=grid,
+                     device=device, dtype=dtype, **kwargs)
+
+
+@register_pe("vope", "rope", (1, 2, 3), ("qk",),
+             "VoPE: axial RoPE on centred coordinates normalised to the training grid (continuous resolution)")
+def build_vope(*, dim=None, num_heads=None, grid=None, head_dim=None, ndim=None, device=None, dtype=None, **kwargs):
+    return VoPE(_head_dim(dim, num_heads, head_dim), ndim=_ndim(grid, ndim), train_shape=grid,
+                device=device, dtype=dtype, **kwargs)
+
+
+@register_pe("rope_mixed", "rope", (2, 3), ("qk",),
+             "RoPE-Mixed: learned per-layer, per-head frequencies mixing the grid axes (Heo et al. 2024)")
+def build_rope_mixed(*, dim=None, num_heads=None, depth=None, grid=None, head_dim=None, ndim=None, device=None,
+                     dtype=None, **kwargs):
+    if depth is None or num_heads is None:
+        raise ValueError("rope_mixed needs depth= and num_heads= (one frequency set per layer and head)")
+    return MixedRoPE(_head_dim(dim, num_heads, head_dim), depth, num_heads, ndim=_ndim(grid, ndim),
+                     train_shape=grid, device=device, dtype=dtype, **kwargs)

@@ -1,0 +1,142 @@
+"""Registry of PE families: ``build_pe(name, ...)`` and ``list_pes()``.
+
+Each family registers a builder with :func:`register_pe`. Every builder receives the host's geometry as keyword
+arguments -- ``dim`` (embedding width), ``num_heads``, ``depth``, ``grid`` (training grid shape, ``(H, W)`` or
+``(T, H, W)``), ``num_prefix``, ``device``, ``dtype`` -- plus the family's own options, and returns a
+:class:`vispos.pe.base.PositionalEmbedding`.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+
+__all__ = ["PEInfo", "register_pe", "build_pe", "list_pes", "get_pe_info", "COMMON_ARGS"]
+
+COMMON_ARGS = ("dim", "num_heads", "depth", "grid", "num_prefix", "device", "dtype")
+
+
+@dataclass(frozen=True)
+class PEInfo:
+    """What :func:`list_pes` tells about a family."""
+
+    name: str
+    family: str
+    ndims: Tuple[int, ...]
+    hooks: Tuple[str, ...]
+    description: str
+    builder: Callable = None
+
+    def as_row(self) -> dict:
+        return dict(name=self.name, family=self.family, ndims=list(self.ndims), hooks=list(self.hooks),
+                    description=self.description)
+
+
+_REGISTRY: Dict[str, PEInfo] = {}
+
+
+def register_pe(name: str, family: str, ndims: Sequence[int], hooks: Sequence[str], description: str):
+    """Decorator registering ``builder(**common, **options) -> PositionalEmbedding`` under ``name``."""
+
+    def deco(fn):
+        if name in _REGISTRY:
+            raise ValueError(f"PE name {name!r} is already registered")
+        _REGISTRY[name] = PEInfo(name, family, tuple(ndims), tuple(hooks), description, fn)
+        return fn
+
+    return deco
+
+
+def _ensure_loaded() -> None:
+    from . import pe  # noqa: F401  (imports every family module, which registers itself)
+
+
+def list_pes() -> List[PEInfo]:
+    """Every registered PE: name, family, grid ranks (2 = images, 3 = video), hooks and a one-line description."""
+    _ensure_loaded()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def get_pe_info(name: str) -> PEInfo:
+    _ensure_loaded()
+    if not isinstance(name, str):
+        raise TypeError(f"a PE name must be a string, got {type(name).__name__}")
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown PE {name!r}; valid names: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def _call_builder(info: PEInfo, common: dict, options: dict):
+    sig = inspect.signature(info.builder)
+    params = sig.parameters
+    takes_var = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    kw = {k: v for k, v in common.items() if takes_var or k in params}
+    unknown = [k for k in options if not takes_var and k not in params]
+    if unknown:
+        allowed = sorted(k for k in params if k not in COMMON_ARGS)
+        raise TypeError(f"PE {info.name!r} got unknown option(s) {unknown}; its options are {allowed}")
+    from .pe.base import PositionalEmbedding
+
+    pe = info.builder(**kw, **options)
+    if not isinstance(pe, PositionalEmbedding):
+        raise TypeError(f"builder of {info.name!r} returned {type(pe).__name__}, not a PositionalEmbedding")
+    return pe
+
+
+def build_pe(
+    name: Union[str, Sequence[str]],
+    *,
+    dim: Optional[int] = None,
+    num_heads: Optional[int] = None,
+    depth: Optional[int] = None,
+    grid: Optional[Sequence[int]] = None,
+    num_prefix: int = 0,
+    device=None,
+    dtype=None,
+    **options,
+) -> "PositionalEmbedding":
+    """Build a PE (or a combination) by name.
+
+    Args:
+        name: a registered name (see :func:`list_pes`) or a list of names, e.g. ``["ape", "rope_axial"]``.
+            In a list, ``"lape"`` takes the APE member of the list (``"ape"`` or ``"ape_sincos"``) as its source.
+        dim, num_heads, depth, grid, num_prefix: the host geometry (embedding width, heads, layers, training grid
+            ``(H, W)`` / ``(T, H, W)``, prefix tokens).
+        **options: the family's options. For a list, pass one dict per member keyed by its name, e.g.
+            ``build_pe(["ape", "rope_axial"], ..., rope_axial=dict(base=10000))``.
+
+    Raises ``ValueError`` for unknown names (listing the valid ones) and incompatible combinations, ``TypeError``
+    for unknown options.
+    """
+    from .pe.base import PECombination, PositionalEmbedding
+
+    common = dict(dim=dim, num_heads=num_heads, depth=depth, grid=tuple(grid) if grid is not None else None,
+                  num_prefix=num_prefix, device=device, dtype=dtype)
+    if isinstance(name, str):
+        return _call_builder(get_pe_info(name), common, options)
+    if isinstance(name, PositionalEmbedding):
+        return name
+    if not isinstance(name, (list, tuple)):
+        raise TypeError(f"pe must be a name, a list of names or a PositionalEmbedding, got {type(name).__name__}")
+    names = list(name)
+    if not names:
+        raise ValueError("an empty list of PEs; give at least one name")
+    if len(set(names)) != len(names):
+        raise ValueError(f"a PE appears twice in {names}")
+    for n in names:
+        get_pe_info(n)
+    extra = [k for k in options if k not in names]
+    if extra:
+        raise TypeError(f"options for a PE list must be keyed by member name {names}, got {extra}")
+    opts = {n: dict(options.get(n) or {}) for n in names}
+    if "lape" in names:
+        src = [n for n in names if n in ("ape", "ape_sincos")]
+        if len(src) > 1:
+            raise ValueError(f"LaPE takes one APE source, got {src}")
+        if src:
+            base_pe = _call_builder(get_pe_info(src[0]), common, opts[src[0]])
+            opts["lape"].setdefault("base", base_pe)
+            names = [n for n in names if n != src[0]]
+    members = [_call_builder(get_pe_info(n), common, opts[n]) for n in names]
+    return members[0] if len(members) == 1 else PECombination(members)

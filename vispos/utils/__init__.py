@@ -1,0 +1,1 @@
+"""Shared utilities: atomic result/checkpoint writing, YAML configs, distributed helpers."""
