@@ -71,7 +71,7 @@ def _call_builder(info: PEInfo, common: dict, options: dict):
     sig = inspect.signature(info.builder)
     params = sig.parameters
     takes_var = any(p.kind == p.VAR_KEYWORD for p in params.values())
-    kw = {k: v for k, v in common.items() if takes_var or k in params}
+    kw = {k: v for k, v in common.items() if k in params}  # builders name the host geometry they use
     unknown = [k for k in options if not takes_var and k not in params]
     if unknown:
         allowed = sorted(k for k in params if k not in COMMON_ARGS)

@@ -1,1 +1,581 @@
-"""(family module: see the issue that owns it)"""
+"""Absolute position embeddings: learned (``ape``) and fixed sin-cos (``ape_sincos``), for 2D and 3D grids.
+
+Pure functions:
+
+* :func:`resample_abs_pe` -- resample a learned table ``(1, rows, C)`` from one grid to another (bicubic, bilinear,
+  area, trilinear for 3D), keeping the prefix rows. Equal to timm ``resample_abs_pos_embed`` in 2D.
+* :func:`build_sincos_2d` -- 2D sin-cos table; ``style="mae"`` (MAE / diffusers: ``[sin w, cos w, sin h, cos h]``)
+  or ``style="timm"`` (timm ``build_sincos2d_pos_embed`` defaults: ``[sin h, sin w, cos h, cos w]``).
+* :func:`build_sincos_3d` -- 3D sin-cos table as Latte / CogVideoX: ``D_t = D/4`` for time, ``3D/8`` for each
+  spatial axis, ``[sin t, cos t | sin w, cos w, sin h, cos h]``.
+* :func:`sample_crop_boxes` and :func:`crop_resample_abs_pe` -- RO-ViT cropped positional embeddings.
+
+Modules: :class:`AbsolutePE` (``ape``) and :class:`SinCosPE` (``ape_sincos``), both on the ``token`` hook:
+``x = x + table`` after patch embedding.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..grid import COORD_MODES, GridLayout, as_layout, check_grid_shape, grid_coords
+from .base import PositionalEmbedding, check_tokens_3d
+
+__all__ = [
+    "RESAMPLE_MODES",
+    "SINCOS_STYLES",
+    "resample_abs_pe",
+    "build_sincos_1d",
+    "build_sincos_2d",
+    "build_sincos_3d",
+    "sample_crop_boxes",
+    "crop_resample_abs_pe",
+    "AbsolutePE",
+    "SinCosPE",
+]
+
+RESAMPLE_MODES = ("bicubic", "bilinear", "area", "nearest", "trilinear")
+SINCOS_STYLES = ("mae", "timm")
+
+#: RO-ViT upsamples a 14x14 table to 64x64 before cropping.
+ROVIT_UPSAMPLE = 64.0 / 14.0
+
+
+def _grid(shape, name: str, ndims=(2, 3)) -> Tuple[int, ...]:
+    shape = check_grid_shape(tuple(shape) if isinstance(shape, list) else shape, name)
+    if len(shape) not in ndims:
+        raise ValueError(f"{name} must have {' or '.join(map(str, ndims))} axes, got {shape}")
+    return shape
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# resampling
+# ---------------------------------------------------------------------------------------------------------------
+def resample_abs_pe(
+    table: torch.Tensor,
+    new_grid: Sequence[int],
+    old_grid: Sequence[int],
+    num_prefix: int = 0,
+    mode: str = "bicubic",
+    antialias: bool = False,
+) -> torch.Tensor:
+    """Resample a learned absolute PE table to another grid.
+
+    Args:
+        table: ``(1, num_prefix + prod(old_grid), C)`` (or without the leading 1), prefix rows first, grid rows
+            row-major -- timm's ``pos_embed`` layout.
+        new_grid, old_grid: ``(H, W)`` or ``(T, H, W)`` (same rank); rectangular allowed.
+        num_prefix: rows of ``table`` that belong to prefix tokens (``0`` for timm's ``no_embed_class``); they are
+            kept as they are.
+        mode: ``bicubic`` | ``bilinear`` | ``area`` | ``nearest`` (2D and 3D) or ``trilinear`` (3D only). On a 3D
+            grid ``bicubic``/``bilinear`` resample each frame's ``(H, W)`` plane with that mode, then the time axis
+            linearly (so ``bilinear`` equals ``trilinear`` without antialias).
+        antialias: antialiasing when downsampling (``bicubic`` / ``bilinear`` only; spatial axes in 3D).
+
+    Returns ``(1, num_prefix + prod(new_grid), C)`` (same rank and dtype as ``table``). Equal grids return
+    ``table`` itself. Interpolation runs in float32 (float64 stays float64), cast back once. With
+    ``align_corners=False`` this equals timm ``resample_abs_pos_embed(posemb, new_size, old_size,
+    num_prefix_tokens, interpolation, antialias)`` for 2D grids.
+    """
+    if not isinstance(table, torch.Tensor):
+        raise TypeError(f"table must be a tensor (1, rows, C), got {type(table).__name__}")
+    squeeze = table.dim() == 2
+    if squeeze:
+        table = table.unsqueeze(0)
+    if table.dim() != 3 or table.shape[0] != 1:
+        raise ValueError(f"table must have shape (1, rows, C) or (rows, C), got {tuple(table.shape)}")
+    new_grid = _grid(new_grid, "new_grid")
+    old_grid = _grid(old_grid, "old_grid")
+    if len(new_grid) != len(old_grid):
+        raise ValueError(f"new_grid {new_grid} and old_grid {old_grid} must have the same number of axes")
+    if isinstance(num_prefix, bool) or not isinstance(num_prefix, int) or num_prefix < 0:
+        raise ValueError(f"num_prefix must be an int >= 0, got {num_prefix!r}")
+    rows = num_prefix + math.prod(old_grid)
+    if table.shape[1] != rows:
+        raise ValueError(f"table has {table.shape[1]} rows, but old_grid {old_grid} with {num_prefix} prefix rows "
+                         f"needs {rows}")
+    if mode not in RESAMPLE_MODES:
+        raise ValueError(f"unknown resample mode {mode!r}; expected one of {RESAMPLE_MODES}")
+    nd = len(old_grid)
+    if mode == "trilinear" and nd != 3:
+        raise ValueError(f"mode 'trilinear' is for 3D grids (T, H, W), got a {nd}-D grid {old_grid}")
+    if antialias and mode not in ("bicubic", "bilinear"):
+        raise ValueError(f"antialias works with modes 'bicubic' and 'bilinear', got mode={mode!r}")
+    if new_grid == old_grid:
+        return table.squeeze(0) if squeeze else table
+
+    C = table.shape[-1]
+    orig_dtype = table.dtype
+    prefix, patch = table[:, :num_prefix], table[:, num_prefix:]
+    work = patch if orig_dtype == torch.float64 else patch.float()
+    x = work.reshape(1, *old_grid, C).movedim(-1, 1)  # (1, C, *old_grid)
+    ac = False if mode in ("bicubic", "bilinear", "trilinear") else None
+    if nd == 2 or mode in ("area", "nearest", "trilinear"):
+        x = F.interpolate(x, size=new_grid, mode=mode, align_corners=ac, antialias=antialias)
+    else:  # 3D, bicubic/bilinear: spatial per frame, then linear in time
+        T, H, W = old_grid
+        x = x[0].transpose(0, 1)  # (T, C, H, W)
+        if (H, W) != new_grid[1:]:
+            x = F.interpolate(x, size=new_grid[1:], mode=mode, align_corners=False, antialias=antialias)
+        x = x.transpose(0, 1)[None]  # (1, C, T, H', W')
+        if T != new_grid[0]:
+            h2, w2 = new_grid[1:]
+            x = x.reshape(1, C, T, h2 * w2).permute(0, 3, 1, 2).reshape(h2 * w2, C, T)
+            x = F.interpolate(x, size=new_grid[0], mode="linear", align_corners=False)
+            x = x.reshape(1, h2 * w2, C, new_grid[0]).permute(0, 2, 3, 1).reshape(1, C, new_grid[0], h2, w2)
+    out = x.movedim(1, -1).reshape(1, -1, C).to(orig_dtype)
+    out = torch.cat([prefix, out], dim=1)
+    return out.squeeze(0) if squeeze else out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sin-cos tables
+# ---------------------------------------------------------------------------------------------------------------
+def build_sincos_1d(pos: torch.Tensor, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """1-D sin-cos of positions ``pos (M,)``: ``[sin(p w_i), cos(p w_i)]``, ``w_i = temperature^(-i/(dim/2))``.
+
+    Returns ``(M, dim)`` float64 (the MAE / Latte / CogVideoX 1-D building block).
+    """
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0 or dim % 2:
+        raise ValueError(f"1-D sin-cos needs a positive even dim, got {dim!r}")
+    p = pos.reshape(-1).to(torch.float64)
+    omega = 1.0 / float(temperature) ** (torch.arange(dim // 2, dtype=torch.float64, device=p.device) / (dim / 2.0))
+    ang = p[:, None] * omega[None, :]
+    return torch.cat([torch.sin(ang), torch.cos(ang)], dim=1)
+
+
+def _coords(grid, coords, nd, device) -> torch.Tensor:
+    if coords is None:
+        return grid_coords(grid, "index", device=device, dtype=torch.float64)
+    if not isinstance(coords, torch.Tensor) or coords.dim() != 2 or coords.shape != (math.prod(grid), nd):
+        got = tuple(coords.shape) if isinstance(coords, torch.Tensor) else type(coords).__name__
+        raise ValueError(f"coords must be a tensor ({math.prod(grid)}, {nd}) for grid {grid}, got {got}")
+    return coords.to(torch.float64)
+
+
+def build_sincos_2d(
+    grid: Sequence[int],
+    dim: int,
+    temperature: float = 10000.0,
+    style: str = "mae",
+    coords: Optional[torch.Tensor] = None,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """2D sin-cos PE ``(H*W, dim)``, row-major over ``grid = (H, W)``.
+
+    Each axis gets ``dim/4`` bands ``w_i = temperature^(-i/(dim/4))``.
+
+    * ``style="mae"`` (MAE, diffusers ``get_2d_sincos_pos_embed``): ``[sin(x w), cos(x w), sin(y w), cos(y w)]``
+      with ``x`` the column, ``y`` the row. (No timm setting gives this: timm's ``reverse_coord=True`` also
+      transposes the token order.)
+    * ``style="timm"``: ``[sin(y w), sin(x w), cos(y w), cos(x w)]`` -- timm ``build_sincos2d_pos_embed`` with its
+      defaults (``reverse_coord=False, interleave_sin_cos=False``).
+
+    ``coords (H*W, 2)`` (row, column) overrides the integer positions (e.g. from :func:`vispos.grid.grid_coords`).
+    Computed in float64, cast once to ``dtype``.
+    """
+    grid = _grid(grid, "grid", (2,))
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0 or dim % 4:
+        raise ValueError(f"2D sin-cos needs dim divisible by 4, got {dim!r}")
+    if style not in SINCOS_STYLES:
+        raise ValueError(f"unknown sin-cos style {style!r}; expected one of {SINCOS_STYLES}")
+    c = _coords(grid, coords, 2, device)
+    y, x = c[:, 0], c[:, 1]
+    if style == "mae":
+        out = torch.cat([build_sincos_1d(x, dim // 2, temperature), build_sincos_1d(y, dim // 2, temperature)], 1)
+    else:
+        q = dim // 4
+        omega = 1.0 / float(temperature) ** (torch.arange(q, dtype=torch.float64, device=c.device) / q)
+        ay, ax = y[:, None] * omega, x[:, None] * omega
+        out = torch.cat([torch.sin(ay), torch.sin(ax), torch.cos(ay), torch.cos(ax)], dim=1)
+    return out.to(dtype)
+
+
+def build_sincos_3d(
+    grid: Sequence[int],
+    dim: int,
+    temperature: float = 10000.0,
+    coords: Optional[torch.Tensor] = None,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """3D sin-cos PE ``(T*H*W, dim)`` as Latte / CogVideoX-2B (diffusers ``get_3d_sincos_pos_embed``).
+
+    Time gets ``D_t = dim/4`` channels, space ``3*dim/4`` as MAE-style 2D sin-cos:
+    ``[sin(t w), cos(t w) | sin(x w'), cos(x w'), sin(y w'), cos(y w')]`` with ``w_i = temperature^(-i/(D_t/2))``
+    and ``w'_i = temperature^(-i/(3 dim/16))``. ``dim`` must be divisible by 16. ``coords (T*H*W, 3)`` (t, row,
+    column) overrides the integer positions (diffusers' interpolation scales divide positions: pass
+    ``grid_coords(...) / scale``).
+    """
+    grid = _grid(grid, "grid", (3,))
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0 or dim % 16:
+        raise ValueError(f"3D sin-cos needs dim divisible by 16 (D/4 for time, 3D/8 per spatial axis), got {dim!r}")
+    c = _coords(grid, coords, 3, device)
+    dt, ds = dim // 4, 3 * dim // 8
+    t, y, x = c[:, 0], c[:, 1], c[:, 2]
+    out = torch.cat([build_sincos_1d(t, dt, temperature), build_sincos_1d(x, ds, temperature),
+                     build_sincos_1d(y, ds, temperature)], dim=1)
+    return out.to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RO-ViT cropped positional embeddings
+# ---------------------------------------------------------------------------------------------------------------
+def sample_crop_boxes(
+    batch: int,
+    scale: Tuple[float, float] = (0.1, 1.0),
+    ratio: Tuple[float, float] = (0.5, 2.0),
+    generator: Optional[torch.Generator] = None,
+    device=None,
+) -> torch.Tensor:
+    """Random boxes ``(batch, 2, 2)`` = per sample ``[(start_h, extent_h), (start_w, extent_w)]`` in fractions.
+
+    Area ``~ U(scale)``, aspect ``w/h`` log-uniform in ``ratio`` (RO-ViT: 0.1-1, 0.5-2); extents are clipped to 1
+    and the start is uniform in ``[0, 1 - extent]``.
+    """
+    if batch <= 0:
+        raise ValueError(f"batch must be positive, got {batch}")
+    lo, hi = float(scale[0]), float(scale[1])
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"crop scale must satisfy 0 < min <= max <= 1, got {scale}")
+    rlo, rhi = float(ratio[0]), float(ratio[1])
+    if not 0 < rlo <= rhi:
+        raise ValueError(f"crop ratio must satisfy 0 < min <= max, got {ratio}")
+    u = torch.rand(batch, 4, generator=generator, dtype=torch.float64)
+    area = lo + (hi - lo) * u[:, 0]
+    r = torch.exp(math.log(rlo) + (math.log(rhi) - math.log(rlo)) * u[:, 1])
+    ext_w = torch.sqrt(area * r).clamp(max=1.0)
+    ext_h = torch.sqrt(area / r).clamp(max=1.0)
+    st_h = (1.0 - ext_h) * u[:, 2]
+    st_w = (1.0 - ext_w) * u[:, 3]
+    boxes = torch.stack([torch.stack([st_h, ext_h], -1), torch.stack([st_w, ext_w], -1)], dim=1)
+    return boxes.to(device=device, dtype=torch.float32)
+
+
+def crop_resample_abs_pe(
+    table: torch.Tensor,
+    old_grid: Sequence[int],
+    new_grid: Sequence[int],
+    boxes: torch.Tensor,
+    num_prefix: int = 0,
+    upsample: Optional[Sequence[int]] = None,
+) -> torch.Tensor:
+    """RO-ViT cropped PE: upsample the 2D table bilinearly to ``upsample``, cut each sample's box, resize to
+    ``new_grid``.
+
+    Args:
+        table: ``(1, num_prefix + H*W, C)`` learned table at ``old_grid = (H, W)``.
+        new_grid: output grid ``(H', W')``.
+        boxes: ``(B, 2, 2)`` from :func:`sample_crop_boxes` (fractions of the table's extent).
+        upsample: size of the upsampled table (default ``old_grid * 64/14``, rounded, RO-ViT's 14 -> 64).
+
+    Returns ``(B, num_prefix + H'*W', C)``; prefix rows are copied unchanged. The box is read at its cell centres
+    with bilinear ``grid_sample(align_corners=False)``; the full box ``(0, 1)`` with ``upsample == old_grid ==
+    new_grid`` returns the table.
+    """
+    old_grid = _grid(old_grid, "old_grid", (2,))
+    new_grid = _grid(new_grid, "new_grid", (2,))
+    if not isinstance(boxes, torch.Tensor) or boxes.dim() != 3 or boxes.shape[1:] != (2, 2):
+        raise ValueError(f"boxes must be a tensor (B, 2, 2), got "
+                         f"{tuple(boxes.shape) if isinstance(boxes, torch.Tensor) else type(boxes).__name__}")
+    if table.dim() != 3 or table.shape[0] != 1 or table.shape[1] != num_prefix + math.prod(old_grid):
+        raise ValueError(f"table must be (1, {num_prefix + math.prod(old_grid)}, C) for grid {old_grid} and "
+                         f"{num_prefix} prefix rows, got {tuple(table.shape)}")
+    if upsample is None:
+        upsample = tuple(max(s, round(s * ROVIT_UPSAMPLE)) for s in old_grid)
+    upsample = _grid(tuple(upsample), "upsample", (2,))
+    B, C = boxes.shape[0], table.shape[-1]
+    orig = table.dtype
+    patch = table[:, num_prefix:].float().reshape(1, *old_grid, C).permute(0, 3, 1, 2)
+    if upsample != old_grid:
+        patch = F.interpolate(patch, size=upsample, mode="bilinear", align_corners=False)
+    b = boxes.to(device=table.device, dtype=torch.float32)
+    axes = []
+    for a, n in enumerate(new_grid):
+        frac = (torch.arange(n, device=table.device, dtype=torch.float32) + 0.5) / n  # (n,)
+        axes.append(b[:, a, 0:1] + frac[None] * b[:, a, 1:2])  # (B, n) fractions of the extent
+    gy = axes[0][:, :, None].expand(B, *new_grid)
+    gx = axes[1][:, None, :].expand(B, *new_grid)
+    samp = torch.stack([gx, gy], dim=-1) * 2.0 - 1.0  # grid_sample wants (x, y) in [-1, 1]
+    out = F.grid_sample(patch.expand(B, -1, -1, -1), samp, mode="bilinear", padding_mode="border",
+                        align_corners=False)
+    out = out.permute(0, 2, 3, 1).reshape(B, -1, C).to(orig)
+    return torch.cat([table[:, :num_prefix].expand(B, -1, -1), out], dim=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# modules
+# ---------------------------------------------------------------------------------------------------------------
+class _TokenPE(PositionalEmbedding):
+    """Shared token-hook logic: ``x + full_table(layout)``; prefix rows are zeros unless the table has them."""
+
+    hooks = frozenset({"token"})
+
+    def __init__(self):
+        super().__init__()
+        self._cache: Dict[tuple, object] = {}
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cache = {}
+        return super()._apply(fn, *args, **kwargs)
+
+    def clear_cache(self) -> None:
+        """Drop cached tables."""
+        self._cache = {}
+
+    def full_table(self, layout: GridLayout, batch_size: Optional[int] = None, dtype: Optional[torch.dtype] = None,
+                   device=None) -> torch.Tensor:  # pragma: no cover - abstract
+        """PE for every token of ``layout``, ``(1 or B, N, C)``."""
+        raise NotImplementedError
+
+    def forward_tokens(self, x: torch.Tensor, layout) -> torch.Tensor:
+        """``x (B, num_prefix + prod(grid), C)`` -> ``x + PE`` (same shape)."""
+        layout = as_layout(layout)
+        check_tokens_3d(x, layout, f"{self.name}: x")
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"{self.name}: x has {x.shape[-1]} channels, this PE was built for dim={self.dim}")
+        return x + self.full_table(layout, x.shape[0], x.dtype, x.device)
+
+
+class AbsolutePE(_TokenPE):
+    """Learned absolute PE (ViT / DeiT / timm ``pos_embed``), 2D or 3D, resampled to other grids.
+
+    Args:
+        dim: embedding width ``C``.
+        grid: training grid ``(H, W)`` or ``(T, H, W)``.
+        num_prefix: prefix tokens (class, registers) of the host.
+        embed_prefix: if True (timm default) the table has rows for the ``num_prefix`` prefix tokens; False is
+            timm's ``no_embed_class`` (prefix tokens get no PE, any number of them is accepted).
+        mode, antialias: resampling at another grid (:func:`resample_abs_pe`).
+        crop_aug: RO-ViT cropped PE during training (2D only): per sample, upsample the table to ``crop_upsample``,
+            cut a random box (area ``crop_scale``, aspect ``crop_ratio``) and resize it to the current grid. Off in
+            ``eval()``.
+        init_std: truncated-normal std of the table (0.02, as timm).
+
+    Parameter ``pos_embed (1, rows, C)``, ``rows = (num_prefix if embed_prefix else 0) + prod(grid)``.
+
+    Caching: a resampled table is cached per grid shape only when no gradient can flow to ``pos_embed`` (grad mode
+    off, or ``pos_embed.requires_grad`` False), keyed on ``pos_embed._version`` so an in-place update (optimizer
+    step, ``load_state_dict``) invalidates it. Under grad mode the table is resampled inline at every call, so
+    gradients reach ``pos_embed`` at any grid. Under ``torch.compile`` it is always computed inline.
+    """
+
+    name = "ape"
+
+    def __init__(
+        self,
+        dim: int,
+        grid: Sequence[int],
+        num_prefix: int = 0,
+        embed_prefix: bool = True,
+        mode: str = "bicubic",
+        antialias: bool = False,
+        crop_aug: bool = False,
+        crop_scale: Tuple[float, float] = (0.1, 1.0),
+        crop_ratio: Tuple[float, float] = (0.5, 2.0),
+        crop_upsample: Optional[Sequence[int]] = None,
+        init_std: float = 0.02,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
+            raise ValueError(f"ape needs a positive int dim, got {dim!r}")
+        if grid is None:
+            raise ValueError("ape needs the training grid (grid=(H, W) or (T, H, W)), got None")
+        self.grid = _grid(grid, "grid")
+        if isinstance(num_prefix, bool) or not isinstance(num_prefix, int) or num_prefix < 0:
+            raise ValueError(f"num_prefix must be an int >= 0, got {num_prefix!r}")
+        if mode not in RESAMPLE_MODES:
+            raise ValueError(f"unknown resample mode {mode!r}; expected one of {RESAMPLE_MODES}")
+        if mode == "trilinear" and len(self.grid) != 3:
+            raise ValueError(f"mode 'trilinear' is for 3D grids, got grid {self.grid}")
+        if antialias and mode not in ("bicubic", "bilinear"):
+            raise ValueError(f"antialias works with modes 'bicubic' and 'bilinear', got mode={mode!r}")
+        if crop_aug and len(self.grid) != 2:
+            raise ValueError(f"crop_aug (RO-ViT cropped PE) is 2D-only, got a {len(self.grid)}-D grid {self.grid}")
+        if crop_aug:
+            sample_crop_boxes(1, crop_scale, crop_ratio)  # validates the ranges now, before any work
+        self.dim = dim
+        self.num_prefix = num_prefix
+        self.embed_prefix = bool(embed_prefix)
+        self.mode = mode
+        self.antialias = bool(antialias)
+        self.crop_aug = bool(crop_aug)
+        self.crop_scale = tuple(crop_scale)
+        self.crop_ratio = tuple(crop_ratio)
+        self.crop_upsample = tuple(crop_upsample) if crop_upsample is not None else None
+        self.init_std = init_std
+        self.ndims = (len(self.grid),)
+        rows = (num_prefix if self.embed_prefix else 0) + math.prod(self.grid)
+        self.pos_embed = nn.Parameter(torch.empty(1, rows, dim, device=device, dtype=dtype or torch.float32))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.trunc_normal_(self.pos_embed, std=self.init_std)
+        self._cache = {}
+
+    @property
+    def table_prefix(self) -> int:
+        """Prefix rows stored in ``pos_embed``."""
+        return self.num_prefix if self.embed_prefix else 0
+
+    def _check(self, layout: GridLayout) -> None:
+        self.check_layout(layout)
+        if layout.positions is not None:
+            raise ValueError("ape: a learned table has no values between grid cells; layouts with explicit "
+                             "positions are not supported (use ape_sincos or RoPE)")
+        if self.embed_prefix and layout.num_prefix != self.num_prefix:
+            raise ValueError(f"ape: the table has rows for {self.num_prefix} prefix tokens, the layout has "
+                             f"{layout.num_prefix} (use embed_prefix=False for a variable number)")
+
+    def get_table(self, grid: Sequence[int]) -> torch.Tensor:
+        """``pos_embed`` resampled to ``grid``: ``(1, table_prefix + prod(grid), C)`` (cached, see class doc)."""
+        grid = _grid(grid, "grid")
+        if len(grid) != len(self.grid):
+            raise ValueError(f"ape was built for {len(self.grid)}-D grids, got grid {grid}")
+        if grid == self.grid:
+            return self.pos_embed
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and self.pos_embed.requires_grad):
+            return resample_abs_pe(self.pos_embed, grid, self.grid, self.table_prefix, self.mode, self.antialias)
+        key = (grid, self.pos_embed.device, self.pos_embed.dtype)
+        version = self.pos_embed._version
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        out = resample_abs_pe(self.pos_embed.detach(), grid, self.grid, self.table_prefix, self.mode,
+                              self.antialias)
+        self._cache[key] = (version, out)
+        return out
+
+    def full_table(self, layout, batch_size: Optional[int] = None, dtype: Optional[torch.dtype] = None,
+                   device=None):
+        """PE for every token of ``layout``: ``(1, N, C)``, or ``(B, N, C)`` with crop augmentation in training.
+
+        Prefix tokens get their rows (``embed_prefix``) or zeros. ``device`` is ignored (the table lives with
+        ``pos_embed``).
+        """
+        layout = as_layout(layout)
+        self._check(layout)
+        if self.crop_aug and self.training:
+            if batch_size is None:
+                raise ValueError("ape with crop_aug needs the batch size in training (one crop per sample)")
+            boxes = sample_crop_boxes(batch_size, self.crop_scale, self.crop_ratio, device=self.pos_embed.device)
+            t = crop_resample_abs_pe(self.pos_embed, self.grid, layout.shape, boxes, self.table_prefix,
+                                     self.crop_upsample)
+        else:
+            t = self.get_table(layout.shape)
+        if dtype is not None:
+            t = t.to(dtype)
+        if not self.embed_prefix and layout.num_prefix:
+            t = torch.cat([t.new_zeros(t.shape[0], layout.num_prefix, t.shape[-1]), t], dim=1)
+        return t
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, grid={self.grid}, num_prefix={self.num_prefix}, embed_prefix={self.embed_prefix}, "
+                f"mode={self.mode!r}, antialias={self.antialias}, crop_aug={self.crop_aug}")
+
+
+class SinCosPE(_TokenPE):
+    """Fixed sin-cos absolute PE, 2D (MAE / timm) or 3D (Latte / CogVideoX), recomputed at every grid.
+
+    Args:
+        dim: embedding width (divisible by 4 in 2D, 16 in 3D).
+        grid: training grid ``(H, W)`` or ``(T, H, W)`` (the reference for non-index coordinates).
+        num_prefix: accepted for symmetry; prefix tokens get zeros (MAE's zero class row), any number of them.
+        temperature: frequency base (10000).
+        style: 2D channel order, ``"mae"`` (default) or ``"timm"`` (:func:`build_sincos_2d`); 2D-only.
+        coords: coordinate mode at a new grid (:data:`vispos.grid.COORD_MODES`, or one per axis): ``index``
+            (positions extend), ``interpolated`` (the grid is squeezed onto the training range), ``normalized``
+            (centred, image extent fixed) or ``cropped``.
+        ref_shape: reference grid for non-index modes (default ``grid``).
+
+    No parameters: the table is a cache per layout and device (float32, cast once to the input dtype).
+    """
+
+    name = "ape_sincos"
+
+    def __init__(self, dim: int, grid: Sequence[int], num_prefix: int = 0, temperature: float = 10000.0,
+                 style: Optional[str] = None, coords="index", ref_shape=None, device=None, dtype=None):
+        super().__init__()
+        if grid is None:
+            raise ValueError("ape_sincos needs the training grid (grid=(H, W) or (T, H, W)), got None")
+        self.grid = _grid(grid, "grid")
+        nd = len(self.grid)
+        need = 4 if nd == 2 else 16
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0 or dim % need:
+            raise ValueError(f"ape_sincos on a {nd}-D grid needs dim divisible by {need}, got {dim!r}")
+        if style is not None and nd != 2:
+            raise ValueError(f"ape_sincos style= is a 2D-only option (3D uses the Latte/CogVideoX layout), got "
+                             f"style={style!r} with grid {self.grid}")
+        style = "mae" if style is None and nd == 2 else style
+        if nd == 2 and style not in SINCOS_STYLES:
+            raise ValueError(f"unknown sin-cos style {style!r}; expected one of {SINCOS_STYLES}")
+        modes = [coords] * nd if isinstance(coords, str) else list(coords)
+        if len(modes) != nd or any(m not in COORD_MODES for m in modes):
+            raise ValueError(f"coords must be one of {COORD_MODES} or one per axis ({nd}), got {coords!r}")
+        if not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature > 0):
+            raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+        self.dim = dim
+        self.num_prefix = num_prefix
+        self.temperature = float(temperature)
+        self.style = style
+        self.coords = coords
+        self.ref_shape = tuple(ref_shape) if ref_shape is not None else self.grid
+        self.ndims = (nd,)
+
+    def build_table(self, layout: GridLayout, device=None) -> torch.Tensor:
+        """Sin-cos of the layout's patch coordinates, ``(prod(grid), C)`` float32 (uncached)."""
+        c = grid_coords(layout, self.coords, self.ref_shape, device=device, dtype=torch.float64)
+        if layout.ndim == 2:
+            return build_sincos_2d(layout.shape, self.dim, self.temperature, self.style, coords=c, device=device)
+        return build_sincos_3d(layout.shape, self.dim, self.temperature, coords=c, device=device)
+
+    def get_table(self, layout, device=None) -> torch.Tensor:
+        """Cached :meth:`build_table` (per layout and device)."""
+        layout = as_layout(layout)
+        self.check_layout(layout)
+        if torch.compiler.is_compiling():
+            return self.build_table(layout, device)
+        key = (layout, str(device))
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self.build_table(layout, device)
+            self._cache[key] = hit
+        return hit
+
+    def full_table(self, layout, batch_size: Optional[int] = None, dtype: Optional[torch.dtype] = None,
+                   device=None):
+        """``(1, N, C)`` for every token of ``layout``; prefix rows are zeros."""
+        layout = as_layout(layout)
+        t = self.get_table(layout, device)
+        if dtype is not None:
+            t = t.to(dtype)
+        if layout.num_prefix:
+            t = torch.cat([t.new_zeros(layout.num_prefix, t.shape[-1]), t], dim=0)
+        return t[None]
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, grid={self.grid}, temperature={self.temperature}, style={self.style!r}, "
+                f"coords={self.coords!r}")
+
+
+# ---- registry --------------------------------------------------------------------------------------------------
+from ..registry import register_pe  # noqa: E402
+
+
+@register_pe("ape", "absolute", (2, 3), ("token",),
+             "learned absolute PE (ViT/DeiT pos_embed), resampled bicubic/bilinear/area/trilinear; RO-ViT crop_aug")
+def build_ape(*, dim=None, grid=None, num_prefix=0, device=None, dtype=None, **kwargs):
+    return AbsolutePE(dim, grid, num_prefix=num_prefix, device=device, dtype=dtype, **kwargs)
+
+
+@register_pe("ape_sincos", "absolute", (2, 3), ("token",),
+             "fixed sin-cos APE (MAE 2D, Latte/CogVideoX 3D), recomputed at index/interpolated/normalized coords")
+def build_ape_sincos(*, dim=None, grid=None, num_prefix=0, device=None, dtype=None, **kwargs):
+    return SinCosPE(dim, grid, num_prefix=num_prefix, device=device, dtype=dtype, **kwargs)

@@ -1,0 +1,1 @@
+"""Evaluation tools: resolution sweeps, frame extrapolation, the RoPE explorer."""
