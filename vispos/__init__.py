@@ -6,15 +6,18 @@ RoPE frequency rules, :func:`build_pe` / :func:`list_pes` give every family by n
 """
 import logging as _logging
 
-from . import freqs
+from . import (
+    freqs,
+    pe,  # noqa: F401  (registers the families)
+)
 from .attention import Attention, attend
 from .freqs import RULES, ScalingRule, default_k, identify_k, predicted_loop_length, riflex_report, rope_freqs
 from .grid import COORD_MODES, GridLayout, grid_coords
+from .integrations.timm import create_model
 from .ops.rope import PAIRINGS, apply_rope
-from .registry import build_pe, list_pes, register_pe
-from . import pe  # noqa: F401  (registers the families)
 from .pe import PECombination, PositionalEmbedding
 from .pe.rope import AxialRoPE, MixedRoPE, VoPE
+from .registry import build_pe, list_pes, register_pe
 
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
@@ -45,4 +48,5 @@ __all__ = [
     "AxialRoPE",
     "MixedRoPE",
     "VoPE",
+    "create_model",
 ]

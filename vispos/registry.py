@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .pe.base import PositionalEmbedding
 
 
 __all__ = ["PEInfo", "register_pe", "build_pe", "list_pes", "get_pe_info", "COMMON_ARGS"]

@@ -1,1 +1,182 @@
-"""(family module: see the issue that owns it)"""
+"""Layer-adaptive position embedding (LaPE, Yu et al., ICCV 2023), 2D and 3D.
+
+No PE enters the residual stream. ``ω_0`` is a base APE's table for the current grid (learned ``ape`` resampled to
+the grid -- resampling acts on the base table, before the chain -- or ``ape_sincos`` recomputed); every block ``l``
+has its own LayerNorm and adds the PE to the normalised attention input only:
+
+    ``ω_{l+1} = LN^PE_l(ω_l)``  (chained; ``sharing=True``: ``ω_{l+1} = LN^PE_l(ω_0)``)
+    ``x = x + Attn(LN1_l(x) + ω_{l+1})``,  ``x = x + MLP(LN2_l(x))``
+
+Hosts call :meth:`LaPE.forward_attn_input` on ``LN1_l(x)`` (the ``attn_input`` hook); the token hook is the identity.
+Pure function: :func:`lape_chain`. Module: :class:`LaPE` (``lape``).
+
+``init="zero"`` sets every ``LN^PE`` weight and bias to 0, so nothing is added at init and a model's output equals
+the same model without PE. An init reproducing a pretrained APE model is not possible: that model adds the PE to the
+residual stream (every later layer, the MLPs and the head see it), which LaPE never does.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..grid import as_layout
+from .base import PositionalEmbedding, check_tokens_3d
+
+__all__ = ["lape_chain", "LaPE"]
+
+LAPE_INITS = ("default", "zero")
+
+
+def lape_chain(omega0: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor],
+               upto: int, sharing: bool = False, eps: float = 1e-6) -> torch.Tensor:
+    """``ω_{upto+1}`` from ``ω_0 (.., N, C)``: LayerNorms ``0..upto`` chained (or only ``upto`` on ``ω_0`` when
+    sharing). Returns a tensor of ``omega0``'s shape."""
+    if not 0 <= upto < len(weights):
+        raise ValueError(f"lape: layer index {upto} out of range for {len(weights)} layers")
+    C = omega0.shape[-1]
+    if sharing:
+        return F.layer_norm(omega0, (C,), weights[upto], biases[upto], eps)
+    w = omega0
+    for i in range(upto + 1):
+        w = F.layer_norm(w, (C,), weights[i], biases[i], eps)
+    return w
+
+
+class LaPE(PositionalEmbedding):
+    """LaPE on the ``attn_input`` hook.
+
+    Args:
+        base: the source PE, a built :class:`~vispos.pe.absolute.AbsolutePE` / :class:`~vispos.pe.absolute.SinCosPE`.
+            (The registry builder also accepts its name, ``"ape"`` or ``"ape_sincos"``.)
+        depth: number of blocks (one LayerNorm each).
+        sharing: ``LN_l(ω_0)`` at every layer instead of the chain.
+        init: ``"default"`` (LayerNorm weight 1, bias 0, as the paper) or ``"zero"`` (weight and bias 0: the PE adds
+            nothing at init, see the module doc).
+        eps: LayerNorm epsilon (1e-6, as DeiT's norms).
+
+    Parameters: ``base.*`` (e.g. ``base.pos_embed``) and ``norms[l].weight``, ``norms[l].bias`` (``2·C`` per block).
+    Shapes: ``forward_attn_input(x, layout, l)`` with ``x (B, num_prefix + prod(grid), C)``.
+
+    Within one forward pass the chain is carried from layer ``l`` to ``l + 1`` (no ``O(depth²)`` recomputation):
+    the memo is keyed on the layout, the layer and the ``_version`` of every parameter, and reset at layer 0, so it
+    never serves a value computed from older parameters. Under ``torch.compile`` it is recomputed inline.
+    """
+
+    name = "lape"
+    hooks = frozenset({"attn_input"})
+
+    def __init__(self, base: PositionalEmbedding, depth: int, sharing: bool = False, init: str = "default",
+                 eps: float = 1e-6, device=None, dtype=None):
+        super().__init__()
+        from .absolute import AbsolutePE, SinCosPE
+
+        if not isinstance(base, (AbsolutePE, SinCosPE)):
+            raise TypeError(f"lape: base must be a built 'ape' or 'ape_sincos' PE, got {type(base).__name__}")
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth <= 0:
+            raise ValueError(f"lape needs a positive int depth, got {depth!r}")
+        if init not in LAPE_INITS:
+            raise ValueError(f"unknown lape init {init!r}; expected one of {LAPE_INITS}")
+        self.base = base
+        self.dim = base.dim
+        self.depth = depth
+        self.sharing = bool(sharing)
+        self.init = init
+        self.eps = float(eps)
+        self.ndims = tuple(base.ndims)
+        self.norms = nn.ModuleList(nn.LayerNorm(self.dim, eps=self.eps, device=device, dtype=dtype)
+                                   for _ in range(depth))
+        self._memo = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for n in self.norms:
+            if self.init == "zero":
+                nn.init.zeros_(n.weight)
+            else:
+                nn.init.ones_(n.weight)
+            nn.init.zeros_(n.bias)
+        self._memo = None
+
+    def _apply(self, fn, *args, **kwargs):
+        self._memo = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def omega0(self, layout, batch_size: Optional[int] = None, dtype=None, device=None) -> torch.Tensor:
+        """The base PE for every token, ``(1 or B, N, C)`` (prefix rows: the base's own, or zeros)."""
+        return self.base.full_table(as_layout(layout), batch_size, dtype, device)
+
+    def _weights(self):
+        return [n.weight for n in self.norms], [n.bias for n in self.norms]
+
+    def _version_key(self):
+        return tuple(p._version for p in self.parameters()) + (self.training, torch.is_grad_enabled())
+
+    def layer_pe(self, layout, index: int, batch_size: Optional[int] = None, dtype=None, device=None) -> torch.Tensor:
+        """``ω_{index+1}``, ``(1 or B, N, C)``."""
+        layout = as_layout(layout)
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < self.depth:
+            raise ValueError(f"lape: layer index {index!r} out of range for depth {self.depth}")
+        ws, bs = self._weights()
+        compiling = torch.compiler.is_compiling()
+        random_base = getattr(self.base, "crop_aug", False) and self.base.training
+        if compiling or self.sharing:
+            w0 = self.omega0(layout, batch_size, dtype, device)
+            return lape_chain(w0, ws, bs, index, self.sharing, self.eps)
+        key = (layout, batch_size, dtype, str(device), self._version_key())
+        memo = self._memo
+        if index > 0 and memo is not None and memo[0] == key and memo[1] == index - 1:
+            prev = memo[2]
+            out = F.layer_norm(prev, (self.dim,), ws[index], bs[index], self.eps)
+        elif index > 0 and random_base:
+            raise ValueError("lape over a base with crop_aug in training must be called layer by layer from layer 0 "
+                             "in each forward pass (the crop is drawn once, at layer 0)")
+        else:
+            w0 = self.omega0(layout, batch_size, dtype, device)
+            out = lape_chain(w0, ws, bs, index, False, self.eps)
+        self._memo = (key, index, out)
+        return out
+
+    def forward_attn_input(self, x: torch.Tensor, layout, index: int) -> torch.Tensor:
+        """``x + ω_{index+1}`` on the normalised attention input ``x (B, num_prefix + prod(grid), C)``."""
+        layout = as_layout(layout)
+        self.check_layout(layout)
+        check_tokens_3d(x, layout, "lape: x")
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"lape: x has {x.shape[-1]} channels, this PE was built for dim={self.dim}")
+        return x + self.layer_pe(layout, index, x.shape[0], x.dtype, x.device)
+
+    def layer_pes(self, layout) -> List[torch.Tensor]:
+        """``[ω_1, ..., ω_depth]`` for a layout (reference / inspection)."""
+        w0 = self.omega0(layout)
+        ws, bs = self._weights()
+        return [lape_chain(w0, ws, bs, i, self.sharing, self.eps) for i in range(self.depth)]
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, depth={self.depth}, sharing={self.sharing}, init={self.init!r}"
+
+
+# ---- registry --------------------------------------------------------------------------------------------------
+from ..registry import register_pe  # noqa: E402
+
+
+@register_pe("lape", "lape", (2, 3), ("attn_input",),
+             "LaPE: a base APE normalised by its own chained LayerNorm per block, added to the attention input only")
+def build_lape(*, dim=None, num_heads=None, depth=None, grid=None, num_prefix=0, device=None, dtype=None,
+               base: Union[str, PositionalEmbedding] = "ape", base_options: Optional[dict] = None, **kwargs):
+    if depth is None:
+        raise ValueError("lape needs depth= (one LayerNorm per block)")
+    if isinstance(base, str):
+        if base not in ("ape", "ape_sincos"):
+            raise ValueError(f"lape: base must be 'ape' or 'ape_sincos' (or a built one), got {base!r}")
+        from ..registry import build_pe
+
+        base = build_pe(base, dim=dim, num_heads=num_heads, depth=depth, grid=grid, num_prefix=num_prefix,
+                        device=device, dtype=dtype, **(base_options or {}))
+    elif base_options:
+        raise ValueError("lape: base_options apply only when base is given by name")
+    if dim is not None and getattr(base, "dim", dim) != dim:
+        raise ValueError(f"lape: base PE has dim {base.dim}, the host has dim {dim}")
+    return LaPE(base, depth, device=device, dtype=dtype, **kwargs)
