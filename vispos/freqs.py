@@ -146,26 +146,39 @@ def _check_dim(dim) -> int:
     return dim
 
 
-def rope_freqs(dim: int, base: float = 10000.0, device=None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """RoPE bands of one axis: ``theta_j = base^(-2j/dim)``, shape ``(dim // 2,)``, float64 by default."""
+def _to_list(freqs) -> List[float]:
+    if isinstance(freqs, torch.Tensor):
+        if freqs.dim() != 1:
+            raise ValueError(f"frequencies must be a 1-D tensor (dim // 2,), got shape {tuple(freqs.shape)}")
+        return [float(f) for f in freqs.detach().cpu().to(torch.float64)]
+    return [float(f) for f in freqs]
+
+
+def rope_freqs_list(dim: int, base: float = 10000.0) -> List[float]:
+    """Pure-Python bands ``base^(-2j/dim)`` (float64). Rules run on Python floats, so under ``torch.compile`` the
+    frequencies are trace-time constants: no graph break, no recompilation."""
     _check_dim(dim)
     base = _check_len(base, "base")
-    j = torch.arange(0, dim // 2, dtype=torch.float64, device=device)
-    return (base ** (-2.0 * j / dim)).to(dtype)
+    return [base ** (-2.0 * j / dim) for j in range(dim // 2)]
 
 
-def periods(freqs: torch.Tensor, rounded: bool = True) -> List[float]:
+def rope_freqs(dim: int, base: float = 10000.0, device=None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """RoPE bands of one axis: ``theta_j = base^(-2j/dim)``, shape ``(dim // 2,)``, float64 by default."""
+    return torch.tensor(rope_freqs_list(dim, base), dtype=torch.float64, device=device).to(dtype)
+
+
+def periods(freqs, rounded: bool = True) -> List[float]:
     """Period ``2pi/theta_j`` of each component (rounded to ints as in the RIFLEx code by default)."""
-    out = [2 * math.pi / float(f) if float(f) > 0 else math.inf for f in freqs]
+    out = [2 * math.pi / f if f > 0 else math.inf for f in _to_list(freqs)]
     return [round(p) if (rounded and math.isfinite(p)) else p for p in out]
 
 
-def _freqs_of(base_or_freqs, dim) -> torch.Tensor:
-    if isinstance(base_or_freqs, torch.Tensor):
-        return base_or_freqs.to(torch.float64)
+def _freqs_of(base_or_freqs, dim) -> List[float]:
+    if isinstance(base_or_freqs, (torch.Tensor, list, tuple)):
+        return _to_list(base_or_freqs)
     if dim is None:
         raise ValueError("dim is needed when a base (not a frequency tensor) is given")
-    return rope_freqs(dim, base_or_freqs)
+    return rope_freqs_list(dim, base_or_freqs)
 
 
 def identify_k(base: Union[float, torch.Tensor], dim: Optional[int] = None, N: float = None) -> Tuple[int, int]:
@@ -195,7 +208,7 @@ def default_k(base: Union[float, torch.Tensor], dim: Optional[int] = None, train
     return j + 1, p
 
 
-def _resolve_k(freqs: torch.Tensor, rule: ScalingRule) -> Tuple[int, int]:
+def _resolve_k(freqs: List[float], rule: ScalingRule) -> Tuple[int, int]:
     per = periods(freqs)
     if rule.k is not None:
         if rule.k > len(per):
@@ -206,50 +219,62 @@ def _resolve_k(freqs: torch.Tensor, rule: ScalingRule) -> Tuple[int, int]:
     return default_k(freqs, train_len=rule.train_len)
 
 
-def riflex_freqs(freqs: torch.Tensor, k: int, test_len: float, gamma: float = 0.9) -> torch.Tensor:
-    """Lower the ``k``-th (1-indexed) component to ``min(theta_k, gamma 2pi/L')`` when ``L' > N_k``."""
+def _riflex_list(freqs: List[float], k: int, test_len: float, gamma: float) -> List[float]:
     L2 = _check_len(test_len, "test_len")
-    freqs = freqs.clone()
-    if not 1 <= k <= freqs.numel():
-        raise ValueError(f"RIFLEx k={k} is out of range 1..{freqs.numel()}")
-    N_k = periods(freqs[k - 1 : k])[0]
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(freqs):
+        raise ValueError(f"RIFLEx k={k!r} is out of range 1..{len(freqs)}")
+    out = list(freqs)
+    N_k = periods(out[k - 1 : k])[0]
     if L2 > N_k:
-        target = gamma * 2 * math.pi / L2
-        freqs[k - 1] = min(float(freqs[k - 1]), target)
-    return freqs
+        out[k - 1] = min(out[k - 1], gamma * 2 * math.pi / L2)
+    return out
 
 
-def apply_rule(freqs: torch.Tensor, rule: Union[None, str, dict, ScalingRule], base: float, dim: int) -> torch.Tensor:
-    """Rescale the bands ``freqs`` (``(dim//2,)``, built with ``base``) of one axis by ``rule``. Float64 out."""
+def riflex_freqs(freqs, k: int, test_len: float, gamma: float = 0.9) -> torch.Tensor:
+    """Lower the ``k``-th (1-indexed) component to ``min(theta_k, gamma 2pi/L')`` when ``L' > N_k``. Float64."""
+    return torch.tensor(_riflex_list(_to_list(freqs), k, test_len, gamma), dtype=torch.float64)
+
+
+def apply_rule_list(freqs, rule: Union[None, str, dict, ScalingRule], base: float, dim: int) -> List[float]:
+    """:func:`apply_rule` on Python floats (the implementation; compile-friendly)."""
     rule = as_rule(rule)
     dim = _check_dim(dim)
     _require_lengths(rule)
-    freqs = freqs.to(torch.float64)
-    if freqs.shape[-1] != dim // 2:
-        raise ValueError(f"freqs has {freqs.shape[-1]} components, rotary dim {dim} needs {dim // 2}")
+    f = _to_list(freqs)
+    if len(f) != dim // 2:
+        raise ValueError(f"freqs has {len(f)} components, rotary dim {dim} needs {dim // 2}")
     name = rule.name
     if name == "none":
-        return freqs
+        return f
     s = rule.scale
     if name == "pi":
-        return freqs / s
+        return [x / s for x in f]
     if name == "ntk":
         if dim <= 2 or s == 1.0:
-            return freqs
+            return f
         lam = s ** (dim / (dim - 2))
-        return rope_freqs(dim, base * lam, device=freqs.device)
+        return rope_freqs_list(dim, base * lam)
     if name == "ntk_base":
-        f = rule.factor if rule.factor is not None else (rule.test_len / rule.train_len)
-        return rope_freqs(dim, base * f, device=freqs.device)
+        fac = rule.factor if rule.factor is not None else (rule.test_len / rule.train_len)
+        return rope_freqs_list(dim, base * fac)
     if name == "yarn":
         if s == 1.0:
-            return freqs
-        r = rule.train_len * freqs / (2 * math.pi)
-        g = ((r - rule.alpha) / (rule.beta - rule.alpha)).clamp(0.0, 1.0)
-        return g * freqs + (1 - g) * freqs / s
+            return f
+        out = []
+        for x in f:
+            r = rule.train_len * x / (2 * math.pi)
+            g = min(max((r - rule.alpha) / (rule.beta - rule.alpha), 0.0), 1.0)
+            out.append(g * x + (1 - g) * x / s)
+        return out
     # riflex
-    k, _ = _resolve_k(freqs, rule)
-    return riflex_freqs(freqs, k, rule.test_len, rule.gamma)
+    k, _ = _resolve_k(f, rule)
+    return _riflex_list(f, k, rule.test_len, rule.gamma)
+
+
+def apply_rule(freqs, rule: Union[None, str, dict, ScalingRule], base: float, dim: int) -> torch.Tensor:
+    """Rescale the bands ``freqs`` (``(dim//2,)``, built with ``base``) of one axis by ``rule``. Float64 out."""
+    device = freqs.device if isinstance(freqs, torch.Tensor) else None
+    return torch.tensor(apply_rule_list(freqs, rule, base, dim), dtype=torch.float64, device=device)
 
 
 def rule_attention_factor(rule: Union[None, str, dict, ScalingRule]) -> float:
@@ -267,9 +292,9 @@ def predicted_loop_length(base: Union[float, torch.Tensor], dim: Optional[int] =
     the loop length after a rule.
     """
     freqs = _freqs_of(base, dim)
-    if k is None or not 1 <= k <= freqs.numel():
-        raise ValueError(f"k must be in 1..{freqs.numel()}, got {k!r}")
-    return 2 * math.pi / float(freqs[k - 1])
+    if k is None or not 1 <= k <= len(freqs):
+        raise ValueError(f"k must be in 1..{len(freqs)}, got {k!r}")
+    return 2 * math.pi / freqs[k - 1]
 
 
 def riflex_report(
@@ -332,7 +357,8 @@ def axis_freqs(
     n = len(dims)
     bases = _as_list(bases, n, "bases")
     rules = _as_list(rules, n, "rules")
-    return [apply_rule(rope_freqs(d, b), r, b, d) for d, b, r in zip(dims, bases, rules)]
+    return [torch.tensor(apply_rule_list(rope_freqs_list(d, b), r, b, d), dtype=torch.float64)
+            for d, b, r in zip(dims, bases, rules)]
 
 
-__all__ += ["axis_freqs"]
+__all__ += ["axis_freqs", "rope_freqs_list", "apply_rule_list"]
