@@ -29,6 +29,7 @@ import io
 import logging
 import math
 import os
+import tempfile
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -340,9 +341,11 @@ def _pad_even(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
-def _pick_codec() -> str:
+def _pick_codec(prefer: str = "libx264") -> str:
     import av
 
+    if prefer == "mpeg4":
+        return "mpeg4"
     try:
         av.codec.Codec("libx264", "w")
         return "libx264"
@@ -351,12 +354,13 @@ def _pick_codec() -> str:
         return "mpeg4"
 
 
-def write_video(path: PathLike, frames, fps: float = 8, crf: int = 12) -> Path:
+def write_video(path: PathLike, frames, fps: float = 8, crf: int = 12, codec: str = "libx264") -> Path:
     """Write uint8 ``(T, H, W, 3)`` frames as an MP4 with PyAV, atomically.
 
     libx264 + yuv420p (``crf``: 0 lossless-luma … 51 worst; default 12 is near-transparent) when PyAV's bundled
-    ffmpeg has it, else mpeg4 (high quality ``qscale``). Odd sizes are padded by edge repetition to even ones.
-    The file is encoded in memory, written to a temp file in the same folder and renamed.
+    ffmpeg has it, else (or with ``codec="mpeg4"``) mpeg4 at ``-q:v 2``; ``movflags=faststart``. Odd sizes are padded by edge
+    repetition to even ones. Encoded into a temp file in the same folder, then renamed: a reader never sees a
+    half-written video.
     """
     import av
 
@@ -369,23 +373,37 @@ def write_video(path: PathLike, frames, fps: float = 8, crf: int = 12) -> Path:
     if p.suffix.lower() not in (".mp4", ".m4v", ".mov"):
         raise ValueError(f"write_video writes MP4: path must end in .mp4/.m4v/.mov, got {str(p)!r}")
     T, H, W, _ = frames.shape
-    codec = _pick_codec()
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream(codec, rate=rate)
-        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        if codec == "libx264":
-            stream.options = {"crf": str(crf), "preset": "medium"}
-        else:
-            stream.codec_context.qscale = 2
-            stream.codec_context.flags |= "QSCALE"
-        for t in range(T):
-            frame = av.VideoFrame.from_ndarray(frames[t], format="rgb24")
-            for packet in stream.encode(frame):
+    if codec not in ("libx264", "mpeg4"):
+        raise ValueError(f"codec must be 'libx264' or 'mpeg4', got {codec!r}")
+    codec = _pick_codec(codec)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=p.suffix, dir=p.parent)
+    os.close(fd)
+    try:
+        # moov atom first (faststart) for streaming players; needs a real file, hence temp file + rename
+        with av.open(tmp, mode="w", format="mp4", options={"movflags": "faststart"}) as container:
+            stream = container.add_stream(codec, rate=rate)
+            stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+            if codec == "libx264":
+                stream.options = {"crf": str(crf), "preset": "medium"}
+            else:
+                stream.codec_context.qscale = True  # constant quantiser (ffmpeg's -q:v 2)
+                stream.codec_context.global_quality = 2 * 118  # FF_QP2LAMBDA = 118
+            for t in range(T):
+                frame = av.VideoFrame.from_ndarray(frames[t], format="rgb24")
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
                 container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return atomic_write_bytes(p, buf.getvalue())
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return p
 
 
 def write_gif(path: PathLike, frames, fps: float = 8) -> Path:
@@ -401,42 +419,124 @@ def write_gif(path: PathLike, frames, fps: float = 8) -> Path:
     buf = io.BytesIO()
     images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)),
                    loop=0, optimize=False, disposal=1)
-    return atomic_write_bytes(p, buf.getvalue())
+    atomic_write_bytes(p, buf.getvalue())
+    os.chmod(p, 0o644)
+    return p
 
 
 class VideoReadError(ValueError):
     """A file could not be opened or decoded as a video."""
 
 
-def _open_reader(path: PathLike, width: int = -1, height: int = -1):
-    import decord
+class _GifReader:
+    """decord cannot read GIFs; PIL decodes them (composited RGB frames)."""
 
+    def __init__(self, path: Path):
+        self.path = path
+        with self._open() as img:
+            self.n = int(getattr(img, "n_frames", 1))
+
+    def _open(self):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            img = Image.open(self.path)
+            img.load()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise VideoReadError(f"cannot open GIF {str(self.path)!r}: {e}") from e
+        return img
+
+    def __len__(self) -> int:
+        return self.n
+
+    def get(self, indices: Sequence[int]) -> np.ndarray:
+        out = []
+        with self._open() as img:
+            try:
+                for i in indices:
+                    img.seek(int(i))
+                    out.append(np.asarray(img.convert("RGB")))
+            except (OSError, EOFError, ValueError, SyntaxError) as e:
+                raise VideoReadError(f"cannot decode frame {i} of GIF {str(self.path)!r}: {e}") from e
+        return np.stack(out)
+
+
+class _DecordReader:
+    def __init__(self, path: Path):
+        import decord
+
+        try:
+            self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        except (decord.DECORDError, RuntimeError) as e:
+            raise VideoReadError(f"cannot open video {str(path)!r}: {_first_line(e)}") from e
+        self.path = path
+
+    def __len__(self) -> int:
+        return len(self._vr)
+
+    def get(self, indices: Sequence[int]) -> np.ndarray:
+        import decord
+
+        try:
+            return self._vr.get_batch(list(indices)).asnumpy()
+        except decord.DECORDError as e:
+            if "DECORDArrayCopyFromTo" not in str(e):
+                raise VideoReadError(f"cannot decode frames {indices[0]}..{indices[-1]} of {str(self.path)!r}: "
+                                     f"{_first_line(e)}") from e
+            # decord bug (dmlc/decord#336): some frame widths (e.g. 16, 24, 48, 72 px) have padded rows that
+            # decord cannot copy out; PyAV decodes those files.
+            logger.warning("decord cannot copy %s frames (dmlc/decord#336); decoding them with PyAV", self.path)
+            return _pyav_frames(self.path, indices)
+        except (RuntimeError, IndexError) as e:
+            raise VideoReadError(f"cannot decode frames {indices[0]}..{indices[-1]} of {str(self.path)!r}: "
+                                 f"{_first_line(e)}") from e
+
+
+def _pyav_frames(path: Path, indices: Sequence[int]) -> np.ndarray:
+    """Frames ``indices`` (decode order) of the first video stream with PyAV: uint8 ``(len(indices), H, W, 3)``."""
+    import av
+
+    want = sorted(set(int(i) for i in indices))
+    got: Dict[int, np.ndarray] = {}
+    try:
+        with av.open(str(path)) as container:
+            for n, frame in enumerate(container.decode(video=0)):
+                if n in want:
+                    got[n] = frame.to_ndarray(format="rgb24")
+                if n >= want[-1]:
+                    break
+    except av.error.FFmpegError as e:
+        raise VideoReadError(f"cannot decode {str(path)!r} with PyAV: {_first_line(e)}") from e
+    missing = [i for i in want if i not in got]
+    if missing:
+        raise VideoReadError(f"{str(path)!r} ends before frame {missing[0]} (truncated?)")
+    return np.stack([got[int(i)] for i in indices])
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else repr(e)
+
+
+def _open_reader(path: PathLike):
     p = Path(path)
     if not p.is_file():
         raise VideoReadError(f"video file {str(p)!r} does not exist")
-    try:
-        return decord.VideoReader(str(p), ctx=decord.cpu(0), width=width, height=height, num_threads=1)
-    except decord.DECORDError as e:
-        raise VideoReadError(f"cannot open video {str(p)!r}: {str(e).splitlines()[0] if str(e) else e!r}") from e
-    except RuntimeError as e:
-        raise VideoReadError(f"cannot open video {str(p)!r}: {str(e).splitlines()[0] if str(e) else e!r}") from e
+    return _GifReader(p) if p.suffix.lower() == ".gif" else _DecordReader(p)
 
 
 def _decode(reader, indices: Sequence[int], path) -> np.ndarray:
-    import decord
-
-    try:
-        out = reader.get_batch(list(indices)).asnumpy()
-    except (decord.DECORDError, RuntimeError) as e:
-        raise VideoReadError(f"cannot decode frames {indices[0]}..{indices[-1]} of {str(path)!r}: "
-                             f"{str(e).splitlines()[0] if str(e) else e!r}") from e
-    if out.shape[0] != len(indices):
-        raise VideoReadError(f"decoded {out.shape[0]} frames instead of {len(indices)} from {str(path)!r}")
+    indices = list(indices)
+    out = reader.get(indices)
+    if out.ndim != 4 or out.shape[0] != len(indices) or out.shape[-1] != 3:
+        raise VideoReadError(f"decoded an array of shape {tuple(out.shape)} instead of {len(indices)} RGB frames "
+                             f"from {str(path)!r}")
     return out
 
 
 def read_video(path: PathLike) -> np.ndarray:
-    """Decode every frame of a video file with decord: uint8 ``(T, H, W, 3)``.
+    """Decode every frame of a video file with decord (GIFs with PIL, which decord cannot read; frame widths that
+    hit decord bug dmlc/decord#336 with PyAV, logged): uint8 ``(T, H, W, 3)``.
 
     Raises :class:`VideoReadError` (a ``ValueError``) naming the file when it is missing, unreadable or truncated.
     """
