@@ -18,10 +18,11 @@ from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ..grid import GridLayout
 
-__all__ = ["DecomposedBias", "sdpa", "SDPA_IMPLS"]
+__all__ = ["DecomposedBias", "sdpa", "SDPA_IMPLS", "select_bias_impl"]
 
 SDPA_IMPLS = ("auto", "fold", "dense", "chunked")
 
@@ -111,25 +112,78 @@ def sdpa(
         raise TypeError(f"bias must be None, a tensor or a DecomposedBias, got {type(bias).__name__}")
     bias.q_layout.check_tokens(q.shape[-2], "sdpa: q")
     bias.k_layout.check_tokens(k.shape[-2], "sdpa: k")
-    if impl == "auto":
-        impl = "fold"
+    impl = select_bias_impl(q, bias, impl)
     if impl == "dense":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.dense(q.dtype), dropout_p=dropout_p,
                                               scale=scale)
     if impl == "chunked":
-        outs = []
-        nq = q.shape[-2]
-        for s in range(0, nq, chunk_size):
-            e = min(s + chunk_size, nq)
-            outs.append(F.scaled_dot_product_attention(q[:, :, s:e], k, v, attn_mask=bias.dense_rows(s, e, q.dtype),
-                                                       dropout_p=dropout_p, scale=scale))
-        return torch.cat(outs, dim=2)
-    # fold: extra q columns carry the factors, extra k columns the one-hot key coordinates
+        return _chunked(q, k, v, bias, scale, dropout_p, chunk_size)
+    return _fold(q, k, v, bias, scale, dropout_p, pad_v=q.device.type == "cpu")
+
+
+def _fold(q, k, v, bias, scale, dropout_p, pad_v: bool):
+    """Extra q columns carry the factors (``rel``), extra k columns the one-hot key coordinates (``oh``):
+    ``[scale·q, rel]·[k, oh]ᵀ = scale·q·kᵀ + bias`` in one SDPA call with ``scale=1``.
+
+    ``pad_v``: zero-pad ``v`` to the folded head dim (and slice the output) so that the fused kernel applies. CPU
+    SDPA only takes its flash kernel when q, k and v have one head dim; otherwise it falls back to the math path,
+    which materialises ``B·heads·Nq·Nk`` (measured: 64×64 tokens, B1 H2, 306 MB peak without padding vs 15 MB with
+    it). On CUDA the memory-efficient kernel accepts a different v head dim, so ``v`` is left alone.
+    """
     B, H, Nq, D = q.shape
     rel = torch.cat([f.to(q.dtype) for f in bias.factors], dim=-1)  # (B, H, Nq_grid, sumK)
     if bias.q_layout.num_prefix:
         rel = F.pad(rel, (0, 0, bias.q_layout.num_prefix, 0))
     oh = bias.key_onehot(k.dtype, k.device)  # (Nk, sumK)
-    q2 = torch.cat([q * scale, rel], dim=-1)
-    k2 = torch.cat([k, oh.expand(B, H, *oh.shape)], dim=-1)
+    q2 = torch.cat([q * scale, rel.expand(q.shape[0], q.shape[1], *rel.shape[2:])], dim=-1)
+    k2 = torch.cat([k, oh.expand(k.shape[0], k.shape[1], *oh.shape)], dim=-1)
+    dv = v.shape[-1]
+    if pad_v and dv < q2.shape[-1]:
+        vp = F.pad(v, (0, q2.shape[-1] - dv))
+        return F.scaled_dot_product_attention(q2, k2, vp, dropout_p=dropout_p, scale=1.0)[..., :dv]
     return F.scaled_dot_product_attention(q2, k2, v, dropout_p=dropout_p, scale=1.0)
+
+
+def select_bias_impl(q: torch.Tensor, bias: "DecomposedBias", impl: str = "auto") -> str:
+    """The path :func:`sdpa` takes for a :class:`DecomposedBias` (explicit and testable).
+
+    ``auto`` -> ``fold`` on every device. Measured on the 2-core CPU (benchmarks/RESULTS.md, "relpos"; B1 H2 D64
+    fp32, heavily loaded machine, so times are indicative): with ``v`` zero-padded to the folded head dim
+    (:func:`_fold`) it never builds an ``N×N`` tensor -- 64×64 tokens forward: 30 MB peak vs 256 MB dense (0.12×) and
+    34 MB chunked; 32×32 forward+backward: fold 0.52 s / 7 MB, dense 1.2 s / 24 MB, chunked 2.7 s / 12 MB (chunked
+    recomputes its masks in the backward). Its forward-only time is 1.2-2.5× dense on CPU (the folded head dim
+    triples the attention FLOPs), the price of not holding the bias. On CUDA the issue's measurement (H200, 64×64,
+    B8 H12) puts fold at 1.77 ms / 0.35 GB vs dense 5.7 ms / 3.4 GB.
+    ``chunked`` stays available as the bounded-memory mask path; ``dense`` is the reference.
+    """
+    if impl not in SDPA_IMPLS:
+        raise ValueError(f"unknown attention impl {impl!r}; expected one of {SDPA_IMPLS}")
+    return "fold" if impl == "auto" else impl
+
+
+def _chunk_attn(qc, k, v, factors, bias, s, e, scale, dropout_p):
+    b = DecomposedBias(list(factors), bias.q_layout, bias.k_layout)
+    return F.scaled_dot_product_attention(qc, k, v, attn_mask=b.dense_rows(s, e, qc.dtype), dropout_p=dropout_p,
+                                          scale=scale)
+
+
+def _chunked(q, k, v, bias, scale, dropout_p, chunk_size):
+    """Mask ``chunk_size`` query rows at a time. With autograd, each chunk is checkpointed (its mask rebuilt in the
+    backward), so at most one ``(B, heads, chunk, Nk)`` block of the bias is alive, forward or backward."""
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    nq = q.shape[-2]
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *bias.factors))
+    if grad and dropout_p:
+        raise ValueError("impl='chunked' with dropout recomputes chunks in the backward, which would draw new "
+                         "dropout masks; use impl='fold' or 'dense' when training with attention dropout")
+    out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device) if not grad else None
+    outs = []
+    for s in range(0, nq, chunk_size):
+        e = min(s + chunk_size, nq)
+        if grad:
+            outs.append(checkpoint(_chunk_attn, q[:, :, s:e], k, v, tuple(bias.factors), bias, s, e, scale,
+                                   dropout_p, use_reentrant=False))
+        else:
+            out[:, :, s:e] = _chunk_attn(q[:, :, s:e], k, v, bias.factors, bias, s, e, scale, dropout_p)
+    return torch.cat(outs, dim=2) if grad else out

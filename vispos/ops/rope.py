@@ -14,7 +14,8 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["PAIRINGS", "check_pairing", "rope_angles", "rope_table", "apply_rope", "apply_rope_qk"]
+__all__ = ["PAIRINGS", "ROPE_IMPLS", "check_pairing", "rope_angles", "rope_table", "apply_rope", "apply_rope_qk",
+           "select_rope_impl"]
 
 PAIRINGS = ("interleaved", "half")
 
@@ -95,9 +96,66 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: s
     return y.to(x.dtype)
 
 
+ROPE_IMPLS = ("auto", "reference", "fast", "triton")
+
+
+def select_rope_impl(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                     impl: str = "auto") -> str:
+    """The path :func:`apply_rope_qk` takes (explicit and testable).
+
+    ``auto``: under ``torch.compile`` -> ``reference`` (plain elementwise math that inductor fuses into one kernel;
+    the fast paths use complex views, ``out=`` and in-place ops that would only cost it graph breaks); CUDA tensors
+    that the Triton kernel supports (:func:`vispos.ops.rope_triton.triton_supported`) -> ``triton``; everything
+    else (CPU, float64 tables, Triton missing) -> ``fast`` (:mod:`vispos.ops.rope_fast`, eager torch, any device).
+    An explicit ``impl`` is honoured or rejected with an error, never replaced.
+    """
+    if impl not in ROPE_IMPLS:
+        raise ValueError(f"unknown RoPE impl {impl!r}; expected one of {ROPE_IMPLS}")
+    if impl == "triton":
+        from .rope_triton import triton_supported
+
+        if not triton_supported(q, k, cos, sin):
+            raise ValueError("impl='triton' needs triton and CUDA float32/float16/bfloat16 q, k and tables of one "
+                             f"shape; got q {tuple(q.shape)} {q.dtype} on {q.device}, k {tuple(k.shape)}, "
+                             f"tables {cos.dtype}")
+        return impl
+    if impl != "auto":
+        return impl
+    if torch.compiler.is_compiling():
+        return "reference"
+    if q.is_cuda:
+        from .rope_triton import triton_supported
+
+        if triton_supported(q, k, cos, sin):
+            return "triton"
+    return "fast"
+
+
 def apply_rope_qk(
-    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: str = "interleaved"
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: str = "interleaved",
+    impl: str = "auto",
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Rotate q and k with the same tables. Dispatches to the fastest available path for the inputs
-    (see :mod:`vispos.ops.rope_fast` when present); :func:`apply_rope` is the reference."""
-    return apply_rope(q, cos, sin, pairing), apply_rope(k, cos, sin, pairing)
+    """Rotate ``q, k (B, heads, N, D)`` with the same tables ``cos, sin (..., N, D/2)`` -> ``(q', k')``.
+
+    All paths compute :func:`apply_rope` (the reference) within dtype tolerance, forward and backward (including
+    gradients for the tables, e.g. RoPE-Mixed's learned frequencies); see :func:`select_rope_impl` for the choice.
+    ``fast`` and ``triton`` return contiguous tensors and read strided inputs (views of a packed qkv) in place.
+    """
+    check_pairing(pairing)
+    for n, t in (("q", q), ("k", k)):
+        if t.shape[-1] % 2:
+            raise ValueError(f"RoPE needs an even head dim, got {n} with {t.shape[-1]}")
+        if cos.shape[-1] != t.shape[-1] // 2 or sin.shape[-1] != t.shape[-1] // 2:
+            raise ValueError(f"RoPE tables must have D/2 = {t.shape[-1] // 2} columns, got {cos.shape[-1]}")
+        if cos.shape[-2] != t.shape[-2] or sin.shape[-2] != t.shape[-2]:
+            raise ValueError(f"RoPE tables cover {cos.shape[-2]} tokens but {n} has {t.shape[-2]}")
+    path = select_rope_impl(q, k, cos, sin, impl)
+    if path == "reference":
+        return apply_rope(q, cos, sin, pairing), apply_rope(k, cos, sin, pairing)
+    if path == "triton":
+        from .rope_triton import rope_qk_triton
+
+        return rope_qk_triton(q, k, cos, sin, pairing)
+    from .rope_fast import rope_qk_fast
+
+    return rope_qk_fast(q, k, cos, sin, pairing)
