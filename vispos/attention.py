@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .grid import GridLayout
+from .grid import GridLayout, as_layout
 from .ops.attention import sdpa
 
 __all__ = ["attend", "Attention"]
@@ -80,6 +80,17 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, layout: Optional[GridLayout] = None, pe=None, index: int = 0) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() != 3:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"Attention: x must be (B, N, dim={self.num_heads * self.head_dim}), got {got}")
+        if x.shape[-1] != self.num_heads * self.head_dim:
+            raise ValueError(f"Attention: x has {x.shape[-1]} channels, this layer was built for "
+                             f"dim={self.num_heads * self.head_dim}")
+        if pe is not None and pe.hooks and layout is None:
+            raise ValueError(f"Attention: PE {pe.name!r} needs the token layout (layout=GridLayout(...)), got None")
+        if layout is not None:
+            layout = as_layout(layout)
+            layout.check_tokens(x.shape[1], "Attention: x")
         if pe is not None and "attn_input" in pe.hooks:
             x = pe.forward_attn_input(x, layout, index)
         B, N, C = x.shape

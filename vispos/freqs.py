@@ -9,13 +9,15 @@ training length ``L`` and the test length ``L'`` of that axis (``s = L'/L``):
 ``pi``     position interpolation: ``theta_j / s``.
 ``ntk``    NTK-aware: ``theta_j = (lam * b)^(-2j/d)``, ``lam = s^(d/(d-2))``.
 ``ntk_base`` plain base multiplier (diffusers' ``ntk_factor``): ``theta_j = (f * b)^(-2j/d)``, ``f`` given or ``s``.
+           Both NTK rules multiply the bands they are given by ``lam^(-2j/d)`` (equal to rebuilding with base
+           ``lam * b`` for standard bands), so they compose with other changes.
 ``yarn``   ``theta_j' = g(r_j) theta_j + (1 - g(r_j)) theta_j / s``, ``r_j = L theta_j / 2pi``, ramp ``g`` 0 below
            ``alpha``, 1 above ``beta`` (alpha = 1, beta = 32); optional attention factor ``0.1 ln s + 1``.
 ``riflex`` RIFLEx: only the intrinsic component ``k`` (1-indexed) changes: ``theta_k' = min(theta_k, gamma 2pi/L')``
            and only when ``L' > N_k`` (its rounded period); ``gamma = 0.9`` as in the official code.
 ========== ===============================================================================================
 
-For ``pi``, ``ntk`` and ``yarn`` the scale is ``max(L'/L, 1)``: a shorter test length leaves the bands unchanged
+For ``pi``, ``ntk``, ``ntk_base`` (without ``factor``) and ``yarn`` the scale is ``max(L'/L, 1)``: a shorter test length leaves the bands unchanged
 (use ``interpolated`` coordinates in :mod:`vispos.grid` to squeeze a grid instead). Bands are built and rescaled in
 float64 and returned in float64; callers cast once (float32) after computing angles.
 """
@@ -253,10 +255,11 @@ def apply_rule_list(freqs, rule: Union[None, str, dict, ScalingRule], base: floa
         if dim <= 2 or s == 1.0:
             return f
         lam = s ** (dim / (dim - 2))
-        return rope_freqs_list(dim, base * lam)
+        # (lam * b)^(-2j/d) = b^(-2j/d) * lam^(-2j/d): applied to the given bands, so rules compose
+        return [x * lam ** (-2.0 * j / dim) for j, x in enumerate(f)]
     if name == "ntk_base":
-        fac = rule.factor if rule.factor is not None else (rule.test_len / rule.train_len)
-        return rope_freqs_list(dim, base * fac)
+        fac = rule.factor if rule.factor is not None else s
+        return [x * fac ** (-2.0 * j / dim) for j, x in enumerate(f)]
     if name == "yarn":
         if s == 1.0:
             return f
@@ -297,47 +300,50 @@ def predicted_loop_length(base: Union[float, torch.Tensor], dim: Optional[int] =
     return 2 * math.pi / freqs[k - 1]
 
 
-def riflex_report(
-    base: float, dim: int, train_len: float, test_len: float, N: Optional[float] = None, k: Optional[int] = None,
-    gamma: float = 0.9,
+def bands_report(
+    freqs, train_len: float, test_len: float, N: Optional[float] = None, k: Optional[int] = None, gamma: float = 0.9,
 ) -> dict:
-    """Everything a user computes by hand before applying RIFLEx to one axis.
+    """RIFLEx table for any bands (``(n,)`` tensor or list, highest frequency first), e.g. LTX's.
 
-    Returns a dict with ``components`` (one row per band: index (1-based), theta, period, cycles over train/test
-    length), the chosen ``k`` and ``N_k``, how it was chosen, the adjusted theta and the loop length after it.
+    Returns ``components`` (one row per band: ``k`` (1-based), theta, period, cycles over the train and test length,
+    adjusted theta), the chosen ``k`` and ``N_k``, how it was chosen, whether the adjustment applies (``L' > N_k``),
+    the adjusted theta and the loop length after it.
     """
-    freqs = rope_freqs(dim, base)
+    f = _to_list(freqs)
     rule = ScalingRule("riflex", train_len=train_len, test_len=test_len, N=N, k=k, gamma=gamma)
-    kk, N_k = _resolve_k(freqs, rule)
-    new = apply_rule(freqs, rule, base, dim)
-    rows = []
-    for j in range(freqs.numel()):
-        th = float(freqs[j])
-        rows.append(
-            {
-                "k": j + 1,
-                "theta": th,
-                "period": 2 * math.pi / th,
-                "cycles_train": train_len * th / (2 * math.pi),
-                "cycles_test": test_len * th / (2 * math.pi),
-                "adjusted_theta": float(new[j]),
-            }
-        )
+    kk, N_k = _resolve_k(f, rule)
+    new = _riflex_list(f, kk, test_len, gamma)
+    two_pi = 2 * math.pi
+    rows = [
+        {"k": j + 1, "theta": th, "period": two_pi / th, "cycles_train": train_len * th / two_pi,
+         "cycles_test": test_len * th / two_pi, "adjusted_theta": new[j]}
+        for j, th in enumerate(f)
+    ]
     how = "given" if k is not None else ("identify_k(N)" if N is not None else "default (smallest period >= L)")
     return {
-        "base": base,
-        "dim": dim,
         "train_len": train_len,
         "test_len": test_len,
         "k": kk,
         "N_k": N_k,
         "chosen_by": how,
         "applied": test_len > N_k,
-        "theta_k": float(freqs[kk - 1]),
-        "adjusted_theta_k": float(new[kk - 1]),
-        "loop_length_after": 2 * math.pi / float(new[kk - 1]),
+        "theta_k": f[kk - 1],
+        "adjusted_theta_k": new[kk - 1],
+        "loop_length_after": two_pi / new[kk - 1],
         "components": rows,
     }
+
+
+def riflex_report(
+    base: float, dim: int, train_len: float, test_len: float, N: Optional[float] = None, k: Optional[int] = None,
+    gamma: float = 0.9,
+) -> dict:
+    """Everything a user computes by hand before applying RIFLEx to one axis of bands ``base^(-2j/dim)``.
+
+    :func:`bands_report` plus ``base`` and ``dim``.
+    """
+    return {"base": base, "dim": dim,
+            **bands_report(rope_freqs_list(dim, base), train_len, test_len, N=N, k=k, gamma=gamma)}
 
 
 def _as_list(x, n: int, name: str) -> list:
@@ -361,4 +367,4 @@ def axis_freqs(
             for d, b, r in zip(dims, bases, rules)]
 
 
-__all__ += ["axis_freqs", "rope_freqs_list", "apply_rule_list"]
+__all__ += ["axis_freqs", "rope_freqs_list", "apply_rule_list", "bands_report"]

@@ -332,6 +332,22 @@ class RuleHandle:
         return [ax.resolve(int(n)) for ax, n in zip(self.axes.values(), sizes)]
 
 
+def _patch_forward(rope, forward):
+    """Install ``forward`` on this instance only; the returned undo restores whatever was there before (an
+    instance-level forward set by accelerate hooks or the user, or none)."""
+    had = "forward" in vars(rope)
+    before = vars(rope).get("forward")
+    rope.forward = forward
+
+    def undo():
+        if had:
+            rope.forward = before
+        else:
+            vars(rope).pop("forward", None)
+
+    return undo
+
+
 # ------------------------------------------------------------------------------------------ HunyuanVideo
 def _install_hunyuan(handle: RuleHandle, rope) -> None:
     def forward(hidden_states: torch.Tensor, *args, **kwargs):
@@ -352,8 +368,7 @@ def _install_hunyuan(handle: RuleHandle, rope) -> None:
             sin_l.append(s)
         return torch.cat(cos_l, dim=1), torch.cat(sin_l, dim=1)
 
-    rope.forward = forward
-    handle._undo = lambda: rope.__dict__.pop("forward", None)
+    handle._undo = _patch_forward(rope, forward)
 
 
 # ---------------------------------------------------------------------------------------------- Wan family
@@ -488,8 +503,7 @@ def _install_ltx(handle: RuleHandle, rope) -> None:
             sin = torch.cat([torch.zeros_like(cos[:, :, :pad]), sin], dim=-1)
         return cos, sin
 
-    rope.forward = forward
-    handle._undo = lambda: rope.__dict__.pop("forward", None)
+    handle._undo = _patch_forward(rope, forward)
 
 
 def _ltx_merge(freqs: torch.Tensor, theta64: torch.Tensor, new64: torch.Tensor, step: float) -> torch.Tensor:
@@ -534,7 +548,13 @@ def _cog_cos_sin(model, axes: Sequence[_Axis], latent_frames: int, grid_h: int, 
     d = int(cfg.attention_head_dim)
     dims = (d // 4, d // 8 * 3, d // 8 * 3)
     sizes = (t, grid_h, grid_w)
-    rules = [ax.resolve(n) for ax, n in zip(axes, sizes)]
+    if p_t is None:
+        # 1.0 already squeezes any grid into the base crop region: its spatial positions span the crop extent, so
+        # rules see that extent (<= the base grid) as L', not the token count, and never squeeze twice
+        rule_sizes = (t, y1 - y0, x1 - x0)
+    else:
+        rule_sizes = sizes
+    rules = [ax.resolve(n) for ax, n in zip(axes, rule_sizes)]
     tables = []
     for i, pos in enumerate((pos_t, pos_h, pos_w)):
         host = 1.0 / (10000.0 ** (torch.arange(0, dims[i], 2, dtype=f32, device=device) / dims[i]))
@@ -647,5 +667,31 @@ def apply_rule(
     else:
         _install_cog_pipeline(handle, pipe, model)
     setattr(target, _MARK, handle)
+    second = getattr(pipe, "transformer_2", None) if pipe is not None else None
+    if isinstance(second, torch.nn.Module) and not host.startswith("cogvideox"):
+        # two-expert pipelines (Wan 2.2 high/low-noise, its I2V and VACE variants): the same rule on both
+        host2, model2, _ = detect_host(second)
+        if host2 != host:
+            handle.remove()
+            raise ValueError(f"pipeline holds a {host} transformer and a {host2} transformer_2; expected one kind")
+        if getattr(model2.rope, _MARK, None) is not None:
+            handle.remove()
+            raise ValueError("a vispos rule is already applied to this pipeline's transformer_2; remove() it first")
+        handle2 = RuleHandle(host, model2.rope, axes, undo=None)
+        if host == "hunyuanvideo":
+            _install_hunyuan(handle2, model2.rope)
+        elif host in ("wan", "skyreels-v2"):
+            _install_wan(handle2, model2.rope)
+        else:
+            _install_ltx(handle2, model2.rope)
+        setattr(model2.rope, _MARK, handle2)
+        first_undo = handle._undo
+
+        def undo_both():
+            first_undo()
+            handle2.remove()
+
+        handle._undo = undo_both
+        handle.second = handle2
     logger.info("vispos: %r", handle)
     return handle

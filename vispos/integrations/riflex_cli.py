@@ -27,10 +27,7 @@ import torch
 from ..freqs import (
     ScalingRule,
     apply_rule,
-    default_k,
-    identify_k,
-    periods,
-    riflex_freqs,
+    bands_report,
     riflex_report,
 )
 
@@ -113,47 +110,6 @@ def adjust_bands(
         ratio = new / canonical
         return torch.where(ratio == 1.0, freqs, freqs * ratio)
     return apply_rule(freqs, rule, base, dim)
-
-
-def bands_report(
-    freqs: torch.Tensor, train_len: float, test_len: float, N: Optional[float] = None, k: Optional[int] = None,
-    gamma: float = 0.9,
-) -> dict:
-    """:func:`vispos.freqs.riflex_report` for bands that are not ``b^(-2j/d)`` (LTX): same keys, no base/dim."""
-    freqs = freqs.to(torch.float64)
-    if k is not None:
-        if not 1 <= k <= freqs.numel():
-            raise ValueError(f"RIFLEx k={k} is out of range 1..{freqs.numel()}")
-        kk, N_k = k, periods(freqs[k - 1 : k])[0]
-    elif N is not None:
-        kk, N_k = identify_k(freqs, N=N)
-    else:
-        kk, N_k = default_k(freqs, train_len=train_len)
-    new = riflex_freqs(freqs, kk, test_len, gamma)
-    rows = [
-        {
-            "k": j + 1,
-            "theta": float(freqs[j]),
-            "period": 2 * math.pi / float(freqs[j]),
-            "cycles_train": train_len * float(freqs[j]) / (2 * math.pi),
-            "cycles_test": test_len * float(freqs[j]) / (2 * math.pi),
-            "adjusted_theta": float(new[j]),
-        }
-        for j in range(freqs.numel())
-    ]
-    how = "given" if k is not None else ("identify_k(N)" if N is not None else "default (smallest period >= L)")
-    return {
-        "train_len": train_len,
-        "test_len": test_len,
-        "k": kk,
-        "N_k": N_k,
-        "chosen_by": how,
-        "applied": test_len > N_k,
-        "theta_k": float(freqs[kk - 1]),
-        "adjusted_theta_k": float(new[kk - 1]),
-        "loop_length_after": 2 * math.pi / float(new[kk - 1]),
-        "components": rows,
-    }
 
 
 def _positions(latent: float, p_t: int) -> float:

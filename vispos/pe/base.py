@@ -142,6 +142,16 @@ class PECombination(PositionalEmbedding):
     def members(self):
         return tuple(self.pes)
 
+    def reset_parameters(self) -> None:
+        """Re-initialise every member that has parameters, in member order (the order they were built in), so a
+        combination built on the meta device, ``to_empty``'d and reset under a seed equals one built directly."""
+        for pe in self.pes:
+            if any(True for _ in pe.parameters()):
+                if not hasattr(pe, "reset_parameters"):
+                    raise TypeError(f"PE {pe.name!r} has parameters but no reset_parameters(); it cannot be "
+                                    f"re-initialised after to_empty()")
+                pe.reset_parameters()
+
     def forward_tokens(self, x, layout):
         for pe in self.pes:
             if "token" in pe.hooks:

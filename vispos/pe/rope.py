@@ -334,7 +334,8 @@ class MixedRoPE(_RoPEBase):
         coords: coordinate mode (default ``index``: RoPE-ViT extends positions, never interpolates).
 
     Parameter ``freqs (ndim, depth, num_heads, head_dim // 2)`` (no weight decay: see :meth:`no_weight_decay`).
-    Angles are computed in float32 (never lowered by autocast): ``angle[l, h, n, j] = sum_a p[n, a] f[a, l, h, j]``.
+    Angles are computed in float64 (never lowered by autocast), cos/sin cast once to float32:
+    ``angle[l, h, n, j] = sum_a p[n, a] f[a, l, h, j]``.
     """
 
     name = "rope_mixed"
@@ -373,13 +374,13 @@ class MixedRoPE(_RoPEBase):
         return {"freqs"}
 
     def get_coords(self, layout: GridLayout, device=None) -> torch.Tensor:
-        """Patch coordinates ``(prod(grid), ndim)`` float32, cached per layout and device."""
+        """Patch coordinates ``(prod(grid), ndim)`` float64, cached per layout and device."""
         key = (layout, str(device))
         if not torch.compiler.is_compiling():
             hit = self._cache.get(key)
             if hit is not None:
                 return hit
-        c = grid_coords(layout, self.coords, self.ref_shape, device=device, dtype=torch.float32)
+        c = grid_coords(layout, self.coords, self.ref_shape, device=device, dtype=torch.float64)
         if not torch.compiler.is_compiling():
             self._cache[key] = c
         return c
@@ -391,7 +392,8 @@ class MixedRoPE(_RoPEBase):
         if not 0 <= index < self.depth:
             raise ValueError(f"layer index {index} out of range for RoPE-Mixed with depth {self.depth}")
         c = self.get_coords(layout, self.freqs.device)  # (N, ndim)
-        f = self.freqs[:, index].float()  # (ndim, heads, D/2)
+        # float64 angles (as AxialRoPE): float32 products at positions ~1e4 are off by ~5e-4 rad (ulp of 1e4)
+        f = self.freqs[:, index].to(torch.float64)  # (ndim, heads, D/2)
         ang = (c.t()[:, None, :, None] * f[:, :, None, :]).sum(0)  # (heads, N, D/2), elementwise: no autocast
         return rope_table(ang, layout.num_prefix, self.head_dim // 2)
 
@@ -409,7 +411,7 @@ class MixedRoPE(_RoPEBase):
 
 
 # ---- registry --------------------------------------------------------------------------------------------------
-from ..registry import register_pe  # noqa: E402
+from ..registry import option_names, register_pe  # noqa: E402
 
 
 def _head_dim(dim, num_heads, head_dim):
@@ -436,11 +438,17 @@ def build_rope_axial(*, dim=None, num_heads=None, grid=None, head_dim=None, ndim
                      device=device, dtype=dtype, **kwargs)
 
 
+build_rope_axial.accepts = tuple(n for n in option_names(build_rope_axial, AxialRoPE.__init__) if n != "train_shape")  # grid=
+
+
 @register_pe("vope", "rope", (1, 2, 3), ("qk",),
              "VoPE: axial RoPE on centred coordinates normalised to the training grid (continuous resolution)")
 def build_vope(*, dim=None, num_heads=None, grid=None, head_dim=None, ndim=None, device=None, dtype=None, **kwargs):
     return VoPE(_head_dim(dim, num_heads, head_dim), ndim=_ndim(grid, ndim), train_shape=grid,
                 device=device, dtype=dtype, **kwargs)
+
+
+build_vope.accepts = tuple(n for n in option_names(build_vope, AxialRoPE.__init__) if n != "train_shape")  # grid=
 
 
 @register_pe("rope_mixed", "rope", (2, 3), ("qk",),
@@ -451,3 +459,6 @@ def build_rope_mixed(*, dim=None, num_heads=None, depth=None, grid=None, head_di
         raise ValueError("rope_mixed needs depth= and num_heads= (one frequency set per layer and head)")
     return MixedRoPE(_head_dim(dim, num_heads, head_dim), depth, num_heads, ndim=_ndim(grid, ndim),
                      train_shape=grid, device=device, dtype=dtype, **kwargs)
+
+
+build_rope_mixed.accepts = tuple(n for n in option_names(build_rope_mixed, MixedRoPE.__init__) if n != "train_shape")  # grid=

@@ -1,0 +1,687 @@
+"""timm integration: any timm ViT / EVA with any vispos PE, pretrained checkpoints included.
+
+Three ways in:
+
+* :func:`create_model` -- ``vispos.create_model("vit_small_patch16_224", pe="rope_axial")`` builds the timm model and
+  installs the PE.
+* ``timm.create_model("vispos_<timm name>", pe=...)`` -- after ``import vispos`` every entrypoint of timm's
+  ``vision_transformer``, ``deit`` and ``eva`` modules has a ``vispos_`` twin (``timm.list_models(module="vispos")``)
+  that takes ``pe=`` / ``pe_kwargs=`` and goes through timm's own pretrained-config machinery (tags such as
+  ``vispos_vit_base_patch16_224.augreg_in21k``, ``pretrained_cfg_overlay=dict(file=...)``).
+* :func:`install_pe` -- put a PE into a timm model you already have (e.g. one loaded with pretrained weights); the
+  timm PE is converted where a conversion exists.
+
+How the PE reaches the model (no state-dict key of timm changes; the PE's parameters appear under ``pe.``):
+
+* the model's class is swapped for a subclass whose ``_pos_embed`` builds the :class:`~vispos.grid.GridLayout`
+  from the patch grid (``(H, W)`` from the NHWC patch embedding with ``dynamic_img_size=True``, else
+  ``patch_embed.grid_size``) after concatenating the prefix tokens (class, distillation, registers), and applies
+  the PE's ``token`` hook;
+* each attention's class is swapped for a subclass that runs the ``attn_input``, ``bias``, ``qk`` and ``value``
+  hooks around SDPA (:func:`vispos.attention.attend`), with the same projections as timm's;
+* each block's class is swapped for a subclass that runs the ``block`` hook after the block.
+
+The per-forward layout travels in a plain (non-``Module``) holder shared by the model, its blocks and attentions,
+so the PE is registered once, at ``model.pe``. timm's own PE is removed (``pos_embed`` / EVA ``rope`` become
+``None``): the vispos PE is the model's only PE. A learned APE is kept by asking for it, e.g.
+``pe=["ape", "rope_axial"]``.
+
+Conversion (:func:`install_pe` with ``convert=True``, implied by ``pretrained=True`` / ``checkpoint_path=``):
+``pos_embed`` goes to the PE's ``ape`` member (prefix rows added as zeros or dropped to match ``embed_prefix``),
+EVA's RoPE-Mixed ``rope.freqs`` to ``rope_mixed`` (``ours = timm.flip(0)``), EVA's axial RoPE settings (base,
+pairing, reference grid) become the defaults of ``rope_axial`` / ``vope``, and new PE parameters default to the
+identity where the family offers it (``peg`` ``zero_init=True``). One ``INFO`` log line per converted, dropped or
+new key (logger ``vispos.integrations.timm``).
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import sys
+import types
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import Attention as TimmAttention
+from timm.layers.attention import AttentionRope
+from timm.models.eva import Eva, EvaAttention
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from ..attention import attend
+from ..grid import GridLayout
+from ..pe.base import PositionalEmbedding
+from ..registry import build_pe, get_pe_info
+
+__all__ = [
+    "ENTRYPOINT_PREFIX",
+    "SUPPORTED",
+    "create_model",
+    "install_pe",
+    "load_timm_checkpoint",
+    "register_timm_entrypoints",
+    "timm_entrypoint_name",
+]
+
+_logger = logging.getLogger(__name__)
+
+#: Prefix of the timm entrypoints vispos registers: ``vispos_<timm name>``.
+ENTRYPOINT_PREFIX = "vispos_"
+#: timm modules whose entrypoints get a ``vispos_`` twin.
+SUPPORTED_TIMM_MODULES = ("vision_transformer", "deit", "eva")
+#: Model classes vispos can host, and the attention class each must use.
+SUPPORTED = {"VisionTransformer (vit_*, deit_*)": (VisionTransformer, (TimmAttention,)),
+             "Eva (eva02_*, vit_*_rope_*)": (Eva, (EvaAttention, AttentionRope))}
+
+
+class _PEState:
+    """Plain holder shared by a model, its blocks and attentions: the PE and the layout of the current forward."""
+
+    __slots__ = ("pe", "layout", "block_indices", "hooks")
+
+    def __init__(self, pe: PositionalEmbedding, depth: int):
+        self.pe = pe
+        self.layout: Optional[GridLayout] = None
+        self.hooks = frozenset(pe.hooks)
+        self.block_indices = frozenset(pe.block_indices) if "block" in pe.hooks else frozenset()
+        bad = sorted(i for i in self.block_indices if not 0 <= i < depth)
+        if bad:
+            raise ValueError(f"PE {pe.name!r} acts after blocks {bad}, but the model has {depth} blocks")
+
+    def current(self) -> GridLayout:
+        if self.layout is None:
+            raise RuntimeError("vispos: a block was called before the model's _pos_embed set the token layout; "
+                               "call the model (forward / forward_features / forward_intermediates), not a block")
+        return self.layout
+
+
+# ---- the hook subclasses ---------------------------------------------------------------------------------------
+def _run_attention(q, k, v, st: _PEState, index: int, scale: float, dropout_p: float, attn_mask, is_causal):
+    """Attention hooks + SDPA. ``q, k, v (B, heads, N, head_dim)`` -> ``(B, heads, N, head_dim)``."""
+    layout = st.current()
+    pe = st.pe
+    if attn_mask is None and not is_causal:
+        return attend(q, k, v, pe, layout, index, scale, dropout_p)
+    if "bias" in st.hooks:
+        raise ValueError(f"attn_mask / is_causal cannot be combined with the attention bias of PE {pe.name!r}")
+    if "qk" in st.hooks:
+        q, k = pe.forward_qk(q, k, layout, index)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                                         scale=scale)
+    if "value" in st.hooks:
+        out = pe.forward_value(out, v, layout, index)
+    return out
+
+
+class _VitAttentionHooks:
+    """Mixin over ``timm.layers.Attention``: same projections, vispos PE hooks around SDPA."""
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
+        st: _PEState = self._vispos
+        i = self._vispos_index
+        if "attn_input" in st.hooks:
+            x = st.pe.forward_attn_input(x, st.current(), i)
+        B, N, _ = x.shape
+        gate = self.gate(x).sigmoid() if self.gate is not None else None
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        dp = self.attn_drop.p if self.training else 0.0
+        x = _run_attention(q, k, v, st, i, self.scale, dp, attn_mask, is_causal)
+        x = self.norm(x.transpose(1, 2).reshape(B, N, self.attn_dim))
+        if gate is not None:
+            x = x * gate
+        return self.proj_drop(self.proj(x))
+
+
+class _EvaAttentionHooks:
+    """Mixin over ``timm.models.eva.EvaAttention``: same projections (fused or separate q/k/v, q/v bias, gate,
+    inner norm), vispos PE hooks around SDPA. timm's ``rope`` argument is ignored (the model's rope is removed)."""
+
+    def forward(self, x: torch.Tensor, rope=None, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
+        st: _PEState = self._vispos
+        i = self._vispos_index
+        if "attn_input" in st.hooks:
+            x = st.pe.forward_attn_input(x, st.current(), i)
+        B, N, C = x.shape
+        gate = self.gate(x).sigmoid() if self.gate is not None else None
+        if self.qkv is not None:
+            if self.q_bias is None:
+                qkv = self.qkv(x)
+            else:
+                qkv_bias = torch.cat((self.q_bias, self.k_bias, self.v_bias))
+                if self.qkv_bias_separate:
+                    qkv = self.qkv(x) + qkv_bias
+                else:
+                    qkv = F.linear(x, weight=self.qkv.weight, bias=qkv_bias)
+            q, k, v = qkv.reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            q = self.q_proj(x).reshape(B, N, self.num_heads, -1).transpose(1, 2)
+            k = self.k_proj(x).reshape(B, N, self.num_heads, -1).transpose(1, 2)
+            v = self.v_proj(x).reshape(B, N, self.num_heads, -1).transpose(1, 2)
+        q, k = self.q_norm(q), self.k_norm(k)
+        dp = self.attn_drop.p if self.training else 0.0
+        x = _run_attention(q, k, v, st, i, self.scale, dp, attn_mask, is_causal)
+        x = self.norm(x.transpose(1, 2).reshape(B, N, C))
+        if gate is not None:
+            x = x * gate
+        return self.proj_drop(self.proj(x))
+
+
+class _RopeAttentionHooks:
+    """Mixin over ``timm.layers.attention.AttentionRope`` (EVA ``attn_type='rope'``): fused or separate q/k/v,
+    grouped-query k/v heads (repeated to all heads before the PE hooks), vispos PE hooks around SDPA."""
+
+    def forward(self, x: torch.Tensor, rope=None, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
+        st: _PEState = self._vispos
+        i = self._vispos_index
+        if "attn_input" in st.hooks:
+            x = st.pe.forward_attn_input(x, st.current(), i)
+        B, N, _ = x.shape
+        gate = self.gate(x).sigmoid() if self.gate is not None else None
+        if self.qkv is not None:
+            q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            q = self.q_proj(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+            k = self.k_proj(x).reshape(B, N, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            v = self.v_proj(x).reshape(B, N, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if self.num_kv_groups > 1:
+            k = k.repeat_interleave(self.num_kv_groups, dim=1)
+            v = v.repeat_interleave(self.num_kv_groups, dim=1)
+        dp = self.attn_drop.p if self.training else 0.0
+        x = _run_attention(q, k, v, st, i, self.scale, dp, attn_mask, is_causal)
+        x = self.norm(x.transpose(1, 2).reshape(B, N, self.attn_dim))
+        if gate is not None:
+            x = x * gate
+        return self.proj_drop(self.proj(x))
+
+
+_ATTN_MIXINS = {TimmAttention: _VitAttentionHooks, EvaAttention: _EvaAttentionHooks, AttentionRope: _RopeAttentionHooks}
+
+
+class _BlockHooks:
+    """Mixin over any timm block: the PE's ``block`` hook after the block (PEG after block 0, ...)."""
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        x = super().forward(x, *args, **kwargs)
+        st: _PEState = self._vispos
+        i = self._vispos_index
+        if i in st.block_indices:
+            x = st.pe.forward_block(x, st.current(), i)
+        return x
+
+
+def _grid_and_flatten(model, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, ...]]:
+    """Patch-embedding output -> ``(x (B, H*W, C), (H, W))``. NHWC with ``dynamic_img_size``, else NLC."""
+    if x.dim() == 4:
+        B, H, W, C = x.shape
+        return x.reshape(B, H * W, C), (H, W)
+    grid = tuple(model.patch_embed.grid_size)
+    if x.dim() != 3 or x.shape[1] != math.prod(grid):
+        raise ValueError(f"patch embedding gave {tuple(x.shape)}; expected (B, {math.prod(grid)}, C) for the grid "
+                         f"{grid}, or NHWC with dynamic_img_size=True")
+    return x, grid
+
+
+class _ModelHooks:
+    """Mixin over ``VisionTransformer`` / ``Eva``: prefix tokens, layout, token hook."""
+
+    def _vispos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        st: _PEState = self._vispos
+        x, grid = _grid_and_flatten(self, x)
+        B = x.shape[0]
+        prefix = [t.expand(B, -1, -1) for t in (self.cls_token, getattr(self, "dist_token", None),
+                                                self.reg_token) if t is not None]
+        if prefix:
+            x = torch.cat(prefix + [x], dim=1)
+        layout = GridLayout(grid, self.num_prefix_tokens)
+        st.layout = layout
+        if "token" in st.hooks:
+            x = st.pe.forward_tokens(x, layout)
+        return self.pos_drop(x)
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        out = set(super().no_weight_decay())
+        for name, m in self.pe.named_modules(prefix="pe"):
+            if hasattr(m, "no_weight_decay") and isinstance(m, PositionalEmbedding):
+                out |= {f"{name}.{n}" for n in m.no_weight_decay()}
+        out |= {n for n, _ in self.pe.named_parameters(prefix="pe") if n.endswith("pos_embed")}
+        return out
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False):
+        out = dict(super().group_matcher(coarse))
+        out["stem"] = out["stem"] + r"|^pe\."
+        return out
+
+
+class _VitHooks(_ModelHooks):
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self._vispos_embed(x)
+
+
+class _EvaHooks(_ModelHooks):
+    def _pos_embed(self, x: torch.Tensor):
+        x = self._vispos_embed(x)
+        if self.patch_drop is not None:
+            x, _ = self.patch_drop(x)
+        return x, None
+
+
+_SUBCLASSES: Dict[Tuple[type, type], type] = {}
+
+
+def _subclass(mixin: type, base: type) -> type:
+    """``class Vispos<Base>(mixin, base)``, made once per base and reachable by name (so it pickles)."""
+    key = (mixin, base)
+    cls = _SUBCLASSES.get(key)
+    if cls is None:
+        name = f"Vispos{base.__name__}"
+        if any(c.__name__ == name for c in _SUBCLASSES.values()):
+            name = f"{name}_{len(_SUBCLASSES)}"
+        cls = type(name, (mixin, base), {"__module__": __name__, "__qualname__": name})
+        setattr(sys.modules[__name__], name, cls)
+        _SUBCLASSES[key] = cls
+    return cls
+
+
+# ---- building the PE ---------------------------------------------------------------------------------------------
+def _family(model: nn.Module) -> str:
+    if isinstance(model, VisionTransformer):
+        return "vit"
+    if isinstance(model, Eva):
+        return "eva"
+    raise TypeError(f"vispos cannot host a PE in {type(model).__name__}; supported timm model classes: "
+                    f"{', '.join(SUPPORTED)}")
+
+
+def _check_model(model: nn.Module, family: str) -> None:
+    if getattr(model, "_vispos", None) is not None:
+        raise ValueError("this model already carries a vispos PE (model.pe); build a fresh timm model instead")
+    if hasattr(model, "pe"):
+        raise ValueError(f"{type(model).__name__} already has an attribute 'pe'; vispos installs its PE there")
+    attn_cls = SUPPORTED["VisionTransformer (vit_*, deit_*)" if family == "vit" else "Eva (eva02_*, vit_*_rope_*)"][1]
+    for i, blk in enumerate(model.blocks):
+        attn = getattr(blk, "attn", None)
+        if attn is None or type(attn) not in attn_cls:
+            raise ValueError(f"block {i} ({type(blk).__name__}) has attention {type(attn).__name__}; vispos hooks "
+                             f"need timm's {' or '.join(c.__name__ for c in attn_cls)} in every block of a "
+                             f"{type(model).__name__}")
+    pe_mod = model.patch_embed
+    if not hasattr(pe_mod, "grid_size"):
+        raise ValueError(f"patch embedding {type(pe_mod).__name__} has no grid_size; vispos needs a patch grid")
+    if getattr(pe_mod, "flatten", True) is False and not model.dynamic_img_size:
+        raise ValueError("patch embedding does not flatten and dynamic_img_size is off: unsupported layout")
+    if getattr(model, "attn_pool", None) is not None and getattr(model, "pool_include_prefix", False):
+        _logger.info("attention pooling sees raw tokens; the PE acts inside the blocks only")
+    heads = model.blocks[0].attn.num_heads
+    hd = model.blocks[0].attn.head_dim
+    if hd * heads != model.embed_dim:
+        raise ValueError(f"attention width {heads}x{hd} differs from embed_dim {model.embed_dim}; "
+                         f"vispos PEs need head_dim = embed_dim / num_heads")
+
+
+def _patch_drop_active(model) -> bool:
+    pd = getattr(model, "patch_drop", None)
+    return pd is not None and not isinstance(pd, nn.Identity) and getattr(pd, "prob", 0.0) > 0
+
+
+def _accepts(name: str, option: str) -> bool:
+    """Whether the registered builder of ``name`` takes ``option`` (named, or through ``**kwargs``)."""
+    params = inspect.signature(get_pe_info(name).builder).parameters
+    return option in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _timm_rope_defaults(model) -> Tuple[Dict[str, Any], str]:
+    """rope_axial options reproducing an EVA model's own axial RoPE, and a description (empty dict if none)."""
+    rope = getattr(model, "rope", None)
+    if rope is None or type(rope).__name__ != "RotaryEmbeddingCat":
+        return {}, ""
+    plain = (not rope.in_pixels and float(getattr(rope, "grid_offset", 0.0)) == 0.0
+             and getattr(rope, "grid_indexing", "ij") == "ij" and not getattr(rope, "aug_active", False)
+             and getattr(rope, "grid_type", "index") == "index")
+    if not plain:
+        return {}, f"timm {type(rope).__name__} with pixel / offset / augmented coordinates"
+    opts = dict(base=float(rope.temperature), pairing="half" if rope.rotate_half else "interleaved")
+    if rope.ref_feat_shape is not None:
+        opts.update(coords="interpolated", ref_shape=tuple(int(s) for s in rope.ref_feat_shape))
+    else:
+        opts.update(coords="index")
+    return opts, "timm RotaryEmbeddingCat"
+
+
+def _pe_options(names: List[str], pe_kwargs: Optional[dict], model, convert: bool) -> Tuple[Union[str, list], dict]:
+    """Options for :func:`vispos.build_pe` with the host's defaults filled in where the user gave none."""
+    single = len(names) == 1
+    per = {names[0]: dict(pe_kwargs or {})} if single else {n: dict((pe_kwargs or {}).get(n) or {}) for n in names}
+    if not single and pe_kwargs:
+        extra = [k for k in pe_kwargs if k not in names]
+        if extra:
+            raise TypeError(f"pe_kwargs for a PE list must be keyed by member name {names}, got {extra}")
+    if "ape" in per and _accepts("ape", "embed_prefix"):
+        if model.num_prefix_tokens:
+            per["ape"].setdefault("embed_prefix", not model.no_embed_class)
+        per["ape"].setdefault("antialias", True)  # timm resamples pos_embed with antialias at other grids
+    if convert and "peg" in per and _accepts("peg", "zero_init"):
+        per["peg"].setdefault("zero_init", True)
+    rope_opts, _ = _timm_rope_defaults(model)
+    for n in ("rope_axial", "vope"):
+        if n in per and rope_opts:
+            for k, v in rope_opts.items():
+                if n == "vope" and k in ("coords", "ref_shape"):
+                    continue
+                per[n].setdefault(k, v)
+    if single:
+        return names[0], per[names[0]]
+    return names, {n: o for n, o in per.items() if o}
+
+
+def _find_named(pe: nn.Module, name: str) -> List[Tuple[str, nn.Module]]:
+    return [(p, m) for p, m in pe.named_modules(prefix="pe")
+            if isinstance(m, PositionalEmbedding) and getattr(m, "name", None) == name]
+
+
+@torch.no_grad()
+def _convert_state(model, pe: nn.Module, family: str, convert: bool) -> set:
+    """Move timm's PE state into ``pe``; returns the set of ``pe.*`` keys that were filled from timm."""
+    filled = set()
+    log = _logger.info if convert else _logger.debug
+    pos = getattr(model, "pos_embed", None)
+    if pos is not None:
+        apes = _find_named(pe, "ape")
+        if not apes:
+            if convert:
+                _logger.warning("pos_embed %s dropped: PE %r has no 'ape' member (keep it with pe=['ape', ...]); "
+                                "outputs change", tuple(pos.shape), pe.name)
+        else:
+            path, ape = apes[0]
+            dst = ape.pos_embed
+            n_patch = math.prod(model.patch_embed.grid_size)
+            src_prefix = pos.shape[1] - n_patch
+            dst_prefix = dst.shape[1] - n_patch
+            if src_prefix not in (0, model.num_prefix_tokens) or dst_prefix not in (0, model.num_prefix_tokens) \
+                    or dst.shape[2] != pos.shape[2]:
+                raise ValueError(f"cannot map timm pos_embed {tuple(pos.shape)} onto {path}.pos_embed "
+                                 f"{tuple(dst.shape)} for grid {tuple(model.patch_embed.grid_size)} with "
+                                 f"{model.num_prefix_tokens} prefix tokens")
+            dst[:, dst_prefix:].copy_(pos[:, src_prefix:].to(dst.dtype))
+            what = "copied"
+            if dst_prefix and src_prefix:
+                dst[:, :dst_prefix].copy_(pos[:, :src_prefix].to(dst.dtype))
+            elif dst_prefix:
+                dst[:, :dst_prefix].zero_()
+                what = "copied, prefix rows set to zero (timm no_embed_class: same output)"
+            elif src_prefix:
+                what = f"copied, {src_prefix} prefix rows dropped (embed_prefix=False: outputs change)"
+            filled.add(f"{path}.pos_embed")
+            log("pos_embed %s -> %s.pos_embed %s (%s)", tuple(pos.shape), path, tuple(dst.shape), what)
+    rope = getattr(model, "rope", None) if family == "eva" else None
+    if rope is not None:
+        if hasattr(rope, "freqs") and isinstance(rope.freqs, nn.Parameter):
+            mixed = _find_named(pe, "rope_mixed")
+            if mixed and tuple(mixed[0][1].freqs.shape) == tuple(rope.freqs.shape):
+                path, m = mixed[0]
+                m.freqs.copy_(rope.freqs.flip(0).to(m.freqs.dtype))
+                m.clear_cache()
+                filled.add(f"{path}.freqs")
+                log("rope.freqs %s -> %s.freqs (axis order flipped: timm (x, y) -> vispos (h, w))",
+                    tuple(rope.freqs.shape), path)
+            elif convert:
+                _logger.warning("rope.freqs %s dropped: PE %r has no matching 'rope_mixed' member; outputs change",
+                                tuple(rope.freqs.shape), pe.name)
+        else:
+            opts, desc = _timm_rope_defaults(model)
+            axial = _find_named(pe, "rope_axial") + _find_named(pe, "vope")
+            if axial and opts:
+                log("rope (%s) -> %s (settings: %s; no parameters)", desc, axial[0][0], opts)
+            elif convert:
+                _logger.warning("rope (%s) replaced by PE %r with its own settings; outputs change",
+                                type(rope).__name__, pe.name)
+    if convert:
+        owners = {path: m for path, m in pe.named_modules(prefix="pe") if isinstance(m, PositionalEmbedding)}
+        for name, p in pe.named_parameters(prefix="pe"):
+            if name not in filled:
+                parts = name.split(".")[:-1]
+                while ".".join(parts) not in owners:
+                    parts.pop()
+                owner = owners[".".join(parts)]
+                log("new %s %s (initialised by %s %r)", name, tuple(p.shape), type(owner).__name__, owner.name)
+    return filled
+
+
+def install_pe(
+    model: nn.Module,
+    pe: Union[str, Sequence[str], PositionalEmbedding],
+    pe_kwargs: Optional[dict] = None,
+    convert: bool = True,
+) -> nn.Module:
+    """Install a vispos PE into a timm ``VisionTransformer`` / ``Eva`` in place; returns the model.
+
+    Args:
+        model: a timm model (weights already loaded, if any).
+        pe: a registry name (:func:`vispos.list_pes`), a list of names (``["ape", "rope_axial"]``) or a built PE.
+        pe_kwargs: the PE's options (for a list: one dict per member name). Defaults from the host: ``ape``'s
+            ``embed_prefix`` follows the model's ``no_embed_class`` and it resamples with ``antialias=True`` (as
+            timm does at other grids); ``rope_axial`` / ``vope`` on an EVA model take
+            its RoPE base, pairing and reference grid; with ``convert``, ``peg`` starts as the identity.
+        convert: move timm's PE into the vispos PE (see the module docstring) and log every converted / new key.
+
+    The model's ``pos_embed`` (and EVA ``rope``) are removed; other state-dict keys are unchanged; the PE appears
+    under ``pe.``. Raises ``TypeError`` for unsupported models, ``ValueError`` for unsupported configurations.
+    """
+    family = _family(model)
+    _check_model(model, family)
+    if not isinstance(pe, (str, list, tuple, PositionalEmbedding)):
+        raise TypeError(f"pe must be a PE name, a list of names or a vispos PositionalEmbedding, got "
+                        f"{type(pe).__name__}")
+    if pe_kwargs is not None and not isinstance(pe_kwargs, dict):
+        raise TypeError(f"pe_kwargs must be a dict or None, got {type(pe_kwargs).__name__}")
+    depth = len(model.blocks)
+    ref = next(model.parameters())
+    if isinstance(pe, PositionalEmbedding):
+        if pe_kwargs:
+            raise ValueError("pe_kwargs apply to PE names; a built PE module takes no pe_kwargs")
+        module = pe
+    else:
+        names = [pe] if isinstance(pe, str) else list(pe)
+        if not names or not all(isinstance(n, str) for n in names):
+            raise TypeError(f"pe list must hold PE names (strings), got {pe!r}")
+        name_arg, options = _pe_options(names, pe_kwargs, model, convert)
+        module = build_pe(name_arg, dim=model.embed_dim, num_heads=model.blocks[0].attn.num_heads, depth=depth,
+                          grid=tuple(model.patch_embed.grid_size), num_prefix=model.num_prefix_tokens,
+                          device=ref.device, dtype=ref.dtype, **options)
+    if 2 not in module.ndims:
+        raise ValueError(f"PE {module.name!r} supports {module.ndims}-D grids; timm image models need 2-D")
+    if _patch_drop_active(model) and set(module.hooks) - {"token"}:
+        raise ValueError(f"patch dropout (patch_drop_rate > 0) removes tokens, which breaks the grid layout PE "
+                         f"{module.name!r} needs for its {sorted(set(module.hooks) - {'token'})} hooks; use "
+                         f"patch_drop_rate=0 or a token-level PE")
+    st = _PEState(module, depth)
+    _convert_state(model, module, family, convert)
+
+    # remove timm's PE, install ours
+    if getattr(model, "pos_embed", None) is not None:
+        model.pos_embed = None
+    if family == "eva":
+        model.rope = None
+        model.rope_mixed = False
+    model.add_module("pe", module)
+    model._vispos = st
+    for i, blk in enumerate(model.blocks):
+        for m, mixin in ((blk, _BlockHooks), (blk.attn, _ATTN_MIXINS[type(blk.attn)])):
+            m.__class__ = _subclass(mixin, type(m))
+            m._vispos = st
+            m._vispos_index = i
+    model.__class__ = _subclass(_VitHooks if family == "vit" else _EvaHooks, type(model))
+    _logger.debug("installed PE %r (hooks %s) in %s", module.name, sorted(module.hooks), type(model).__name__)
+    return model
+
+
+# ---- checkpoints -------------------------------------------------------------------------------------------------
+def _square_grid(n: int, what: str) -> Tuple[int, int]:
+    s = int(round(math.sqrt(n)))
+    if s * s != n:
+        raise ValueError(f"{what} has {n} patch rows, not a square grid; pass checkpoint_grid=(H, W)")
+    return s, s
+
+
+def load_timm_checkpoint(model: nn.Module, checkpoint: Union[str, Dict[str, torch.Tensor]], strict: bool = True,
+                         checkpoint_grid: Optional[Sequence[int]] = None, where: Optional[str] = None) -> None:
+    """Load a timm-format checkpoint (a path or a state dict) into a plain timm model; ``pos_embed`` is resampled
+    to the model's grid.
+
+    ``pos_embed`` rows are ``prefix + H*W`` (prefix = 0 with ``no_embed_class``); the checkpoint grid is
+    ``checkpoint_grid`` or, if omitted, the square grid of its patch rows. Resampling uses
+    :func:`vispos.pe.absolute.resample_abs_pe` (bicubic, antialiased, rectangular, prefix rows kept).
+    Raises ``RuntimeError`` listing missing / unexpected keys when ``strict``.
+    """
+    from timm.models import load_state_dict
+
+    where = where or ("<state dict>" if isinstance(checkpoint, dict) else str(checkpoint))
+    sd = dict(checkpoint) if isinstance(checkpoint, dict) else load_state_dict(where, weights_only=True)
+    pos = sd.get("pos_embed")
+    if pos is not None and getattr(model, "pos_embed", None) is not None and pos.shape != model.pos_embed.shape:
+        from ..pe.absolute import resample_abs_pe
+
+        n_prefix = 0 if model.no_embed_class else model.num_prefix_tokens
+        new_grid = tuple(model.patch_embed.grid_size)
+        old_grid = tuple(checkpoint_grid) if checkpoint_grid is not None else _square_grid(
+            pos.shape[1] - n_prefix, f"checkpoint pos_embed {tuple(pos.shape)}")
+        sd["pos_embed"] = resample_abs_pe(pos, new_grid, old_grid, n_prefix, "bicubic", True)
+        _logger.info("pos_embed %s resampled from grid %s to %s (%d prefix rows kept)", tuple(pos.shape), old_grid,
+                     new_grid, n_prefix)
+    _load_checked(model, sd, strict, where)
+
+
+def _load_checked(model: nn.Module, sd: dict, strict: bool, where) -> None:
+    res = model.load_state_dict(sd, strict=False)
+    if strict and (res.missing_keys or res.unexpected_keys):
+        raise RuntimeError(f"checkpoint {where} does not match {type(model).__name__}: missing keys "
+                           f"{res.missing_keys}, unexpected keys {res.unexpected_keys} (strict=False to ignore)")
+    if res.missing_keys or res.unexpected_keys:
+        _logger.warning("checkpoint %s: missing keys %s, unexpected keys %s", where, res.missing_keys,
+                        res.unexpected_keys)
+
+
+def create_model(
+    model_name: str,
+    pe: Union[str, Sequence[str], PositionalEmbedding] = None,
+    pe_kwargs: Optional[dict] = None,
+    *,
+    pretrained: bool = False,
+    checkpoint_path: Optional[str] = None,
+    checkpoint_grid: Optional[Sequence[int]] = None,
+    strict: bool = True,
+    **timm_kwargs,
+) -> nn.Module:
+    """A timm ViT / EVA whose positional embedding is a vispos PE.
+
+    Args:
+        model_name: a timm model name (``"vit_small_patch16_224"``, ``"deit_tiny_distilled_patch16_224"``,
+            ``"eva02_tiny_patch14_224"``, ...), optionally with a pretrained tag.
+        pe: a PE name, a list of names (``["ape", "rope_axial"]``, ``["rope_mixed", "peg"]``, ``["ape", "lape"]``) or
+            a built :class:`~vispos.pe.base.PositionalEmbedding`.
+        pe_kwargs: the PE's options (for a list: ``{member_name: {...}}``).
+        pretrained: timm's pretrained weights (``pretrained_cfg_overlay=dict(file=...)`` for a local file), loaded
+            by timm into the plain model, then converted (:func:`install_pe`).
+        checkpoint_path: a checkpoint loaded strictly after the model is built. A timm-format checkpoint (with
+            ``pos_embed`` / no ``pe.`` keys) is loaded into the plain model (``pos_embed`` resampled to the model
+            grid, see :func:`load_timm_checkpoint`) and converted; a vispos checkpoint (``pe.`` keys, e.g. a saved
+            ``model.state_dict()``) is loaded into the final model.
+        checkpoint_grid: the patch grid of a timm checkpoint's ``pos_embed`` when it is not square.
+        strict: raise on missing / unexpected keys (default).
+        **timm_kwargs: passed to ``timm.create_model`` (``img_size``, ``dynamic_img_size``, ``depth``, ...).
+    """
+    if not isinstance(model_name, str):
+        raise TypeError(f"model_name must be a timm model name (str), got {type(model_name).__name__}")
+    if pe is None:
+        raise TypeError("create_model needs pe= (a PE name such as 'rope_axial', a list of names, or a PE module); "
+                        "see vispos.list_pes()")
+    if not isinstance(pe, (str, list, tuple, PositionalEmbedding)):
+        raise TypeError(f"pe must be a PE name, a list of names or a vispos PositionalEmbedding, got "
+                        f"{type(pe).__name__}")
+    if pe_kwargs is not None and not isinstance(pe_kwargs, dict):
+        raise TypeError(f"pe_kwargs must be a dict or None, got {type(pe_kwargs).__name__}")
+    if checkpoint_path is not None and not isinstance(checkpoint_path, (str, bytes)) and \
+            not hasattr(checkpoint_path, "__fspath__"):
+        raise TypeError(f"checkpoint_path must be a path, got {type(checkpoint_path).__name__}")
+    base = timm.models.get_arch_name(model_name)
+    if base.startswith(ENTRYPOINT_PREFIX):
+        raise ValueError(f"give the timm name without the {ENTRYPOINT_PREFIX!r} prefix, got {model_name!r}")
+    model = timm.create_model(model_name, pretrained=pretrained, **timm_kwargs)
+    _check_model(model, _family(model))
+    vispos_ckpt = None
+    if checkpoint_path is not None:
+        from timm.models import load_state_dict
+
+        sd = load_state_dict(str(checkpoint_path), weights_only=True)
+        if any(k.startswith("pe.") for k in sd):
+            vispos_ckpt = sd
+        else:
+            _logger.info("timm checkpoint %s: loading into the plain %s, then converting its PE", checkpoint_path,
+                         type(model).__name__)
+            load_timm_checkpoint(model, sd, strict=strict, checkpoint_grid=checkpoint_grid,
+                                 where=str(checkpoint_path))
+    convert = bool(pretrained) or (checkpoint_path is not None and vispos_ckpt is None)
+    install_pe(model, pe, pe_kwargs, convert=convert)
+    if vispos_ckpt is not None:
+        _load_checked(model, vispos_ckpt, strict, checkpoint_path)
+    return model
+
+
+# ---- timm entrypoints --------------------------------------------------------------------------------------------
+_ENTRY_MODULE = f"{__name__}.vispos"  # timm files entrypoints under the last part: timm.list_models(module="vispos")
+
+
+def timm_entrypoint_name(model_name: str) -> str:
+    """The vispos timm entrypoint of a timm model: ``vit_small_patch16_224`` -> ``vispos_vit_small_patch16_224``."""
+    return ENTRYPOINT_PREFIX + model_name
+
+
+def _make_entrypoint(base: str):
+    def entrypoint(pretrained: bool = False, pe=None, pe_kwargs=None, pretrained_cfg=None, **kwargs):
+        if pe is None:
+            raise TypeError(f"{ENTRYPOINT_PREFIX}{base} needs pe= (e.g. timm.create_model("
+                            f"'{ENTRYPOINT_PREFIX}{base}', pe='rope_axial')); see vispos.list_pes()")
+        name = base
+        if isinstance(pretrained_cfg, str) and pretrained_cfg:
+            name, pretrained_cfg = f"{base}.{pretrained_cfg}", None
+        if pretrained_cfg is not None:
+            kwargs["pretrained_cfg"] = pretrained_cfg
+        return create_model(name, pe=pe, pe_kwargs=pe_kwargs, pretrained=pretrained, **kwargs)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = timm_entrypoint_name(base)
+    entrypoint.__module__ = _ENTRY_MODULE
+    entrypoint.__doc__ = f"timm {base} with a vispos PE: ``pe=`` (name / list / module), ``pe_kwargs=``."
+    return entrypoint
+
+
+def register_timm_entrypoints() -> List[str]:
+    """Register ``vispos_<name>`` for every timm entrypoint of :data:`SUPPORTED_TIMM_MODULES` (idempotent).
+
+    Returns the registered names. Called on ``import vispos``.
+    """
+    from timm.models import is_model, list_models, register_model
+
+    mod = sys.modules.get(_ENTRY_MODULE)
+    if mod is None:
+        mod = types.ModuleType(_ENTRY_MODULE, "vispos twins of timm ViT / DeiT / EVA entrypoints")
+        mod.__all__ = []
+        sys.modules[_ENTRY_MODULE] = mod
+    out = []
+    for module in SUPPORTED_TIMM_MODULES:
+        for base in list_models(module=module):
+            name = timm_entrypoint_name(base)
+            if not is_model(name):
+                fn = _make_entrypoint(base)
+                setattr(mod, name, fn)
+                register_model(fn)
+            out.append(name)
+    return out
+
+
+register_timm_entrypoints()
