@@ -45,6 +45,9 @@ def test_riflex_identity_when_short_and_never_raises():
     for L2 in (51, 60, 200):
         g = apply_rule(f, ScalingRule("riflex", k=4, test_len=L2, gamma=1.0), 256, 16)
         assert (g <= f).all()
+    # just above N_k = 50 with gamma = 1, 2pi/L' (0.12516) exceeds theta_4 (0.125): min() keeps theta_4
+    g = apply_rule(f, ScalingRule("riflex", k=4, test_len=50.2, gamma=1.0), 256, 16)
+    assert torch.equal(g, f)
 
 
 def test_pi_ntk_ntk_base_yarn_formulas():
@@ -70,7 +73,7 @@ def test_pi_ntk_ntk_base_yarn_formulas():
 def test_rules_identity_at_scale_one_or_shorter():
     d, b = 16, 100.0
     f = rope_freqs(d, b)
-    for name in ("none", "pi", "ntk", "yarn"):
+    for name in ("none", "pi", "ntk", "ntk_base", "yarn"):
         for L2 in (8, 10):
             g = apply_rule(f, ScalingRule(name, train_len=10, test_len=L2), b, d)
             assert torch.allclose(g, f), name

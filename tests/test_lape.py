@@ -107,3 +107,24 @@ def test_errors():
         pe.forward_attn_input(torch.randn(1, 25, 16), GridLayout((2, 3, 4), 1), 0)
     with pytest.raises(ValueError, match="init"):
         vispos.build_pe("lape", dim=16, depth=2, grid=(3, 4), init="identity")
+
+
+@pytest.mark.parametrize("sharing", [False, True])
+def test_crop_aug_base_draws_one_crop_per_forward(sharing):
+    """With an RO-ViT crop_aug base in training, every layer must see the same omega_0 (one crop per forward)."""
+    base = AbsolutePE(16, (4, 4), num_prefix=1, crop_aug=True)
+    pe = LaPE(base, depth=3, sharing=sharing)
+    pe.train()
+    lay = GridLayout((4, 4), 1)
+    x = torch.zeros(2, 17, 16)
+    torch.manual_seed(0)
+    outs = [pe.forward_attn_input(x, lay, i) for i in range(3)]
+    if sharing:  # equal norms (default init) -> equal per-layer PE when omega_0 is shared
+        torch.testing.assert_close(outs[0], outs[1])
+        torch.testing.assert_close(outs[1], outs[2])
+    else:  # chain of identical LayerNorms: LN(LN(w)) ~= LN(w)
+        torch.testing.assert_close(outs[0], outs[1], atol=5e-2, rtol=0)  # eps makes LN not quite idempotent
+    # a new forward draws a new crop
+    torch.manual_seed(1)
+    again = pe.forward_attn_input(x, lay, 0)
+    assert not torch.allclose(again, outs[0])

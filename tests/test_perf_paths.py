@@ -226,3 +226,21 @@ def test_bench_markdown_and_peak_memory():
     mem = bench.peak_extra_bytes(lambda: torch.ones(16 * 2**20 // 4).sum(), torch.device("cpu"))
     if mem is not None:
         assert mem >= 12 * 2**20
+
+
+def test_fold_head_dim_padded_to_multiple_of_8(monkeypatch):
+    """Folded q/k head dims are padded to a multiple of 8 (fused CUDA kernels need it) without changing results."""
+    lay, q, k, v, fs = _relpos_case((3, 4), 1)  # head dim 8 + 3 + 4 = 15 folded columns -> padded to 16
+    seen = []
+    real = A.F.scaled_dot_product_attention
+
+    def spy(q2, k2, v2, **kw):
+        seen.append((q2.shape[-1], k2.shape[-1]))
+        return real(q2, k2, v2, **kw)
+
+    b = DecomposedBias(fs, lay, lay)
+    ref = sdpa(q, k, v, b, impl="dense")
+    monkeypatch.setattr(A.F, "scaled_dot_product_attention", spy)
+    out = sdpa(q, k, v, b, impl="fold")
+    assert seen and all(dq == dk == 16 for dq, dk in seen)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)

@@ -112,14 +112,16 @@ def test_prefix_tokens_untouched_and_patches_rotated(cls):
     assert qr.dtype == torch.bfloat16
 
 
-def test_partial_rotary_dim_passes_channels_through():
-    m = AxialRoPE(32, 2, rotary_dim=16)
+@pytest.mark.parametrize("pairing", ["interleaved", "half"])
+def test_partial_rotary_dim_passes_channels_through(pairing):
+    m = AxialRoPE(32, 2, rotary_dim=16, pairing=pairing)
     q = torch.randn(1, 1, 12, 32)
     out, _ = m(q, q, (3, 4))
-    for pairing_ok in (True,):
-        assert pairing_ok
     assert torch.equal(out[..., 16:], q[..., 16:])
     assert not torch.equal(out[..., :16], q[..., :16])
+    # the first 16 channels are exactly a 16-dim RoPE of the same axes and pairing
+    full = AxialRoPE(16, 2, pairing=pairing)
+    torch.testing.assert_close(out[..., :16], full(q[..., :16], q[..., :16], (3, 4))[0], atol=1e-6, rtol=0)
 
 
 def test_tables_fp32_under_bf16_autocast_and_accurate_at_large_positions():
@@ -223,3 +225,24 @@ def test_errors_name_values():
         m(q, q, (0, 4))
     with pytest.raises(ValueError, match="depth"):
         vispos.build_pe("rope_mixed", dim=32, num_heads=2)
+
+
+def test_rules_use_the_span_of_explicit_positions():
+    """A strided clip (frames 0, 2, ..., 64) spans 65 frames: RIFLEx must see L' = 65, not 33 tokens."""
+    m = AxialRoPE(16, 1, base=256.0, train_shape=(33,), rules=ScalingRule("riflex", k=4))
+    strided = GridLayout((33,), positions=(tuple(float(2 * i) for i in range(33)),))
+    contiguous = GridLayout((65,))
+    f_strided = m.get_freqs(strided)[0]
+    torch.testing.assert_close(f_strided, m.get_freqs(contiguous)[0])
+    assert float(f_strided[3]) == pytest.approx(0.9 * 2 * 3.141592653589793 / 65)
+    assert float(m.get_freqs(GridLayout((33,)))[0][3]) == pytest.approx(0.125)  # L' = 33 <= N_k = 50: unchanged
+
+
+@pytest.mark.parametrize("name", [r for r in RULES if r != "none"])
+def test_each_rule_changes_the_bands_when_extended(name):
+    """Guards the shift-invariance test above: every rule really acts at 4x the training length."""
+    kw = dict(k=2) if name == "riflex" else {}
+    m = AxialRoPE(16, 1, base=100.0, train_shape=(8,), rules=ScalingRule(name, **kw))
+    plain = AxialRoPE(16, 1, base=100.0, train_shape=(8,))
+    assert not torch.equal(m.get_freqs((32,))[0], plain.get_freqs((32,))[0])
+    assert torch.equal(m.get_freqs((8,))[0], plain.get_freqs((8,))[0])

@@ -128,18 +128,25 @@ def _fold(q, k, v, bias, scale, dropout_p, pad_v: bool):
     ``pad_v``: zero-pad ``v`` to the folded head dim (and slice the output) so that the fused kernel applies. CPU
     SDPA only takes its flash kernel when q, k and v have one head dim; otherwise it falls back to the math path,
     which materialises ``B·heads·Nq·Nk`` (measured: 64×64 tokens, B1 H2, 306 MB peak without padding vs 15 MB with
-    it). On CUDA the memory-efficient kernel accepts a different v head dim, so ``v`` is left alone.
+    it). On CUDA the memory-efficient kernel accepts a different v head dim, so ``v`` is left alone (padded only to
+    a multiple of 8 when needed). The folded q/k head dim is zero-padded to a multiple of 8 on every device.
     """
     B, H, Nq, D = q.shape
     rel = torch.cat([f.to(q.dtype) for f in bias.factors], dim=-1)  # (B, H, Nq_grid, sumK)
     if bias.q_layout.num_prefix:
         rel = F.pad(rel, (0, 0, bias.q_layout.num_prefix, 0))
     oh = bias.key_onehot(k.dtype, k.device)  # (Nk, sumK)
+    # zero columns up to a multiple of 8: they add nothing to q·k, and the fused CUDA kernels need the head dim
+    # divisible by 8 (fp16/bf16; 4 for fp32) -- e.g. 64 + 14 + 14 = 92 would otherwise drop to the math kernel
+    extra = (-(D + rel.shape[-1])) % 8
+    if extra:
+        rel = F.pad(rel, (0, extra))
+        oh = F.pad(oh, (0, extra))
     q2 = torch.cat([q * scale, rel.expand(q.shape[0], q.shape[1], *rel.shape[2:])], dim=-1)
     k2 = torch.cat([k, oh.expand(k.shape[0], k.shape[1], *oh.shape)], dim=-1)
     dv = v.shape[-1]
-    if pad_v and dv < q2.shape[-1]:
-        vp = F.pad(v, (0, q2.shape[-1] - dv))
+    if (pad_v and dv < q2.shape[-1]) or (v.is_cuda and dv % 8):
+        vp = F.pad(v, (0, (q2.shape[-1] if pad_v else dv + (-dv) % 8) - dv))
         return F.scaled_dot_product_attention(q2, k2, vp, dropout_p=dropout_p, scale=1.0)[..., :dv]
     return F.scaled_dot_product_attention(q2, k2, v, dropout_p=dropout_p, scale=1.0)
 

@@ -122,11 +122,25 @@ class LaPE(PositionalEmbedding):
         ws, bs = self._weights()
         compiling = torch.compiler.is_compiling()
         random_base = getattr(self.base, "crop_aug", False) and self.base.training
-        if compiling or self.sharing:
+        if compiling:
+            if random_base:
+                raise ValueError("lape over an 'ape' with crop_aug cannot run under torch.compile in training: the "
+                                 "crop must be drawn once per forward and shared by all layers; compile in eval mode")
             w0 = self.omega0(layout, batch_size, dtype, device)
             return lape_chain(w0, ws, bs, index, self.sharing, self.eps)
         key = (layout, batch_size, dtype, str(device), self._version_key())
         memo = self._memo
+        if self.sharing:
+            # the memo carries omega_0 itself: drawn once per forward (one crop for every layer), reused by all
+            if index > 0 and memo is not None and memo[0] == key and memo[1] == ("w0", index - 1):
+                w0 = memo[2]
+            elif index > 0 and random_base:
+                raise ValueError("lape over a base with crop_aug in training must be called layer by layer from "
+                                 "layer 0 in each forward pass (the crop is drawn once, at layer 0)")
+            else:
+                w0 = self.omega0(layout, batch_size, dtype, device)
+            self._memo = (key, ("w0", index), w0)
+            return F.layer_norm(w0, (self.dim,), ws[index], bs[index], self.eps)
         if index > 0 and memo is not None and memo[0] == key and memo[1] == index - 1:
             prev = memo[2]
             out = F.layer_norm(prev, (self.dim,), ws[index], bs[index], self.eps)

@@ -108,8 +108,8 @@ class AxialRoPE(_RoPEBase):
     Args:
         head_dim: attention head dim ``D`` (even).
         ndim: grid rank (1, 2, 3). Ignored if ``dims`` is given.
-        dims: rotary dim per axis (each even); ``sum(dims) <= head_dim``; channels past ``sum(dims)`` pass
-            through unrotated. Default :func:`default_axis_dims` of ``rotary_dim``.
+        dims: rotary dim per axis (each even); ``sum(dims) = R <= head_dim``; channels ``R..head_dim`` pass
+            through unrotated (``half`` pairing then pairs ``(j, j + R/2)`` inside the first ``R`` channels). Default :func:`default_axis_dims` of ``rotary_dim``.
         rotary_dim: total rotated channels when ``dims`` is not given (default ``head_dim``).
         base: base per axis (a float or one per axis). Default 100 (RoPE-ViT) for 1D/2D, 1e4 for 3D.
         pairing: ``"interleaved"`` or ``"half"``.
@@ -168,6 +168,10 @@ class AxialRoPE(_RoPEBase):
             raise ValueError(f"per-axis rotary dims {dims} sum to {sum(dims)}, not rotary_dim={rotary_dim}")
         self.head_dim = head_dim
         self.dims = dims
+        self.rotary_dim = sum(dims)
+        # half pairing with a partial rotary dim rotates x[..., :R] with pairs (j, j + R/2) (GPT-NeoX / LLaMA
+        # partial-rotary layout) and passes x[..., R:] through
+        self._partial_half = pairing == "half" and self.rotary_dim < head_dim
         self.ndims = (len(dims),)
         nd = len(dims)
         if base is None:
@@ -204,38 +208,54 @@ class AxialRoPE(_RoPEBase):
         self.device_hint = device
 
     # ---- frequencies and tables ---------------------------------------------------------------------------------
-    def rules_for(self, shape: Sequence[int]) -> Tuple[F_.ScalingRule, ...]:
-        """The per-axis rules with lengths filled in for a grid of ``shape`` (see ``train_shape``)."""
+    @staticmethod
+    def axis_extents(layout) -> Tuple[float, ...]:
+        """Per-axis length a rule sees as ``L'``: the grid size, or for explicit positions their span
+        ``max(p) - min(p) + 1`` (a strided clip at frames 0, 2, ..., 64 is 65 frames long, not 33)."""
+        if not isinstance(layout, GridLayout):
+            return tuple(layout)
+        if layout.positions is None:
+            return layout.shape
+        return tuple(s if p is None else (max(p) - min(p) + 1) for s, p in zip(layout.shape, layout.positions))
+
+    def rules_for(self, layout) -> Tuple[F_.ScalingRule, ...]:
+        """The per-axis rules with lengths filled in for a layout or grid shape (see ``train_shape``)."""
+        ext = self.axis_extents(layout)
         out = []
         for a, r in enumerate(self.rules):
             if r.name == "none":
                 out.append(r)
                 continue
             tr = r.train_len if r.train_len is not None else (self.train_shape[a] if self.train_shape else None)
-            te = r.test_len if r.test_len is not None else shape[a]
+            te = r.test_len if r.test_len is not None else ext[a]
             out.append(r.with_lengths(tr, te) if tr is not None else r.with_lengths(None, te))
         return tuple(out)
 
-    def get_freqs(self, shape: Optional[Sequence[int]] = None):
-        """Bands per axis (float64) after the rules, for a grid of ``shape`` (default the training grid)."""
-        shape = tuple(shape) if shape is not None else self.train_shape
-        if shape is None and any(r.name != "none" for r in self.rules):
+    def get_freqs(self, layout=None):
+        """Bands per axis (float64) after the rules, for a layout or grid shape (default the training grid)."""
+        if layout is None:
+            layout = self.train_shape
+        if layout is None and any(r.name != "none" for r in self.rules):
             raise ValueError("a grid shape is needed to apply scaling rules (no train_shape set)")
-        rules = self.rules_for(shape) if shape is not None else self.rules
+        rules = self.rules_for(layout) if layout is not None else self.rules
         return F_.axis_freqs(self.dims, self.bases, rules)
 
-    def _attn_factor(self, shape) -> float:
+    def _attn_factor(self, layout) -> float:
         f = 1.0
-        for r in self.rules_for(shape):
+        for r in self.rules_for(layout):
             f = max(f, F_.rule_attention_factor(r))
         return f
 
     def build_table(self, layout: GridLayout, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(cos, sin)``, each ``(num_prefix + prod(grid), head_dim // 2)`` float32 (uncached)."""
+        """``(cos, sin)``, each ``(num_prefix + prod(grid), head_dim // 2)`` float32 (uncached).
+
+        With ``pairing="half"`` and a partial rotary dim ``R < head_dim`` the tables are ``R // 2`` wide.
+        """
         self.check_layout(layout)
         coords = grid_coords(layout, self.coords, self.ref_shape, device=device, dtype=torch.float64)
-        angles = rope_angles(coords, [f.to(device) for f in self.get_freqs(layout.shape)])
-        return rope_table(angles, layout.num_prefix, self.head_dim // 2, scale=self._attn_factor(layout.shape))
+        angles = rope_angles(coords, [f.to(device) for f in self.get_freqs(layout)])
+        width = self.rotary_dim // 2 if self._partial_half else self.head_dim // 2
+        return rope_table(angles, layout.num_prefix, width, scale=self._attn_factor(layout))
 
     def get_table(self, layout, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Cached :meth:`build_table` (per layout and device)."""
@@ -253,6 +273,10 @@ class AxialRoPE(_RoPEBase):
         layout = as_layout(layout)
         _check_qk(q, k, self.head_dim, layout, self.name)
         cos, sin = self.get_table(layout, q.device)
+        if self._partial_half:
+            R = self.rotary_dim
+            qr, kr = apply_rope_qk(q[..., :R], k[..., :R], cos, sin, "half")
+            return torch.cat([qr, q[..., R:]], dim=-1), torch.cat([kr, k[..., R:]], dim=-1)
         return apply_rope_qk(q, k, cos, sin, self.pairing)
 
     def extra_repr(self) -> str:
