@@ -246,3 +246,13 @@ def test_each_rule_changes_the_bands_when_extended(name):
     plain = AxialRoPE(16, 1, base=100.0, train_shape=(8,))
     assert not torch.equal(m.get_freqs((32,))[0], plain.get_freqs((32,))[0])
     assert torch.equal(m.get_freqs((8,))[0], plain.get_freqs((8,))[0])
+
+
+def test_yarn_attention_factor_per_axis_block():
+    import math
+
+    m = AxialRoPE(16, 2, train_shape=(4, 4), rules=[ScalingRule("yarn", attn_factor=True), None])
+    cos, sin = m.get_table(GridLayout((16, 4)))
+    mag = (cos ** 2 + sin ** 2).sqrt()
+    torch.testing.assert_close(mag[:, :4], torch.full_like(mag[:, :4], 0.1 * math.log(4) + 1))  # row axis, s = 4
+    torch.testing.assert_close(mag[:, 4:], torch.ones_like(mag[:, 4:]))  # the other axis has no rule

@@ -42,13 +42,13 @@ def rope_table(
     angles: torch.Tensor,
     num_prefix: int = 0,
     half_width: Optional[int] = None,
-    scale: float = 1.0,
+    scale=1.0,
     dtype: torch.dtype = torch.float32,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables from angles ``(..., N, P)``: ``(..., num_prefix + N, half_width)`` each.
 
-    Prefix rows and columns past ``P`` (channels beyond the rotary dim) get angle 0. ``scale`` multiplies cos and
-    sin (YaRN's attention factor). Trigonometry runs in the angles' precision (>= float32), cast once to ``dtype``.
+    Prefix rows and columns past ``P`` (channels beyond the rotary dim) get angle 0. ``scale`` (a float, or one
+    factor per column ``(P,)``) multiplies cos and sin (YaRN's attention factor). Trigonometry runs in the angles' precision (>= float32), cast once to ``dtype``.
     """
     if angles.dtype not in (torch.float32, torch.float64):
         angles = angles.float()
@@ -57,7 +57,10 @@ def rope_table(
     if hw < P:
         raise ValueError(f"the rotary angles need {2 * P} channels but the head dim is {2 * hw}")
     cos, sin = torch.cos(angles), torch.sin(angles)
-    if scale != 1.0:
+    if isinstance(scale, torch.Tensor):
+        scale = scale.to(device=cos.device, dtype=cos.dtype)
+        cos, sin = cos * scale, sin * scale
+    elif scale != 1.0:
         cos, sin = cos * scale, sin * scale
     if num_prefix or hw > P:
         lead = angles.shape[:-2]

@@ -240,11 +240,13 @@ class AxialRoPE(_RoPEBase):
         rules = self.rules_for(layout) if layout is not None else self.rules
         return F_.axis_freqs(self.dims, self.bases, rules)
 
-    def _attn_factor(self, layout) -> float:
-        f = 1.0
-        for r in self.rules_for(layout):
-            f = max(f, F_.rule_attention_factor(r))
-        return f
+    def _attn_factor(self, layout):
+        """YaRN attention factor per table column: each axis block gets its own rule's factor (as the diffusers
+        adapters do); ``1.0`` when no rule asks for one."""
+        facs = [F_.rule_attention_factor(r) for r in self.rules_for(layout)]
+        if all(f == 1.0 for f in facs):
+            return 1.0
+        return torch.tensor([f for f, d in zip(facs, self.dims) for _ in range(d // 2)], dtype=torch.float64)
 
     def build_table(self, layout: GridLayout, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(cos, sin)``, each ``(num_prefix + prod(grid), head_dim // 2)`` float32 (uncached).
