@@ -16,7 +16,7 @@ Modules: :class:`AbsolutePE` (``ape``) and :class:`SinCosPE` (``ape_sincos``), b
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -316,18 +316,6 @@ class _TokenPE(PositionalEmbedding):
 
     hooks = frozenset({"token"})
 
-    def __init__(self):
-        super().__init__()
-        self._cache: Dict[tuple, object] = {}
-
-    def _apply(self, fn, *args, **kwargs):
-        self._cache = {}
-        return super()._apply(fn, *args, **kwargs)
-
-    def clear_cache(self) -> None:
-        """Drop cached tables."""
-        self._cache = {}
-
     def full_table(self, layout: GridLayout, batch_size: Optional[int] = None, dtype: Optional[torch.dtype] = None,
                    device=None) -> torch.Tensor:  # pragma: no cover - abstract
         """PE for every token of ``layout``, ``(1 or B, N, C)``."""
@@ -418,7 +406,7 @@ class AbsolutePE(_TokenPE):
 
     def reset_parameters(self) -> None:
         nn.init.trunc_normal_(self.pos_embed, std=self.init_std)
-        self._cache = {}
+        self.clear_cache()
 
     @property
     def table_prefix(self) -> int:
@@ -445,12 +433,13 @@ class AbsolutePE(_TokenPE):
             return resample_abs_pe(self.pos_embed, grid, self.grid, self.table_prefix, self.mode, self.antialias)
         key = (grid, self.pos_embed.device, self.pos_embed.dtype)
         version = self.pos_embed._version
-        hit = self._cache.get(key)
+        cache = self.__dict__.setdefault("_cache", {})
+        hit = cache.get(key)
         if hit is not None and hit[0] == version:
             return hit[1]
         out = resample_abs_pe(self.pos_embed.detach(), grid, self.grid, self.table_prefix, self.mode,
                               self.antialias)
-        self._cache[key] = (version, out)
+        cache[key] = (version, out)
         return out
 
     def full_table(self, layout, batch_size: Optional[int] = None, dtype: Optional[torch.dtype] = None,
@@ -540,14 +529,7 @@ class SinCosPE(_TokenPE):
         """Cached :meth:`build_table` (per layout and device)."""
         layout = as_layout(layout)
         self.check_layout(layout)
-        if torch.compiler.is_compiling():
-            return self.build_table(layout, device)
-        key = (layout, str(device))
-        hit = self._cache.get(key)
-        if hit is None:
-            hit = self.build_table(layout, device)
-            self._cache[key] = hit
-        return hit
+        return self.cached((layout, str(device)), lambda: self.build_table(layout, device))
 
     def full_table(self, layout, batch_size: Optional[int] = None, dtype: Optional[torch.dtype] = None,
                    device=None):

@@ -92,6 +92,31 @@ class PositionalEmbedding(nn.Module):
         """Token-level application (same as :meth:`forward_tokens`)."""
         return self.forward_tokens(x, layout)
 
+    # ---- per-layout cache of derived tables ------------------------------------------------------------------
+    def cached(self, key, build):
+        """``build()`` cached under ``key`` (e.g. ``(layout, str(device))``) for derived, non-learned tables.
+
+        The cache is a plain dict (never in the state dict), emptied when the module moves (``.to``, ``.half``,
+        ...) and by :meth:`clear_cache`. Under ``torch.compile`` the table is built inside the graph and the cache is
+        neither read nor written, so tracing has no side effects and a second call does not recompile.
+        """
+        if torch.compiler.is_compiling():
+            return build()
+        cache = self.__dict__.setdefault("_cache", {})
+        hit = cache.get(key)
+        if hit is None:
+            hit = build()
+            cache[key] = hit
+        return hit
+
+    def clear_cache(self) -> None:
+        """Drop cached tables (call after changing options that the tables depend on)."""
+        self.__dict__["_cache"] = {}
+
+    def _apply(self, fn, *args, **kwargs):
+        self.clear_cache()
+        return super()._apply(fn, *args, **kwargs)
+
     # ---- helpers -----------------------------------------------------------------------------------------------
     def check_layout(self, layout: GridLayout) -> None:
         """Raise ``ValueError`` if this PE does not support the layout's grid rank."""

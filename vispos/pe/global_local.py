@@ -16,7 +16,7 @@ Pure functions: :func:`build_glpe_sincos`, :func:`apply_glpe_global`, :func:`app
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -152,7 +152,6 @@ class GlobalLocalPE(PositionalEmbedding):
         self.global_conv = conv(dim, dim, k, padding=(k - 1) // 2, groups=dim, **dd)
         lc = dim if self.per_head else self.head_dim
         self.local_convs = nn.ModuleList(conv(lc, lc, kl, padding=(kl - 1) // 2, groups=lc, **dd) for _ in range(depth))
-        self._cache: Dict[tuple, torch.Tensor] = {}
         self.reset_local()
 
     def reset_local(self) -> None:
@@ -161,21 +160,11 @@ class GlobalLocalPE(PositionalEmbedding):
             nn.init.zeros_(c.weight)
             nn.init.zeros_(c.bias)
 
-    def _apply(self, fn, *args, **kwargs):
-        self._cache = {}
-        return super()._apply(fn, *args, **kwargs)
-
     def get_table(self, layout, device=None) -> torch.Tensor:
         """Cached :func:`build_glpe_sincos` for a layout, ``(prod(grid), dim)`` float32."""
         layout = as_layout(layout)
-        if torch.compiler.is_compiling():
-            return build_glpe_sincos(layout, self.dim, self.temperature, self.eps, device=device)
-        key = (layout, str(device))
-        hit = self._cache.get(key)
-        if hit is None:
-            hit = build_glpe_sincos(layout, self.dim, self.temperature, self.eps, device=device)
-            self._cache[key] = hit
-        return hit
+        return self.cached((layout, str(device)),
+                           lambda: build_glpe_sincos(layout, self.dim, self.temperature, self.eps, device=device))
 
     def forward_tokens(self, x: torch.Tensor, layout) -> torch.Tensor:
         """``x (B, num_prefix + prod(grid), dim)`` -> ``x + global PE`` (prefix tokens unchanged)."""

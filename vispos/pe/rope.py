@@ -85,18 +85,6 @@ def _check_qk(q, k, head_dim, layout: GridLayout, who: str) -> None:
 class _RoPEBase(PositionalEmbedding):
     hooks = frozenset({"qk"})
 
-    def __init__(self):
-        super().__init__()
-        self._cache: Dict[tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def _apply(self, fn, *args, **kwargs):
-        self._cache = {}
-        return super()._apply(fn, *args, **kwargs)
-
-    def clear_cache(self) -> None:
-        """Drop cached cos/sin tables (call after changing frequencies or rules by hand)."""
-        self._cache = {}
-
     def forward(self, q: torch.Tensor, k: torch.Tensor, layout, index: int = 0):
         """Rotate ``q, k (B, heads, N, head_dim)`` for ``layout``; returns ``(q, k)``."""
         return self.forward_qk(q, k, as_layout(layout), index)
@@ -262,14 +250,7 @@ class AxialRoPE(_RoPEBase):
     def get_table(self, layout, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Cached :meth:`build_table` (per layout and device)."""
         layout = as_layout(layout)
-        if torch.compiler.is_compiling():
-            return self.build_table(layout, device)
-        key = (layout, str(device))
-        hit = self._cache.get(key)
-        if hit is None:
-            hit = self.build_table(layout, device)
-            self._cache[key] = hit
-        return hit
+        return self.cached(("table", layout, str(device)), lambda: self.build_table(layout, device))
 
     def forward_qk(self, q, k, layout, index: int = 0):
         layout = as_layout(layout)
@@ -401,15 +382,8 @@ class MixedRoPE(_RoPEBase):
 
     def get_coords(self, layout: GridLayout, device=None) -> torch.Tensor:
         """Patch coordinates ``(prod(grid), ndim)`` float64, cached per layout and device."""
-        key = (layout, str(device))
-        if not torch.compiler.is_compiling():
-            hit = self._cache.get(key)
-            if hit is not None:
-                return hit
-        c = grid_coords(layout, self.coords, self.ref_shape, device=device, dtype=torch.float64)
-        if not torch.compiler.is_compiling():
-            self._cache[key] = c
-        return c
+        return self.cached(("coords", layout, str(device)),
+                           lambda: grid_coords(layout, self.coords, self.ref_shape, device=device, dtype=torch.float64))
 
     def build_table(self, layout: GridLayout, index: int = 0):
         """``(cos, sin)`` each ``(num_heads, num_prefix + prod(grid), head_dim // 2)`` for layer ``index``."""
