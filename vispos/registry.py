@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .pe.base import PositionalEmbedding
 
 
-__all__ = ["PEInfo", "register_pe", "build_pe", "list_pes", "get_pe_info", "COMMON_ARGS"]
+__all__ = ["PEInfo", "register_pe", "build_pe", "list_pes", "get_pe_info", "COMMON_ARGS", "option_names"]
 
 COMMON_ARGS = ("dim", "num_heads", "depth", "grid", "num_prefix", "device", "dtype")
 
@@ -70,14 +70,29 @@ def get_pe_info(name: str) -> PEInfo:
     return _REGISTRY[name]
 
 
+def option_names(*callables) -> Tuple[str, ...]:
+    """Keyword parameters of ``callables`` (e.g. a PE class' ``__init__``), for ``builder.accepts``."""
+    out = []
+    for fn in callables:
+        for p in inspect.signature(fn).parameters.values():
+            if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in out:
+                out.append(p.name)
+    return tuple(out)
+
+
 def _call_builder(info: PEInfo, common: dict, options: dict):
     sig = inspect.signature(info.builder)
     params = sig.parameters
     takes_var = any(p.kind == p.VAR_KEYWORD for p in params.values())
     kw = {k: v for k, v in common.items() if k in params}  # builders name the host geometry they use
-    unknown = [k for k in options if not takes_var and k not in params]
+    # a builder that forwards **kwargs to a class may name what it accepts (``builder.accepts``, see
+    # :func:`option_names`), so unknown options are still reported here with the list of valid ones
+    accepts = getattr(info.builder, "accepts", None)
+    known = set(params) | set(accepts or ())
+    unknown = [k for k in options if (not takes_var or accepts is not None) and k not in known]
     if unknown:
-        allowed = sorted(k for k in params if k not in COMMON_ARGS)
+        var = {k for k, p in params.items() if p.kind == p.VAR_KEYWORD}
+        allowed = sorted(k for k in known if k not in COMMON_ARGS and k not in var)
         raise TypeError(f"PE {info.name!r} got unknown option(s) {unknown}; its options are {allowed}")
     from .pe.base import PositionalEmbedding
 
