@@ -226,8 +226,37 @@ def _grid_and_flatten(model, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, 
     return x, grid
 
 
+def _check_image(model: nn.Module, x) -> None:
+    """``ValueError`` for an input a ViT cannot patchify, before any work: rank, channels, size vs patch size."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"images must be a tensor (B, C, H, W), got {got}")
+    pe_ = model.patch_embed
+    proj = getattr(pe_, "proj", None)
+    cin = getattr(proj, "in_channels", None)
+    if cin is not None and x.shape[1] != cin:
+        raise ValueError(f"images have {x.shape[1]} channels, the model expects {cin} (input shape {tuple(x.shape)})")
+    H, W = x.shape[-2:]
+    ph, pw = pe_.patch_size
+    if not getattr(pe_, "dynamic_img_pad", False) and (H % ph or W % pw):
+        raise ValueError(f"image size {H}x{W} is not divisible by the patch size {ph}x{pw}; resize or crop it, or "
+                         f"build the model with dynamic_img_pad=True")
+    img_size = getattr(pe_, "img_size", None)
+    if getattr(pe_, "strict_img_size", False) and img_size is not None and (H, W) != tuple(img_size):
+        raise ValueError(f"image size {H}x{W} differs from the model's {img_size[0]}x{img_size[1]}; build it with "
+                         f"dynamic_img_size=True (any size) or call model.set_input_size(img_size=...)")
+
+
 class _ModelHooks:
     """Mixin over ``VisionTransformer`` / ``Eva``: prefix tokens, layout, token hook."""
+
+    def forward_features(self, x, *args, **kwargs):
+        _check_image(self, x)
+        return super().forward_features(x, *args, **kwargs)
+
+    def forward_intermediates(self, x, *args, **kwargs):
+        _check_image(self, x)
+        return super().forward_intermediates(x, *args, **kwargs)
 
     def _vispos_embed(self, x: torch.Tensor) -> torch.Tensor:
         st: _PEState = self._vispos
@@ -619,7 +648,9 @@ def create_model(
         from timm.models import load_state_dict
 
         sd = load_state_dict(str(checkpoint_path), weights_only=True)
-        if any(k.startswith("pe.") for k in sd):
+        plain_keys = model.state_dict().keys()
+        # a vispos checkpoint has pe.* keys, or (a parameter-free PE such as rope_axial) lacks timm's pos_embed
+        if any(k.startswith("pe.") for k in sd) or ("pos_embed" in plain_keys and "pos_embed" not in sd):
             vispos_ckpt = sd
         else:
             _logger.info("timm checkpoint %s: loading into the plain %s, then converting its PE", checkpoint_path,

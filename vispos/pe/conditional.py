@@ -113,8 +113,11 @@ class PEG(PositionalEmbedding):
         self.ndims = (ndim,)
         self._blocks = blocks
         conv = nn.Conv2d if ndim == 2 else nn.Conv3d
+        # skip_init: the only random draw is reset_parameters' (so meta-device build + to_empty + reset == direct)
         self.convs = nn.ModuleList(
-            conv(dim, dim, k, padding=(k - 1) // 2, groups=dim, bias=True, device=device, dtype=dtype) for _ in blocks
+            torch.nn.utils.skip_init(conv, dim, dim, k, padding=(k - 1) // 2, groups=dim, bias=True,
+                                     device=device if device is not None else torch.get_default_device(), dtype=dtype)
+            for _ in blocks
         )
         self.reset_parameters()
 

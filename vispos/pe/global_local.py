@@ -149,9 +149,18 @@ class GlobalLocalPE(PositionalEmbedding):
         self.ndims = (ndim,)
         dd = dict(device=device, dtype=dtype)
         conv = nn.Conv2d if ndim == 2 else nn.Conv3d
-        self.global_conv = conv(dim, dim, k, padding=(k - 1) // 2, groups=dim, **dd)
+        dd["device"] = device if device is not None else torch.get_default_device()
+        # skip_init: every random draw happens in reset_parameters (meta-device build + to_empty + reset == direct)
+        self.global_conv = torch.nn.utils.skip_init(conv, dim, dim, k, padding=(k - 1) // 2, groups=dim, **dd)
         lc = dim if self.per_head else self.head_dim
-        self.local_convs = nn.ModuleList(conv(lc, lc, kl, padding=(kl - 1) // 2, groups=lc, **dd) for _ in range(depth))
+        self.local_convs = nn.ModuleList(
+            torch.nn.utils.skip_init(conv, lc, lc, kl, padding=(kl - 1) // 2, groups=lc, **dd) for _ in range(depth)
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Global conv: PyTorch's default conv init (as ResFormer); local convs: zeros."""
+        self.global_conv.reset_parameters()
         self.reset_local()
 
     def reset_local(self) -> None:

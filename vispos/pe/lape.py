@@ -89,9 +89,14 @@ class LaPE(PositionalEmbedding):
         self.norms = nn.ModuleList(nn.LayerNorm(self.dim, eps=self.eps, device=device, dtype=dtype)
                                    for _ in range(depth))
         self._memo = None
-        self.reset_parameters()
+        self._init_norms()
 
     def reset_parameters(self) -> None:
+        """Re-initialise the base PE and the per-layer norms (e.g. after ``to_empty`` from the meta device)."""
+        self.base.reset_parameters()
+        self._init_norms()
+
+    def _init_norms(self) -> None:
         for n in self.norms:
             if self.init == "zero":
                 nn.init.zeros_(n.weight)
