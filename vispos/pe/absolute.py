@@ -548,7 +548,7 @@ class SinCosPE(_TokenPE):
 
 
 # ---- registry --------------------------------------------------------------------------------------------------
-from ..registry import register_pe  # noqa: E402
+from ..registry import option_names, register_pe  # noqa: E402
 
 
 @register_pe("ape", "absolute", (2, 3), ("token",),
@@ -561,3 +561,7 @@ def build_ape(*, dim=None, grid=None, num_prefix=0, device=None, dtype=None, **k
              "fixed sin-cos APE (MAE 2D, Latte/CogVideoX 3D), recomputed at index/interpolated/normalized coords")
 def build_ape_sincos(*, dim=None, grid=None, num_prefix=0, device=None, dtype=None, **kwargs):
     return SinCosPE(dim, grid, num_prefix=num_prefix, device=device, dtype=dtype, **kwargs)
+
+
+build_ape.accepts = option_names(build_ape, AbsolutePE.__init__)
+build_ape_sincos.accepts = option_names(build_ape_sincos, SinCosPE.__init__)

@@ -152,7 +152,7 @@ class PEG(PositionalEmbedding):
 
 
 # ---- registry --------------------------------------------------------------------------------------------------
-from ..registry import register_pe  # noqa: E402
+from ..registry import option_names, register_pe  # noqa: E402
 
 
 @register_pe("peg", "conditional", (2, 3), ("block",),
@@ -162,3 +162,6 @@ def build_peg(*, dim=None, depth=None, grid=None, ndim=None, device=None, dtype=
         raise ValueError(f"peg: ndim={ndim} disagrees with grid {tuple(grid)}")
     nd = len(grid) if grid is not None else (2 if ndim is None else ndim)
     return PEG(dim, ndim=nd, depth=depth, device=device, dtype=dtype, **kwargs)
+
+
+build_peg.accepts = option_names(build_peg, PEG.__init__)

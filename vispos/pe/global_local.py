@@ -202,7 +202,7 @@ class GlobalLocalPE(PositionalEmbedding):
 
 
 # ---- registry --------------------------------------------------------------------------------------------------
-from ..registry import register_pe  # noqa: E402
+from ..registry import option_names, register_pe  # noqa: E402
 
 
 @register_pe("glpe", "global_local", (2, 3), ("token", "value"),
@@ -214,3 +214,6 @@ def build_glpe(*, dim=None, num_heads=None, depth=None, grid=None, ndim=None, de
         raise ValueError(f"glpe: ndim={ndim} disagrees with grid {tuple(grid)}")
     nd = len(grid) if grid is not None else (2 if ndim is None else ndim)
     return GlobalLocalPE(dim, num_heads, depth, ndim=nd, device=device, dtype=dtype, **kwargs)
+
+
+build_glpe.accepts = option_names(build_glpe, GlobalLocalPE.__init__)

@@ -178,7 +178,7 @@ class LaPE(PositionalEmbedding):
 
 
 # ---- registry --------------------------------------------------------------------------------------------------
-from ..registry import register_pe  # noqa: E402
+from ..registry import option_names, register_pe  # noqa: E402
 
 
 @register_pe("lape", "lape", (2, 3), ("attn_input",),
@@ -199,3 +199,6 @@ def build_lape(*, dim=None, num_heads=None, depth=None, grid=None, num_prefix=0,
     if dim is not None and getattr(base, "dim", dim) != dim:
         raise ValueError(f"lape: base PE has dim {base.dim}, the host has dim {dim}")
     return LaPE(base, depth, device=device, dtype=dtype, **kwargs)
+
+
+build_lape.accepts = option_names(build_lape, LaPE.__init__)

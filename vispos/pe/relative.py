@@ -208,7 +208,7 @@ class DecomposedRelPos(PositionalEmbedding):
 
 
 # ---- registry --------------------------------------------------------------------------------------------------
-from ..registry import register_pe  # noqa: E402
+from ..registry import option_names, register_pe  # noqa: E402
 
 
 @register_pe("rel_decomposed", "relative", (2, 3), ("bias",),
@@ -224,3 +224,6 @@ def build_rel_decomposed(*, dim=None, num_heads=None, depth=None, grid=None, hea
     if depth is None:
         raise ValueError("rel_decomposed needs depth= (one set of tables per layer)")
     return DecomposedRelPos(head_dim, depth, grid, device=device, dtype=dtype, **kwargs)
+
+
+build_rel_decomposed.accepts = option_names(build_rel_decomposed, DecomposedRelPos.__init__)
