@@ -1,5 +1,6 @@
 import os
 
+import hypothesis_profiles  # noqa: F401  (registers and loads the vispos hypothesis profile for every test)
 import pytest
 import torch
 
