@@ -124,8 +124,8 @@ _DEMO_COMMON = dict(data="synthetic", frames=8, num_objects=2, pe="rope_axial", 
 #: `vispos demo video --scale cpu|gpu` (mirrored by configs/video/demo_cpu.yaml / demo_gpu.yaml).
 DEMO_PRESETS: Dict[str, Dict[str, Any]] = {
     "cpu": dict(_DEMO_COMMON, num_videos=512, size=16, patch=[1, 4, 4], dim=64, depth=4, num_heads=2,
-                pe_kwargs={"dims": [16, 8, 8], "base": 100.0}, steps=1500, batch_size=16, lr=1e-3, warmup=100,
-                ema=0.995, num_samples=8, sample_steps=16, grid_samples=4, batch_size_eval=8),
+                pe_kwargs={"dims": [16, 8, 8], "base": 100.0}, steps=4000, batch_size=16, lr=1e-3, warmup=100,
+                ema=0.995, num_samples=16, sample_steps=16, grid_samples=4, batch_size_eval=16),
     "gpu": dict(_DEMO_COMMON, num_videos=4096, size=32, patch=[1, 2, 2], dim=256, depth=8, num_heads=4,
                 pe_kwargs={"dims": [32, 16, 16], "base": 100.0}, steps=20000, batch_size=64, lr=3e-4, warmup=500,
                 ema=0.999, num_samples=32, sample_steps=50, grid_samples=6, batch_size_eval=16),
