@@ -1,4 +1,8 @@
-"""Every ```python block of README.md runs as written (in a temp working dir)."""
+"""Every ```python block of README.md runs as written (in a temp working dir).
+
+Blocks copied from docs/timm.md and docs/diffusers.md are run by tests/test_docs_timm.py and tests/test_diffusers.py
+(which also check that those docs are what README shows), so they are not run twice here.
+"""
 import os
 import re
 from pathlib import Path
@@ -9,17 +13,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _blocks(path):
-    text = path.read_text()
-    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
 
 
-BLOCKS = _blocks(ROOT / "README.md")
+README_BLOCKS = _blocks(ROOT / "README.md")
+TESTED_ELSEWHERE = {b for doc in ("timm.md", "diffusers.md") for b in _blocks(ROOT / "docs" / doc)}
+BLOCKS = [b for b in README_BLOCKS if b not in TESTED_ELSEWHERE]
 
 
 def test_readme_has_the_two_commands():
     text = (ROOT / "README.md").read_text()
     assert "make demo" in text and "make test" in text
-    assert BLOCKS, "README has no python examples"
+    assert BLOCKS, "README has no python examples of its own"
+
+
+def test_readme_shows_the_tested_doc_snippets():
+    """README's timm / diffusers sections are the docs' tested snippets, verbatim."""
+    assert TESTED_ELSEWHERE and TESTED_ELSEWHERE <= set(README_BLOCKS)
 
 
 @pytest.mark.parametrize("i", range(len(BLOCKS)))
