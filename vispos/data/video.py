@@ -29,7 +29,6 @@ import io
 import logging
 import math
 import os
-import tempfile
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -39,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..utils.io import atomic_write_bytes
+from ..utils.io import atomic_path, atomic_write_bytes
 
 __all__ = [
     "SyntheticVideos",
@@ -376,11 +375,8 @@ def write_video(path: PathLike, frames, fps: float = 8, crf: int = 12, codec: st
     if codec not in ("libx264", "mpeg4"):
         raise ValueError(f"codec must be 'libx264' or 'mpeg4', got {codec!r}")
     codec = _pick_codec(codec)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=p.suffix, dir=p.parent)
-    os.close(fd)
-    try:
-        # moov atom first (faststart) for streaming players; needs a real file, hence temp file + rename
+    # moov atom first (faststart) for streaming players; PyAV needs a real file: temp file + rename
+    with atomic_path(p, suffix=p.suffix) as tmp:
         with av.open(tmp, mode="w", format="mp4", options={"movflags": "faststart"}) as container:
             stream = container.add_stream(codec, rate=rate)
             stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
@@ -395,14 +391,6 @@ def write_video(path: PathLike, frames, fps: float = 8, crf: int = 12, codec: st
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return p
 
 

@@ -4,6 +4,7 @@ A reader never sees a half-written file: either the old one or the complete new 
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -14,6 +15,7 @@ from typing import Any, Iterable, List, Mapping, Sequence, Union
 
 __all__ = [
     "ensure_writable_dir",
+    "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
@@ -42,6 +44,26 @@ def ensure_writable_dir(path: PathLike, what: str = "output folder") -> Path:
     except OSError as e:
         raise ValueError(f"{what} {str(p)!r} is not writable: {e.strerror or e}") from e
     return p
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, suffix: str = ".tmp"):
+    """Yield a temp path in ``path``'s folder for a writer that needs a file name (PyAV, savefig, ...); on success
+    the file is fsync'ed and renamed onto ``path``; on any error it is removed and ``path`` is left untouched."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
