@@ -152,6 +152,39 @@ def test_wan_family_off_riflex_and_undo(cls):
 
 
 @torch.no_grad()
+def test_two_expert_pipeline_gets_the_rule_on_both_transformers():
+    """Wan 2.2-style pipelines hold `transformer` and `transformer_2`: both get the rule, and undo restores both."""
+    from types import SimpleNamespace
+
+    pipe = SimpleNamespace(transformer=_wan(WanTransformer3DModel), transformer_2=_wan(WanTransformer3DModel))
+    x = _wan_inputs(12)
+    refs = [t.rope(x["hidden_states"]) for t in (pipe.transformer, pipe.transformer_2)]
+    h = vd.apply_rule(pipe, time={"name": "riflex", "k": 1}, num_frames=12)
+    for t, ref in zip((pipe.transformer, pipe.transformer_2), refs):
+        cos, _ = t.rope(x["hidden_states"])
+        assert not torch.equal(cos, ref[0])
+        assert torch.equal(cos[0, :, 0, 0], torch.cos(torch.arange(12).repeat_interleave(2) * torch.tensor(
+            _riflex_theta(1.0, 12), dtype=torch.float64)).float())
+    with pytest.raises(ValueError, match="already applied"):
+        vd.apply_rule(pipe.transformer_2, time="pi", num_frames=12, train_frames=6)
+    h.remove()
+    for t, ref in zip((pipe.transformer, pipe.transformer_2), refs):
+        assert _same(t.rope(x["hidden_states"]), ref)
+
+
+@torch.no_grad()
+def test_remove_restores_a_preexisting_instance_forward(hunyuan):
+    m = hunyuan
+    mine = m.rope.forward
+    m.rope.forward = mine  # an instance-level forward, as accelerate hooks install
+    h = vd.apply_rule(m, time={"name": "riflex", "k": 1}, num_frames=30, train_frames=20)
+    assert m.rope.forward is not mine
+    h.remove()
+    assert m.rope.__dict__.get("forward") is mine
+    del m.rope.forward  # leave the module-scoped fixture as built
+
+
+@torch.no_grad()
 def test_wan_positions_beyond_the_cap():
     m = _wan(WanTransformer3DModel, max_len=8)
     x = _wan_inputs(10)
