@@ -27,7 +27,7 @@ def _tables(shape, device="cpu", dtype=torch.float32):
     return ang, ang.cos(), ang.sin()
 
 
-def _compare(fn, B, H, N, D, pairing, per_head, dtype=torch.float32, device="cpu", prefix=0):
+def check_matches_reference(fn, B, H, N, D, pairing, per_head, dtype=torch.float32, device="cpu", prefix=0):
     x, q, k = _packed(B, H, N, D, dtype, device)
     ang, c, s = _tables((H, N, D // 2) if per_head else (N, D // 2), device)
     if prefix:  # prefix rows: angle 0
@@ -52,7 +52,7 @@ def _compare(fn, B, H, N, D, pairing, per_head, dtype=torch.float32, device="cpu
 @pytest.mark.parametrize("per_head", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fast_rope_matches_reference(pairing, per_head, dtype):
-    _compare(lambda *a: apply_rope_qk(*a, impl="fast"), 2, 3, 7, 12, pairing, per_head, dtype, prefix=1)
+    check_matches_reference(lambda *a: apply_rope_qk(*a, impl="fast"), 2, 3, 7, 12, pairing, per_head, dtype, prefix=1)
 
 
 @pytest.mark.parametrize("pairing", PAIRINGS)
@@ -143,9 +143,9 @@ def test_triton_rope_kernel_under_interpreter():
 def test_triton_rope_matches_reference_cuda(pairing, per_head, dtype):
     _, q, k = _packed(1, 2, 3, 4, device="cuda")
     assert select_rope_impl(q, k, torch.ones(3, 2, device="cuda"), torch.zeros(3, 2, device="cuda")) == "triton"
-    _compare(lambda *a: apply_rope_qk(*a, impl="triton"), 2, 3, 70, 64, pairing, per_head, dtype, device="cuda",
+    check_matches_reference(lambda *a: apply_rope_qk(*a, impl="triton"), 2, 3, 70, 64, pairing, per_head, dtype, device="cuda",
              prefix=1)
-    _compare(lambda *a: apply_rope_qk(*a, impl="triton"), 1, 2, 9, 88, pairing, per_head, dtype, device="cuda")
+    check_matches_reference(lambda *a: apply_rope_qk(*a, impl="triton"), 1, 2, 9, 88, pairing, per_head, dtype, device="cuda")
 
 
 # ---- decomposed relative position -----------------------------------------------------------------------------------

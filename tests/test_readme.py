@@ -32,11 +32,16 @@ def test_readme_shows_the_tested_doc_snippets():
     assert TESTED_ELSEWHERE and TESTED_ELSEWHERE <= set(README_BLOCKS)
 
 
-@pytest.mark.parametrize("i", range(len(BLOCKS)))
-def test_readme_python_block_runs(i, tmp_path):
+def check_block_runs(code: str, name: str, where) -> None:
+    """Run a snippet in ``where``; any exception fails the test with the snippet's name in the traceback."""
     cwd = os.getcwd()
-    os.chdir(tmp_path)
+    os.chdir(where)
     try:
-        exec(compile(BLOCKS[i], f"README.md[block {i}]", "exec"), {"__name__": "__readme__"})
+        exec(compile(code, name, "exec"), {"__name__": "__readme__"})
     finally:
         os.chdir(cwd)
+
+
+@pytest.mark.parametrize("i", range(len(BLOCKS)))
+def test_readme_python_block_runs(i, tmp_path):
+    check_block_runs(BLOCKS[i], f"README.md[block {i}]", tmp_path)
