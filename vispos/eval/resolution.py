@@ -934,6 +934,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", action="store_true", default=None, help="bf16 autocast on CUDA")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--out", help=f"results folder (default {DEFAULTS['out']})")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
@@ -957,12 +958,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 def run_eval(args) -> int:
     cfg = load_config(args=args)
-    return _print_table(run_experiment(cfg, train=False), cfg)
+    return _print_table(run_experiment(cfg, train=False, progress=not args.no_progress), cfg)
 
 
 def run_train(args) -> int:
     cfg = load_config(args=args)
-    return _print_table(run_experiment(cfg, train=True), cfg)
+    return _print_table(run_experiment(cfg, train=True, progress=not args.no_progress), cfg)
 
 
 def _print_table(result, cfg) -> int:
@@ -991,6 +992,7 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, help="torch CPU threads (the cpu config uses 2; 1 is faster on a busy "
                                                "machine)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
 def run_demo(args) -> int:
@@ -1003,4 +1005,4 @@ def run_demo(args) -> int:
     if args.threads is not None:
         overrides["threads"] = args.threads
     cfg = load_config(path, **overrides)
-    return _print_table(run_experiment(cfg, train=True), cfg)
+    return _print_table(run_experiment(cfg, train=True, progress=not args.no_progress), cfg)
