@@ -182,3 +182,18 @@ def test_resume_refuses_a_checkpoint_with_other_settings(tmp_path, capsys):
     assert main(_argv(p, resume=True)) == 2
     err = capsys.readouterr().err
     assert "cannot resume" in err and "lr" in err
+
+
+def test_results_get_the_normal_file_mode(tmp_path):
+    """mkstemp files are 0600; published results must be readable like any file written with open()."""
+    import os
+
+    from vispos.utils.io import atomic_path, atomic_write_json
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    atomic_write_json(tmp_path / "r.json", {"a": 1})
+    with atomic_path(tmp_path / "v.bin") as tmp:
+        open(tmp, "wb").write(b"x")
+    for name in ("r.json", "v.bin"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~umask

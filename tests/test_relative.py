@@ -124,3 +124,9 @@ def test_errors():
         pe.attn_bias(torch.randn(1, 2, 12, 8), GridLayout((3, 4)), 2)
     with pytest.raises(ValueError, match="depth"):
         vispos.build_pe("rel_decomposed", dim=16, num_heads=2, grid=(3, 4))
+
+
+def test_tables_excluded_from_weight_decay():
+    pe = vispos.build_pe("rel_decomposed", dim=32, num_heads=2, depth=2, grid=(4, 4))
+    names = {n for n, _ in pe.named_parameters()}
+    assert names and pe.no_weight_decay() == names

@@ -208,3 +208,19 @@ def test_cli_eval_writes_table(tmp_path, capsys):
     assert (tmp_path / "cli" / "results.json").is_file()
     rc = main(["eval", "resolution", "--pe", "nope", "--out", str(tmp_path / "cli2")])
     assert rc == 2 and "unknown PE 'nope'" in capsys.readouterr().err
+
+
+def test_eval_without_train_size_uses_the_checkpoints_size(tmp_path):
+    """A VoPE checkpoint trained at 24 px, evaluated without --train-size, is built on its training grid (timm's
+    default 224 px would load silently with the wrong reference grid)."""
+    cfg = _cfg(tmp_path, pe="vope", task="quadrant", steps=2, batch_size=8, eval_samples=8, sizes="24",
+               train_size=24)
+    R.run_experiment(cfg, train=True, progress=False)
+    ckpt = str(tmp_path / "out" / "checkpoints" / "vope_seed0.pt")
+    given = R.run_experiment(_cfg(tmp_path, pe="vope", checkpoint=ckpt, task="quadrant", eval_samples=8, sizes="16,40",
+                                  train_size=24, out=str(tmp_path / "e1")), train=False, progress=False)
+    inferred = R.run_experiment(_cfg(tmp_path, pe="vope", checkpoint=ckpt, task="quadrant", eval_samples=8,
+                                     sizes="16,40", train_size=None, out=str(tmp_path / "e2")),
+                                train=False, progress=False)
+    assert inferred["train_size"] == given["train_size"] == "24"
+    assert [r["correct1"] for r in inferred["rows"]] == [r["correct1"] for r in given["rows"]]

@@ -776,6 +776,11 @@ def run_experiment(cfg: Dict[str, Any], train: bool, *, callback=None, progress:
                          "(or use `vispos eval resolution` to evaluate checkpoints)")
     if train and cfg.get("train_size") is None:
         raise ValueError("train resolution needs train_size (e.g. --train-size 32)")
+    if not train and cfg.get("train_size") is None:
+        found = _checkpoint_train_size(variants)
+        if found is not None:
+            log.info("train_size not given: using %s, recorded in the checkpoints", size_label(found))
+            cfg = {**cfg, "train_size": found}
     out = ensure_writable_dir(cfg["out"])
     data = plan_data(cfg, train)
     sizes = [tuple(s) for s in cfg["sizes"]]
@@ -821,6 +826,28 @@ def run_experiment(cfg: Dict[str, Any], train: bool, *, callback=None, progress:
         return result
     finally:
         cleanup_distributed(info)
+
+
+def _checkpoint_train_size(variants) -> Optional[Tuple[int, int]]:
+    """The training size recorded in the variants' checkpoints (vispos ``train resolution`` checkpoints record it),
+    so an eval without ``--train-size`` builds every model at the grid it was trained on. ``None`` if no checkpoint
+    records one; ``ValueError`` if they disagree."""
+    seen = {}
+    for v in variants:
+        if not v.checkpoint:
+            continue
+        try:
+            obj = torch.load(str(v.checkpoint), map_location="cpu", weights_only=True)
+        except Exception as e:  # unreadable / not a torch file: report which file and why
+            raise ValueError(f"cannot read checkpoint {str(v.checkpoint)!r}: {e}") from e
+        traj = obj.get("trajectory") if isinstance(obj, dict) else None
+        if isinstance(traj, dict) and traj.get("train_size") is not None:
+            seen[v.name] = tuple(int(x) for x in traj["train_size"])
+    sizes = set(seen.values())
+    if len(sizes) > 1:
+        raise ValueError(f"the checkpoints were trained at different sizes {seen}; pass --train-size and evaluate "
+                         f"them separately")
+    return sizes.pop() if sizes else None
 
 
 def result_row(variant: Variant, seed: Optional[int], hw, acc: Dict[str, Any], checkpoint=None) -> Dict[str, Any]:

@@ -165,6 +165,10 @@ class DecomposedRelPos(PositionalEmbedding):
         self.layers = nn.ModuleList(layers)
         self.reset_parameters()
 
+    def no_weight_decay(self):
+        """Relative-position tables are excluded from weight decay (as timm's MViTv2 / SAM)."""
+        return {n for n, _ in self.named_parameters() if "rel_pos" in n}
+
     def reset_parameters(self) -> None:
         for p in self.parameters():
             if self.init_std > 0:

@@ -28,6 +28,20 @@ __all__ = [
 PathLike = Union[str, os.PathLike]
 
 
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+_UMASK = _umask()
+
+
+def _publish_mode(tmp: str) -> None:
+    """``mkstemp`` files are 0600; give results the mode a normal ``open()`` would (0666 minus the umask)."""
+    os.chmod(tmp, 0o666 & ~_UMASK)
+
+
 def ensure_writable_dir(path: PathLike, what: str = "output folder") -> Path:
     """Create ``path`` if needed and check it is a writable folder; ``ValueError`` naming it otherwise.
 
@@ -58,7 +72,7 @@ def atomic_path(path: PathLike, suffix: str = ".tmp"):
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
+        _publish_mode(tmp)
         os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):
@@ -76,6 +90,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        _publish_mode(tmp)
         os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):
