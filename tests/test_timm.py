@@ -344,3 +344,74 @@ def test_install_pe_on_existing_model_and_attn_mask():
     rel = vispos.create_model(VIT, pe="rel_decomposed", **TINY)
     with pytest.raises(ValueError, match="attn_mask / is_causal"):
         rel.forward_features(x, attn_mask=torch.zeros(5, 5))
+
+
+@pytest.mark.parametrize("pe", ["ape", ("ape", "peg"), ("ape", "rel_decomposed")])
+def test_timm_create_model_checkpoint_path_converts(tmp_path, pe):
+    """timm.create_model('vispos_...', checkpoint_path=timm_ckpt) loads through timm's own loader: the PE is
+    converted on load (pos_embed -> the ape member, identity-initialised new parameters), outputs unchanged."""
+    torch.manual_seed(0)
+    plain = timm.create_model("vit_tiny_patch16_224", depth=2, img_size=32, patch_size=8, num_classes=5).eval()
+    path = tmp_path / "timm.pth"
+    torch.save(plain.state_dict(), path)
+    m = timm.create_model("vispos_vit_tiny_patch16_224", pe=list(pe) if isinstance(pe, tuple) else pe, depth=2,
+                          img_size=32, patch_size=8, num_classes=5, checkpoint_path=str(path)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(m(x), plain(x), atol=1e-5, rtol=1e-5)
+
+
+def test_vispos_checkpoint_reloads_at_another_size(tmp_path):
+    """A saved vispos model (APE + rel-pos tables at a 4x4 grid) loads into one built for 6x6: tables resampled."""
+    torch.manual_seed(0)
+    a = vispos.create_model("vit_tiny_patch16_224", pe=["ape", "rel_decomposed"], depth=2, img_size=32,
+                            patch_size=8, num_classes=5).eval()
+    with torch.no_grad():
+        for n, p in a.pe.named_parameters():
+            p.normal_()
+    path = tmp_path / "v.pth"
+    torch.save(a.state_dict(), path)
+    b = vispos.create_model("vit_tiny_patch16_224", pe=["ape", "rel_decomposed"], depth=2, img_size=48,
+                            patch_size=8, num_classes=5, checkpoint_path=str(path)).eval()
+    from vispos.pe.absolute import resample_abs_pe
+
+    ape_a, ape_b = a.pe.pes[0].pos_embed, b.pe.pes[0].pos_embed
+    torch.testing.assert_close(ape_b, resample_abs_pe(ape_a, (6, 6), (4, 4), 1, "bicubic", True))
+    assert b.pe.pes[1].layers[0].rel_pos_h.shape[0] == 11 and a.pe.pes[1].layers[0].rel_pos_h.shape[0] == 7
+
+
+@pytest.mark.parametrize("pe", PE_2D + COMBOS, ids=_id)
+def test_every_pe_parameter_gets_a_nonzero_gradient_at_every_size(pe):
+    """With average pooling every patch token reaches the loss, so every PE parameter (zero-initialised parts made
+    non-zero first) must get a non-zero gradient at the training size and at the other sizes: a detached table or a
+    cache that cuts the graph would fail here."""
+    model = _randomize(vispos.create_model(VIT, pe=pe, dynamic_img_size=True, global_pool="avg", class_token=False,
+                                           **TINY))
+    params = _pe_params(model)
+    for size in SIZES:
+        model.zero_grad()
+        model(torch.randn(2, 3, *size)).square().sum().backward()
+        for n, p in params.items():
+            assert p.grad is not None and p.grad.abs().sum() > 0, f"{n}: zero gradient at {size}"
+
+
+@pytest.mark.parametrize("pe", [["ape", "lape"], "rope_mixed", ["glpe", "rel_decomposed"], "vope"], ids=_id)
+def test_compile_training_mode_rectangular_gradients(pe):
+    """Training mode, a rectangular non-training size, gradients: compiled == eager, no graph break, no recompile."""
+    import torch._dynamo as dynamo
+
+    model = _randomize(vispos.create_model(VIT, pe=pe, dynamic_img_size=True, **{**TINY, "depth": 1})).train()
+    x = torch.randn(2, 3, 48, 32)
+    dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    y_c = compiled(x)
+    y_e = model(x)
+    torch.testing.assert_close(y_c, y_e, atol=1e-5, rtol=1e-5)
+    params = _pe_params(model)
+    g_c = torch.autograd.grad(y_c.square().sum(), list(params.values()), allow_unused=True) if params else []
+    g_e = torch.autograd.grad(y_e.square().sum(), list(params.values()), allow_unused=True) if params else []
+    for a, b in zip(g_c, g_e):
+        if a is not None or b is not None:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    with dynamo.config.patch(error_on_recompile=True):
+        compiled(x + 1)
+    dynamo.reset()

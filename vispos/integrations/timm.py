@@ -546,8 +546,85 @@ def install_pe(
             m._vispos = st
             m._vispos_index = i
     model.__class__ = _subclass(_VitHooks if family == "vit" else _EvaHooks, type(model))
+    model._register_load_state_dict_pre_hook(_state_dict_pre_hook, with_module=True)
     _logger.debug("installed PE %r (hooks %s) in %s", module.name, sorted(module.hooks), type(model).__name__)
     return model
+
+
+@torch.no_grad()
+def _state_dict_pre_hook(model, sd, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    """Make ``model.load_state_dict`` accept what users load into a vispos timm model (so timm's own
+    ``checkpoint_path=`` / ``load_checkpoint`` work too):
+
+    * a **timm-format** checkpoint: ``pos_embed`` goes to the ``ape`` member (resampled from the checkpoint's square
+      grid, prefix rows mapped as in conversion), EVA ``rope.freqs`` to ``rope_mixed`` (axis order flipped), and PE
+      parameters the checkpoint cannot have keep their current (identity / fresh) values;
+    * a **vispos** checkpoint from another grid: ``*.pos_embed`` tables are resampled and decomposed rel-pos tables
+      resized to this model's grid.
+    One log line per converted or kept key. Everything else is left to the normal (strict) loading.
+    """
+    from ..pe.absolute import resample_abs_pe
+    from ..pe.relative import resize_rel_pos
+
+    pe = model.pe
+    own = {f"{prefix}{n}": p for n, p in pe.named_parameters(prefix="pe")}
+    grid = tuple(model.patch_embed.grid_size)
+    n_patch = math.prod(grid)
+    timm_format = f"{prefix}pos_embed" in sd or f"{prefix}rope.freqs" in sd
+    pos = sd.pop(f"{prefix}pos_embed", None)
+    if pos is not None:
+        apes = _find_named(pe, "ape")
+        if not apes:
+            _logger.warning("checkpoint pos_embed %s dropped: PE %r has no 'ape' member; outputs change",
+                            tuple(pos.shape), pe.name)
+        else:
+            path, ape = apes[0]
+            src_prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
+            if pos.shape[1] - src_prefix != n_patch:
+                old = _square_grid(pos.shape[1] - src_prefix, f"checkpoint pos_embed {tuple(pos.shape)}")
+                pos = resample_abs_pe(pos, grid, old, src_prefix, "bicubic", True)
+                _logger.info("checkpoint pos_embed resampled from grid %s to %s", old, grid)
+            dst = torch.zeros_like(ape.pos_embed)
+            dst_prefix = dst.shape[1] - n_patch
+            dst[:, dst_prefix:] = pos[:, src_prefix:].to(dst.dtype)
+            if dst_prefix and src_prefix:
+                dst[:, :dst_prefix] = pos[:, :src_prefix].to(dst.dtype)
+            sd[f"{prefix}{path}.pos_embed"] = dst
+            _logger.info("checkpoint pos_embed %s -> %s.pos_embed %s", tuple(pos.shape), path, tuple(dst.shape))
+    freqs = sd.pop(f"{prefix}rope.freqs", None)
+    if freqs is not None:
+        mixed = _find_named(pe, "rope_mixed")
+        if mixed and tuple(mixed[0][1].freqs.shape) == tuple(freqs.shape):
+            sd[f"{prefix}{mixed[0][0]}.freqs"] = freqs.flip(0)
+            mixed[0][1].clear_cache()
+            _logger.info("checkpoint rope.freqs -> %s.freqs (axis order flipped)", mixed[0][0])
+        else:
+            _logger.warning("checkpoint rope.freqs %s dropped: no matching 'rope_mixed' member", tuple(freqs.shape))
+    owners = {f"{prefix}{path}": m for path, m in pe.named_modules(prefix="pe") if isinstance(m, PositionalEmbedding)}
+    for key, p in own.items():
+        if key not in sd:
+            if timm_format:
+                parts = key.split(".")[:-1]
+                while ".".join(parts) not in owners:
+                    parts.pop()
+                if owners[".".join(parts)].name == "peg":  # as conversion does: PEG starts as the identity
+                    sd[key] = torch.zeros_like(p)
+                    _logger.info("%s %s not in the timm checkpoint: zero (PEG is the identity)", key, tuple(p.shape))
+                else:
+                    sd[key] = p.detach().clone()
+                    _logger.info("%s %s not in the timm checkpoint: kept as initialised", key, tuple(p.shape))
+            continue
+        t = sd[key]
+        if t.shape == p.shape:
+            continue
+        if key.endswith("pos_embed") and t.dim() == 3 and t.shape[2] == p.shape[2]:
+            n_pre = p.shape[1] - n_patch
+            old = _square_grid(t.shape[1] - n_pre, f"checkpoint {key} {tuple(t.shape)}")
+            sd[key] = resample_abs_pe(t, grid, old, n_pre, "bicubic", True)
+            _logger.info("checkpoint %s resampled from grid %s to %s", key, old, grid)
+        elif "rel_pos_" in key and t.dim() == 2 and t.shape[1] == p.shape[1]:
+            sd[key] = resize_rel_pos(t, p.shape[0])
+            _logger.info("checkpoint %s resized from %d to %d rows", key, t.shape[0], p.shape[0])
 
 
 # ---- checkpoints -------------------------------------------------------------------------------------------------
