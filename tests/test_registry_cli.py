@@ -67,3 +67,23 @@ def test_vispos_demo_rope_writes_outputs(tmp_path):
 
     with Image.open(out / "rope_kernel.png") as im:
         assert im.size[0] > 100
+
+
+def test_every_command_takes_config(tmp_path, capsys):
+    """Commands without their own config handling get --config: YAML keys fill the flags not given (required ones
+    included); flags override the file; unknown keys are a clean error."""
+    cfg = tmp_path / "rope.yaml"
+    cfg.write_text("base: 10000\ndim: 16\ntrain-len: 13\ntest_len: 26\n")
+    assert main(["demo", "rope", "--config", str(cfg), "--out", str(tmp_path / "r"), "--test-len", "40"]) == 0
+    res = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert (res["base"], res["dim"], res["train_len"], res["test_len"]) == (10000.0, 16, 13, 40)
+    rf = tmp_path / "rf.yaml"
+    rf.write_text("model_class: hunyuanvideo\nframes: 66\nN: 48\njson: true\n")
+    capsys.readouterr()
+    assert main(["riflex", "--config", str(rf)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["k"], out["N_k"]) == (4, 50)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("bogus: 1\n")
+    assert main(["demo", "rope", "--config", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert "unknown key(s) ['bogus']" in capsys.readouterr().err

@@ -110,19 +110,66 @@ class _Lazy:
         p = argparse.ArgumentParser(prog="vispos " + " ".join(words), description=COMMANDS[words][2])
         p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
         add(p)
+        generic = not any(a.dest == "config" for a in p._actions)
+        if generic:
+            p.add_argument("--config", help="YAML file of this command's options (keys as the flags, '-' or '_'); "
+                                            "flags given on the command line override it")
         rest = list(argv)
         for w in words:
             rest.remove(w)
+        if generic:
+            rest = _config_tokens(p, rest) + rest
         ns = p.parse_args(rest)
         ns._run = run
         ns._words = words
         return ns
 
 
+def _config_tokens(parser: argparse.ArgumentParser, argv: List[str]) -> List[str]:
+    """``--config`` for commands without their own config handling: the YAML's options become command-line tokens
+    placed before the user's (so argparse checks types, choices and required options as usual), skipping the ones
+    given on the command line. Unknown keys raise ``ValueError`` naming them and the allowed ones."""
+    path = None
+    for i, a in enumerate(argv):
+        if a == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif a.startswith("--config="):
+            path = a.split("=", 1)[1]
+    if path is None:
+        return []
+    from .utils.config import load_yaml
+
+    data = {str(k).replace("-", "_"): v for k, v in load_yaml(path).items()}
+    by_dest = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "config")}
+    unknown = sorted(set(data) - set(by_dest))
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in config {path!r}; allowed: {sorted(by_dest)}")
+    given = {a.dest for a in by_dest.values() for opt in a.option_strings
+             if any(x == opt or x.startswith(opt + "=") for x in argv)}
+    tokens: List[str] = []
+    for k, v in data.items():
+        if k in given or v is None:
+            continue
+        a = by_dest[k]
+        opt = a.option_strings[-1]
+        if a.nargs == 0:  # store_true / store_false flags
+            if bool(v) != bool(a.default):
+                tokens.append(opt)
+        else:
+            tokens += [opt, ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)]
+    return tokens
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    try:
+        ns = parser.parse_args(argv)
+    except (ValueError, TypeError) as e:  # a bad --config file (argparse itself exits 2 on bad flags)
+        if "-v" in argv or "--verbose" in argv:
+            raise
+        print(f"vispos: error: {e}", file=sys.stderr)
+        return 2
     if not hasattr(ns, "_run"):
         parser.parser.print_help()
         return 2 if argv else 0
