@@ -256,3 +256,15 @@ def test_yarn_attention_factor_per_axis_block():
     mag = (cos ** 2 + sin ** 2).sqrt()
     torch.testing.assert_close(mag[:, :4], torch.full_like(mag[:, :4], 0.1 * math.log(4) + 1))  # row axis, s = 4
     torch.testing.assert_close(mag[:, 4:], torch.ones_like(mag[:, 4:]))  # the other axis has no rule
+
+
+def test_changing_rules_or_coords_invalidates_cached_tables():
+    m = AxialRoPE(16, 2, train_shape=(4, 4))
+    lay = GridLayout((8, 8))
+    before = m.get_table(lay)[0].clone()
+    m.coords = "interpolated"
+    after = m.get_table(lay)[0]
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, AxialRoPE(16, 2, coords="interpolated", ref_shape=(4, 4)).get_table(lay)[0])
+    m.rules = (ScalingRule("pi"), ScalingRule("none"))
+    assert not torch.allclose(after, m.get_table(lay)[0])

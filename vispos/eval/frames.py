@@ -627,6 +627,9 @@ def check_eval_config(cfg: Dict[str, Any], need_file: bool = True) -> Dict[str, 
     if cfg["videos"] is not None:
         if not Path(cfg["videos"]).is_dir():
             raise ValueError(f"--videos must be an existing folder of video files, got {cfg['videos']!r}")
+        if cfg["train_len"] is None:
+            raise ValueError("--videos needs --train-len: the number of frames the generating model was trained on "
+                             "(the metrics compare the frames past it with the first train_len frames)")
         _check_int(cfg, "train_len")
         if (cfg["rope_base"] is None) != (cfg["rope_dim"] is None):
             raise ValueError("give both --rope-base and --rope-dim (the temporal RoPE of the generating model), "
@@ -655,7 +658,6 @@ def eval_frames(cfg: Dict[str, Any], model: Optional[VideoDiT] = None, train_cfg
         cfg = check_eval_config(dict(cfg, checkpoint="<in memory>"), need_file=False)
     else:
         cfg = check_eval_config(cfg)
-    out = ensure_writable_dir(cfg["out"], "eval output folder")
     if cfg["videos"] is not None:
         return score_videos_dir(cfg)
     if cfg["threads"]:
@@ -686,6 +688,7 @@ def eval_frames(cfg: Dict[str, Any], model: Optional[VideoDiT] = None, train_cfg
         if "none" not in rules:
             raise ValueError("riflex_k='identify' needs the 'none' rule (plain extrapolation) in the rule list")
         rules = ["none"] + [r for r in rules if r != "none"]  # plain extrapolation first: it identifies k
+    out = ensure_writable_dir(cfg["out"], "eval output folder")  # after every other check
     n_max = max(n for _, n in lengths)
     rows: List[Dict[str, Any]] = []
     videos_by: Dict[tuple, List[np.ndarray]] = {}

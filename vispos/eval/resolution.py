@@ -781,7 +781,6 @@ def run_experiment(cfg: Dict[str, Any], train: bool, *, callback=None, progress:
         if found is not None:
             log.info("train_size not given: using %s, recorded in the checkpoints", size_label(found))
             cfg = {**cfg, "train_size": found}
-    out = ensure_writable_dir(cfg["out"])
     data = plan_data(cfg, train)
     sizes = [tuple(s) for s in cfg["sizes"]]
     check_sizes = list(sizes)
@@ -794,6 +793,7 @@ def run_experiment(cfg: Dict[str, Any], train: bool, *, callback=None, progress:
         if bad:
             raise ValueError(f"variant {v.name!r}: sizes {bad} are not multiples of its patch size {ph}x{pw}")
         del m
+    out = ensure_writable_dir(cfg["out"])  # checked (and created) once everything else is known to be valid
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
     info = init_distributed(cfg["device"])

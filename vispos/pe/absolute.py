@@ -487,6 +487,7 @@ class SinCosPE(_TokenPE):
     No parameters: the table is a cache per layout and device (float32, cast once to the input dtype).
     """
 
+    _table_attrs = frozenset({"coords", "ref_shape", "temperature", "style"})
     name = "ape_sincos"
 
     def __init__(self, dim: int, grid: Sequence[int], num_prefix: int = 0, temperature: float = 10000.0,

@@ -92,6 +92,14 @@ class PositionalEmbedding(nn.Module):
         """Token-level application (same as :meth:`forward_tokens`)."""
         return self.forward_tokens(x, layout)
 
+    #: attributes the cached tables depend on: setting one empties the cache (e.g. ``rope.rules = ...``)
+    _table_attrs: frozenset = frozenset()
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name in self._table_attrs and "_cache" in self.__dict__:
+            self.__dict__["_cache"] = {}
+
     # ---- per-layout cache of derived tables ------------------------------------------------------------------
     def cached(self, key, build):
         """``build()`` cached under ``key`` (e.g. ``(layout, str(device))``) for derived, non-learned tables.

@@ -114,6 +114,7 @@ class AxialRoPE(_RoPEBase):
     """
 
     name = "rope_axial"
+    _table_attrs = frozenset({"rules", "coords", "ref_shape", "train_shape", "bases", "dims", "pairing"})
 
     def __init__(
         self,
@@ -346,6 +347,7 @@ class MixedRoPE(_RoPEBase):
     """
 
     name = "rope_mixed"
+    _table_attrs = frozenset({"coords", "ref_shape"})
 
     def __init__(
         self, head_dim: int, depth: int, num_heads: int, ndim: int = 2, temperature: float = 10.0,
