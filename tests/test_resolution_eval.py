@@ -224,3 +224,27 @@ def test_eval_without_train_size_uses_the_checkpoints_size(tmp_path):
                                 train=False, progress=False)
     assert inferred["train_size"] == given["train_size"] == "24"
     assert [r["correct1"] for r in inferred["rows"]] == [r["correct1"] for r in given["rows"]]
+
+
+def test_resume_restores_the_rng_of_random_training_paths(tmp_path):
+    """Training that draws random numbers (RO-ViT crop_aug, dropout): the resumed run equals the uninterrupted one
+    only if the RNG state is saved and restored; a run resumed from a fresh RNG would differ."""
+    cfg = _cfg(tmp_path, pe="ape", pe_kwargs={"crop_aug": True}, model_kwargs={**TINY, "drop_rate": 0.1}, steps=6,
+               batch_size=8, ckpt_every=3, lr=3e-3)
+    v = R.parse_variants(cfg)[0]
+    data = R.plan_data(cfg, True)
+    full = R.train_variant(v, cfg, data, 0, tmp_path / "a.pt", progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_4(step, model):
+        if step == 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        R.train_variant(v, cfg, data, 0, tmp_path / "b.pt", callback=stop_at_4, progress=False)
+    torch.manual_seed(12345)  # the resumed process starts from another global RNG state
+    resumed = R.train_variant(v, dict(cfg, resume=True), data, 0, tmp_path / "b.pt", progress=False)
+    a, b = full.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
