@@ -197,3 +197,50 @@ def test_results_get_the_normal_file_mode(tmp_path):
         open(tmp, "wb").write(b"x")
     for name in ("r.json", "v.bin"):
         assert os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_killed_evaluation_resumes_to_the_same_result(tmp_path):
+    """`vispos eval resolution` killed (SIGKILL, subprocess) after its first finished cell continues with --resume
+    to the result of an uninterrupted run."""
+    from vispos.cli import main
+    from vispos.eval import resolution as R
+
+    ckpt = tmp_path / "m.pt"
+    v = R.parse_variants(R.load_config(None, model_kwargs=TINY, pe="rope_mixed", train_size=16))[0]
+    torch.manual_seed(0)
+    torch.save(R.build_model(v, 4, (16, 16)).state_dict(), ckpt)
+    sizes = "16,24,32,40,48,56,64,72,80,88,96"
+
+    def cfg_file(out: Path) -> Path:
+        f = tmp_path / f"{out.name}.yaml"
+        f.write_text(yaml.safe_dump(dict(model_kwargs=TINY, pe="rope_mixed", checkpoint=str(ckpt), task="quadrant",
+                                         sizes=sizes, train_size=16, eval_samples=400, eval_batch_size=50,
+                                         threads=1, device="cpu", out=str(out))))
+        return f
+
+    ref_out, out = tmp_path / "ref", tmp_path / "run"
+    assert main(["eval", "resolution", "--config", str(cfg_file(ref_out)), "--no-progress"]) == 0
+    cfg = cfg_file(out)
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "vispos.cli", "eval", "resolution", "--config", str(cfg),
+                             "--no-progress"], cwd=str(tmp_path), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    partial = out / "partial_rows.json"
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and not partial.is_file():
+            time.sleep(0.01)
+        if proc.poll() is not None:
+            pytest.fail(f"the evaluation ended (rc {proc.returncode}) before it could be killed: "
+                        f"{proc.stderr.read().decode()[-2000:]}")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not (out / "results.json").exists(), "the killed run must not have finished"
+    done = len(json.loads(partial.read_text())["rows"])
+    assert 0 < done < len(sizes.split(","))
+    assert main(["eval", "resolution", "--config", str(cfg), "--resume", "--no-progress"]) == 0
+    assert _load_rows(out) == _load_rows(ref_out)

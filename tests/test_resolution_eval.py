@@ -248,3 +248,41 @@ def test_resume_restores_the_rng_of_random_training_paths(tmp_path):
     resumed = R.train_variant(v, dict(cfg, resume=True), data, 0, tmp_path / "b.pt", progress=False)
     a, b = full.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_interrupted_eval_resumes_to_the_same_result(tmp_path, monkeypatch):
+    """An evaluation stopped after some (variant, size) cells continues with --resume: finished cells are kept,
+    the rest evaluated, and the result equals an uninterrupted run."""
+    variants = []
+    for name in ("ape", "rope_axial"):  # fixed weights: evaluations of random inits would differ between runs
+        v = R.parse_variants(_cfg(tmp_path, pe=name))[0]
+        torch.save(R.build_model(v, 4, (16, 16)).state_dict(), tmp_path / f"{name}.pt")
+        variants.append({"pe": name, "checkpoint": str(tmp_path / f"{name}.pt")})
+    kw = dict(pe=None, variants=variants, task="quadrant", eval_samples=8, sizes="16,24,32")
+    full = R.run_experiment(_cfg(tmp_path, out=str(tmp_path / "full"), **kw), train=False, progress=False)
+    real = R.evaluate
+    calls = []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # killed mid-way, after 3 of 6 cells
+        return real(*a, **k)
+
+    monkeypatch.setattr(R, "evaluate", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        R.run_experiment(_cfg(tmp_path, out=str(tmp_path / "part"), **kw), train=False, progress=False)
+    saved = json.loads((tmp_path / "part" / "partial_rows.json").read_text())
+    assert len(saved["rows"]) == 3
+    monkeypatch.setattr(R, "evaluate", real)
+    with pytest.raises(ValueError, match="other settings"):
+        R.run_experiment(_cfg(tmp_path, out=str(tmp_path / "part"), resume=True, **{**kw, "eval_samples": 9}),
+                         train=False, progress=False)
+    calls.clear()
+    monkeypatch.setattr(R, "evaluate", flaky)  # counts again: only the 3 missing cells may be evaluated
+    resumed = R.run_experiment(_cfg(tmp_path, out=str(tmp_path / "part"), resume=True, **kw), train=False,
+                               progress=False)
+    assert len(calls) == 3
+    key = ("variant", "size", "n", "correct1")
+    assert [tuple(r[k] for k in key) for r in resumed["rows"]] == [tuple(r[k] for k in key) for r in full["rows"]]
+    assert not (tmp_path / "part" / "partial_rows.json").exists()

@@ -366,7 +366,7 @@ def test_vispos_checkpoint_reloads_at_another_size(tmp_path):
     a = vispos.create_model("vit_tiny_patch16_224", pe=["ape", "rel_decomposed"], depth=2, img_size=32,
                             patch_size=8, num_classes=5).eval()
     with torch.no_grad():
-        for n, p in a.pe.named_parameters():
+        for p in a.pe.parameters():
             p.normal_()
     path = tmp_path / "v.pth"
     torch.save(a.state_dict(), path)

@@ -802,6 +802,16 @@ def run_experiment(cfg: Dict[str, Any], train: bool, *, callback=None, progress:
             raise ValueError(f"batch_size {cfg['batch_size']} must be a multiple of the number of processes "
                              f"({info.world_size}) so that every rank gets the same share of each batch")
         rows: List[Dict[str, Any]] = []
+        partial = out / "partial_rows.json"
+        fingerprint = _eval_fingerprint(cfg, variants)
+        done: Dict[tuple, Dict[str, Any]] = {}
+        if not train and cfg.get("resume") and partial.is_file():
+            saved = json.loads(partial.read_text())
+            if saved.get("fingerprint") != fingerprint:
+                raise ValueError(f"cannot resume from {str(partial)!r}: it was made with other settings; drop "
+                                 f"--resume or use another --out")
+            done = {(r["variant"], r["size"]): r for r in saved["rows"]}
+            log.info("resuming the evaluation: %d of %d cells done", len(done), len(variants) * len(sizes))
         for v in variants:
             for seed in (cfg["seeds"] if train else [None]):
                 if train:
@@ -809,23 +819,42 @@ def run_experiment(cfg: Dict[str, Any], train: bool, *, callback=None, progress:
                     model = train_variant(v, cfg, data, seed, ckpt, device=info.device, callback=callback,
                                           progress=progress)
                 else:
+                    ckpt = v.checkpoint
+                    if all((v.name, size_label(hw)) in done for hw in sizes):  # --resume: this variant is done
+                        rows.extend(done[(v.name, size_label(hw))] for hw in sizes)
+                        continue
                     if v.checkpoint is None:
                         log.warning("variant %s has no checkpoint: evaluating randomly initialised weights", v.name)
-                    ckpt = v.checkpoint
                     model = build_model(v, data.num_classes, cfg.get("train_size"), ckpt).to(info.device)
                 for hw in sizes:
+                    if not train and (v.name, size_label(hw)) in done:
+                        rows.append(done[(v.name, size_label(hw))])
+                        continue
                     r = evaluate(model, cfg, data, hw, device=info.device, progress=progress,
                                  desc=f"eval {v.name} {size_label(hw)}")
                     rows.append(result_row(v, seed, hw, r, ckpt))
                     log.info("%s seed %s at %s: top-1 %.4f", v.name, seed, size_label(hw), r["top1"])
+                    if not train and info.is_main:  # every finished cell is kept: an interrupted eval resumes
+                        atomic_write_json(partial, {"fingerprint": fingerprint, "rows": rows})
                 del model
         result = make_result(cfg, data, variants, rows, train=train, world_size=info.world_size,
                              wall_time_s=time.time() - t0)
         if info.is_main:
             write_results(out, result, cfg)
+            if partial.is_file():
+                partial.unlink()
         return result
     finally:
         cleanup_distributed(info)
+
+
+def _eval_fingerprint(cfg: Dict[str, Any], variants) -> str:
+    """What an evaluation's numbers depend on: a partial evaluation is resumed only if this matches."""
+    keys = ("model", "model_kwargs", "task", "data", "sizes", "train_size", "eval_samples", "data_seed", "crop_pct",
+            "interpolation", "mean", "std", "amp")
+    body = {k: cfg.get(k) for k in keys}
+    body["variants"] = [{k: getattr(v, k) for k in _VARIANT_KEYS} for v in variants]
+    return json.dumps(body, sort_keys=True, default=str)
 
 
 def _checkpoint_train_size(variants) -> Optional[Tuple[int, int]]:
@@ -967,6 +996,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def add_eval_args(p: argparse.ArgumentParser) -> None:
     _add_common(p)
     p.add_argument("--checkpoint", help="checkpoint of the single variant given by --pe")
+    p.add_argument("--resume", action="store_true", default=None,
+                   help="continue an interrupted evaluation in --out (finished cells are kept in partial_rows.json)")
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
