@@ -118,6 +118,23 @@ def _load_rows(out: Path):
     return [{k: r[k] for k in ("variant", "seed", "size", "n", "correct1", "top1", "correct5", "top5")} for r in rows]
 
 
+def _kill_when(proc, ready, what: str) -> None:
+    """Wait until ``ready()`` (the run is mid-way), then SIGKILL ``proc``; fail if it ended first."""
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and not ready():
+            time.sleep(0.01)
+        if proc.poll() is not None:
+            pytest.fail(f"the {what} ended (rc {proc.returncode}) before it could be killed: "
+                        f"{proc.stderr.read().decode()[-2000:]}")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_killed_training_resumes_to_the_same_result(tmp_path):
     from vispos.cli import COMMANDS, main
 
@@ -137,21 +154,7 @@ def test_killed_training_resumes_to_the_same_result(tmp_path):
                OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "vispos.cli"] + _argv(cfg, resume=False), cwd=str(tmp_path),
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            if ckpt_dir.is_dir() and any(p.suffix == ".pt" for p in ckpt_dir.iterdir()):
-                break
-            time.sleep(0.01)
-        if proc.poll() is not None:
-            pytest.fail(f"the training ended (rc {proc.returncode}) before it could be killed: "
-                        f"{proc.stderr.read().decode()[-2000:]}")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    _kill_when(proc, lambda: ckpt_dir.is_dir() and any(p.suffix == ".pt" for p in ckpt_dir.iterdir()), "training")
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "results.json").exists(), "the killed run must not have finished"
     ckpts = [p for p in ckpt_dir.iterdir() if p.suffix == ".pt"]
@@ -226,19 +229,7 @@ def test_killed_evaluation_resumes_to_the_same_result(tmp_path):
                              "--no-progress"], cwd=str(tmp_path), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     partial = out / "partial_rows.json"
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None and not partial.is_file():
-            time.sleep(0.01)
-        if proc.poll() is not None:
-            pytest.fail(f"the evaluation ended (rc {proc.returncode}) before it could be killed: "
-                        f"{proc.stderr.read().decode()[-2000:]}")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    _kill_when(proc, partial.is_file, "evaluation")
     assert not (out / "results.json").exists(), "the killed run must not have finished"
     done = len(json.loads(partial.read_text())["rows"])
     assert 0 < done < len(sizes.split(","))

@@ -142,21 +142,27 @@ def test_results_files_complete(tmp_path):
                          train=False, progress=False)
 
 
+class _Stop(Exception):
+    pass
+
+
+def _train_and_stop_at_4(v, cfg, data, ckpt):
+    """Train until step 4 and stop as if interrupted (the last checkpoint is at step 3 with ckpt_every=3)."""
+    def stop_at_4(step, model):
+        if step == 4:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        R.train_variant(v, cfg, data, 0, ckpt, callback=stop_at_4, progress=False)
+
+
 def test_resume_reproduces_uninterrupted_run(tmp_path):
     cfg = _cfg(tmp_path, pe="rope_mixed", steps=6, batch_size=8, ckpt_every=3, train_sizes="8,16,24", lr=3e-3)
     v = R.parse_variants(cfg)[0]
     data = R.plan_data(cfg, True)
     full = R.train_variant(v, cfg, data, 0, tmp_path / "a.pt", progress=False)
 
-    class Stop(Exception):
-        pass
-
-    def stop_at_4(step, model):
-        if step == 4:
-            raise Stop
-
-    with pytest.raises(Stop):
-        R.train_variant(v, cfg, data, 0, tmp_path / "b.pt", callback=stop_at_4, progress=False)
+    _train_and_stop_at_4(v, cfg, data, tmp_path / "b.pt")
     assert torch.load(tmp_path / "b.pt", weights_only=True)["step"] == 3
     resumed = R.train_variant(v, dict(cfg, resume=True), data, 0, tmp_path / "b.pt", progress=False)
     a, b = full.state_dict(), resumed.state_dict()
@@ -235,15 +241,7 @@ def test_resume_restores_the_rng_of_random_training_paths(tmp_path):
     data = R.plan_data(cfg, True)
     full = R.train_variant(v, cfg, data, 0, tmp_path / "a.pt", progress=False)
 
-    class Stop(Exception):
-        pass
-
-    def stop_at_4(step, model):
-        if step == 4:
-            raise Stop
-
-    with pytest.raises(Stop):
-        R.train_variant(v, cfg, data, 0, tmp_path / "b.pt", callback=stop_at_4, progress=False)
+    _train_and_stop_at_4(v, cfg, data, tmp_path / "b.pt")
     torch.manual_seed(12345)  # the resumed process starts from another global RNG state
     resumed = R.train_variant(v, dict(cfg, resume=True), data, 0, tmp_path / "b.pt", progress=False)
     a, b = full.state_dict(), resumed.state_dict()

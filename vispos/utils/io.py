@@ -81,22 +81,11 @@ def atomic_path(path: PathLike, suffix: str = ".tmp"):
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder + fsync + rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder + fsync + rename, see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        _publish_mode(tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return p
+    return Path(path)
 
 
 def atomic_write_text(path: PathLike, text: str) -> Path:
