@@ -54,7 +54,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
     b = torch.load(tmp_path / "two" / "checkpoints" / "ape+rope_axial_seed0.pt", weights_only=True)["model"]
     assert set(a) == set(b)
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-4)  # Adam steps amplify reduction-order rounding
     # the sharded evaluation is exact: the 2-process counts equal a 1-process evaluation of the same weights
     ck = str(tmp_path / "two" / "checkpoints" / "ape+rope_axial_seed0.pt")
     ev = R.run_experiment(R.load_config(None, **dict(CFG, checkpoint=ck), out=str(tmp_path / "ev")), train=False,
