@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from vispos.eval import resolution as R
+from vispos.utils.io import ensure_writable_dir
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--out", default="results/resolution_script")
@@ -23,7 +24,7 @@ logging.basicConfig(level=logging.WARNING)
 demo_yaml = Path(__file__).resolve().parents[1] / "configs" / "resolution" / "demo_cpu.yaml"
 overrides = {"out": args.out} if args.steps is None else {"out": args.out, "steps": args.steps}
 cfg = R.load_config(demo_yaml, **overrides)
-out = R.ensure_writable_dir(args.out)  # fail now, not after training
+out = ensure_writable_dir(args.out)  # fail now, not after training
 torch.set_num_threads(cfg["threads"] or torch.get_num_threads())
 variants = R.parse_variants(cfg)  # ape, ape_sincos, peg, ..., ape+rope_axial (unknown names raise here)
 data = R.plan_data(cfg, train=True)  # the built-in task: classes, chance level, sample counts

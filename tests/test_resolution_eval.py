@@ -168,7 +168,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     a, b = full.state_dict(), resumed.state_dict()
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
     # the sizes of the multi-resolution batches are drawn per step, the same on every run
-    assert len({R._train_step_plan(cfg, data, 0, s)[1] for s in range(6)}) > 1
+    assert len({R.train_step_plan(cfg, data, 0, s)[1] for s in range(6)}) > 1
     with pytest.raises(ValueError, match="other settings"):
         R.train_variant(v, dict(cfg, resume=True, lr=1e-2), data, 0, tmp_path / "b.pt", progress=False)
 
@@ -267,17 +267,17 @@ def test_interrupted_eval_resumes_to_the_same_result(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # killed mid-way, after 3 of 6 cells
         return real(*a, **k)
 
-    monkeypatch.setattr(R, "evaluate", flaky)
+    monkeypatch.setattr(R.evaluation, "evaluate", flaky)
     with pytest.raises(KeyboardInterrupt):
         R.run_experiment(_cfg(tmp_path, out=str(tmp_path / "part"), **kw), train=False, progress=False)
     saved = json.loads((tmp_path / "part" / "partial_rows.json").read_text())
     assert len(saved["rows"]) == 3
-    monkeypatch.setattr(R, "evaluate", real)
+    monkeypatch.setattr(R.evaluation, "evaluate", real)
     with pytest.raises(ValueError, match="other settings"):
         R.run_experiment(_cfg(tmp_path, out=str(tmp_path / "part"), resume=True, **{**kw, "eval_samples": 9}),
                          train=False, progress=False)
     calls.clear()
-    monkeypatch.setattr(R, "evaluate", flaky)  # counts again: only the 3 missing cells may be evaluated
+    monkeypatch.setattr(R.evaluation, "evaluate", flaky)  # counts again: only the 3 missing cells may be evaluated
     resumed = R.run_experiment(_cfg(tmp_path, out=str(tmp_path / "part"), resume=True, **kw), train=False,
                                progress=False)
     assert len(calls) == 3

@@ -37,6 +37,8 @@ from typing import List, Sequence, Tuple, Union
 import torch
 from torch.utils.data import Dataset
 
+from ..utils.seeding import mix_seed
+
 __all__ = [
     "TASKS",
     "TaskInfo",
@@ -47,9 +49,6 @@ __all__ = [
     "task_label",
     "SyntheticPositionDataset",
 ]
-
-_MASK63 = (1 << 63) - 1
-
 
 @dataclass(frozen=True)
 class TaskInfo:
@@ -119,19 +118,9 @@ def parse_size(size) -> Tuple[int, int]:
     return int(h), int(w)
 
 
-def _mix(*vals: int) -> int:
-    """splitmix64-style hash of integers -> a 63-bit seed (neighbouring seeds/indices give unrelated streams)."""
-    x = 0x9E3779B97F4A7C15
-    for v in vals:
-        x = (x ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        x = (x ^ (x >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-        x ^= x >> 29
-    return x & _MASK63
-
-
 def _gen(*vals: int) -> random.Random:
     """A Python RNG (Mersenne Twister: the same stream on every platform) seeded from the integers ``vals``."""
-    return random.Random(_mix(*vals))
+    return random.Random(mix_seed(*vals))
 
 
 def _check_index(seed, index) -> None:

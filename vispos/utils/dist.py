@@ -24,6 +24,7 @@ from torch.utils.data import Sampler
 __all__ = [
     "DistInfo",
     "env_world_size",
+    "resolve_device",
     "init_distributed",
     "cleanup_distributed",
     "get_rank",
@@ -100,6 +101,12 @@ def _resolve_device(device, local_rank: int) -> torch.device:
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
     return dev
+
+
+def resolve_device(device="auto", local_rank: int = 0) -> torch.device:
+    """``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a ``torch.device`` -> the
+    device; a bare ``"cuda"`` means ``cuda:<local_rank>``. ``ValueError`` if CUDA is asked for but missing."""
+    return _resolve_device(device, local_rank)
 
 
 def init_distributed(device="auto", backend: Optional[str] = None) -> DistInfo:

@@ -1,0 +1,131 @@
+"""``vispos train video``, ``vispos eval frames``, ``vispos demo video``: flags and runners."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict
+
+from ...utils.config import resolve_config
+from ...utils.io import atomic_write_json, ensure_writable_dir, markdown_table
+from .config import DEMO_PRESETS, EVAL_DEFAULTS, SAMPLERS, TRAIN_DEFAULTS, check_train_config
+from .evaluation import eval_frames
+from .training import train_video
+
+log = logging.getLogger(__name__)
+
+def add_train_args(p) -> None:
+    p.add_argument("--config", help="YAML config (configs/video/*.yaml); flags override it")
+    p.add_argument("--out", help="output folder (checkpoint.pt, train.json)")
+    p.add_argument("--data", help="'synthetic' or a folder of video files")
+    p.add_argument("--num-videos", type=int, help="synthetic videos in the training set")
+    p.add_argument("--frames", type=int, help="training clip length L (frames)")
+    p.add_argument("--size", type=int, help="frame size (square), pixels")
+    p.add_argument("--pe", help="PE name, e.g. rope_axial, ape_sincos, peg, rel_decomposed")
+    p.add_argument("--attention", choices=["full", "alternating"], help="attention layout")
+    p.add_argument("--dim", type=int)
+    p.add_argument("--depth", type=int)
+    p.add_argument("--num-heads", type=int)
+    p.add_argument("--steps", type=int, help="total optimisation steps")
+    p.add_argument("--batch-size", type=int, help="global batch size (split across torchrun ranks)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--ckpt-every", type=int)
+    p.add_argument("--stop-after", type=int, help="stop after this many steps in this run (then --resume)")
+    p.add_argument("--device", help="auto, cpu, cuda")
+    p.add_argument("--threads", type=int, help="torch CPU threads (0: leave as is)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _train_cfg_from_args(args) -> Dict[str, Any]:
+    return resolve_config(TRAIN_DEFAULTS, args)
+
+
+def run_train(args) -> int:
+    cfg = _train_cfg_from_args(args)
+    s = train_video(cfg, resume=args.resume, progress=not args.no_progress)
+    print(markdown_table(["steps", "final loss", "wall s", "checkpoint"],
+                         [[s["steps"], s["final_loss"], s["wall_s"], s["checkpoint"]]]), end="")
+    return 0
+
+
+def add_eval_args(p) -> None:
+    p.add_argument("--config", help="YAML config; flags override it")
+    p.add_argument("--checkpoint", help="a `vispos train video` checkpoint")
+    p.add_argument("--videos", help="score the video files in this folder instead (no model)")
+    p.add_argument("--out", help="results folder")
+    p.add_argument("--scales", help="length multiples of the training length, e.g. '1,2,3'")
+    p.add_argument("--rules", help="temporal rules, e.g. 'none,pi,ntk,yarn,riflex'")
+    p.add_argument("--riflex-k", help="'default' (library rule), 'identify' (from plain extrapolation) or an int")
+    p.add_argument("--num-samples", type=int, help="videos per (rule, length)")
+    p.add_argument("--sample-steps", type=int, help="sampler steps")
+    p.add_argument("--sampler", choices=list(SAMPLERS))
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--fps", type=int)
+    p.add_argument("--train-len", type=int, help="--videos: training length in frames")
+    p.add_argument("--rope-base", type=float, help="--videos: temporal RoPE base of the generating model")
+    p.add_argument("--rope-dim", type=int, help="--videos: temporal rotary dim of the generating model")
+    p.add_argument("--temporal-patch", type=int, help="--videos: frames per latent frame")
+    p.add_argument("--trajectories", action="store_true", default=None,
+                   help="--videos: score object trajectories (objects on a plain background)")
+    p.add_argument("--device")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run_eval(args) -> int:
+    cfg = resolve_config(EVAL_DEFAULTS, args)
+    res = eval_frames(cfg, progress=not args.no_progress)
+    print((Path(cfg["out"]) / "table.md").read_text(), end="")
+    if res.get("identified"):
+        log.info("identified: %s", {k: res["identified"].get(k) for k in ("N", "k", "N_k")})
+    return 0
+
+
+def add_demo_args(p) -> None:
+    p.add_argument("--out", default="results/video", help="results folder (default results/video)")
+    p.add_argument("--scale", default="cpu", choices=["cpu", "gpu"], help="demo size (cpu: < 8 min on 2 cores)")
+    p.add_argument("--config", help="YAML overriding the preset (keys of train and eval configs)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def demo_configs(preset: Dict[str, Any], out: Path) -> tuple:
+    """Split a demo preset into ``(train_cfg, eval_cfg)`` (train in ``out/train``, results in ``out``)."""
+    tr = {k: v for k, v in preset.items() if k in TRAIN_DEFAULTS}
+    ev = {k: v for k, v in preset.items() if k in EVAL_DEFAULTS and k not in ("batch_size",)}
+    if "batch_size_eval" in preset:
+        ev["batch_size"] = preset["batch_size_eval"]
+    unknown = sorted(set(preset) - set(TRAIN_DEFAULTS) - set(EVAL_DEFAULTS) - {"batch_size_eval"})
+    if unknown:
+        raise ValueError(f"unknown demo key(s) {unknown}; allowed: train and eval config keys, batch_size_eval")
+    tr["out"] = str(out / "train")
+    ev["out"] = str(out)
+    return dict(TRAIN_DEFAULTS, **tr), dict(EVAL_DEFAULTS, **ev)
+
+
+def run_demo(args) -> int:
+    from ...utils.config import load_yaml
+
+    out = ensure_writable_dir(args.out, "demo output folder")
+    preset = dict(DEMO_PRESETS[args.scale])
+    if args.config:
+        data = {k.replace("-", "_"): v for k, v in load_yaml(args.config).items()}
+        preset.update(data)
+    if args.threads is not None:
+        preset["threads"] = args.threads
+    tr, ev = demo_configs(preset, out)
+    check_train_config(tr)
+    t0 = time.time()
+    summary = train_video(tr, resume=False, progress=not args.no_progress)
+    t_train = time.time() - t0
+    ev["checkpoint"] = summary["checkpoint"]
+    eval_frames(ev, progress=not args.no_progress)
+    wall = time.time() - t0
+    atomic_write_json(out / "demo.json", dict(scale=args.scale, train_wall_s=t_train, total_wall_s=wall,
+                                              train=summary))
+    text = (out / "table.md").read_text()
+    print(text + f"\ntrain {t_train:.0f} s, total {wall:.0f} s; results in {out}")
+    return 0

@@ -1,0 +1,77 @@
+"""The video model of ``vispos train video``: a :class:`VideoDiT`, its rectified-flow loss and sampler."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+import torch.nn.functional as F
+
+from ...models.video_dit import VideoDiT
+from ...utils.checks import check_size
+from ...utils.dist import resolve_device
+from .config import MODEL_KEYS, SAMPLERS
+
+
+def build_model(cfg: Dict[str, Any]) -> VideoDiT:
+    """A :class:`VideoDiT` from a config dict (keys :data:`MODEL_KEYS`, ``frames``, ``size``)."""
+    H, W = check_size(cfg["size"])
+    kw = {k: cfg[k] for k in MODEL_KEYS if k in cfg}
+    kw["patch"] = tuple(kw["patch"]) if isinstance(kw.get("patch"), list) else kw.get("patch", (1, 4, 4))
+    pe_kwargs = dict(kw.pop("pe_kwargs", None) or {})
+    for key in ("dims", "base"):
+        if isinstance(pe_kwargs.get(key), list):
+            pe_kwargs[key] = tuple(pe_kwargs[key])
+    return VideoDiT(video_size=(cfg["frames"], H, W), pe_kwargs=pe_kwargs, **kw)
+
+
+def flow_loss(model, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, y=None) -> torch.Tensor:
+    """Rectified-flow loss: ``x_t = (1 - t) x0 + t noise``; MSE between ``model(x_t, t)`` and ``noise - x0``.
+
+    ``x0, noise (B, C, T, H, W)``, ``t (B,)`` in ``[0, 1]``. Returns a scalar.
+    """
+    tt = t.view(-1, 1, 1, 1, 1).to(x0.dtype)
+    xt = (1 - tt) * x0 + tt * noise
+    pred = model(xt, t, y)
+    return F.mse_loss(pred.float(), (noise - x0).float())
+
+
+@torch.no_grad()
+def sample(model, noise: torch.Tensor, steps: int = 20, method: str = "euler", y=None) -> torch.Tensor:
+    """Integrate ``dx/dt = v(x, t)`` from ``t = 1`` (``x = noise``) to ``t = 0`` on a uniform grid of ``steps``.
+
+    ``noise (B, C, T, H, W)`` -> sample ``(B, C, T, H, W)``. ``method``: ``"euler"`` (``steps`` evaluations) or
+    ``"heun"`` (second order, ``2 steps - 1`` evaluations).
+    """
+    if method not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {method!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"sample steps must be an int >= 1, got {steps!r}")
+    ts = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
+    x = noise
+    B = x.shape[0]
+    for i in range(steps):
+        t0, t1 = ts[i], ts[i + 1]
+        v0 = model(x, torch.full((B,), t0, device=x.device), y)
+        x_e = x + (t1 - t0) * v0
+        if method == "heun" and t1 > 0:
+            v1 = model(x_e, torch.full((B,), t1, device=x.device), y)
+            x = x + (t1 - t0) * 0.5 * (v0 + v1)
+        else:
+            x = x_e
+    return x
+
+
+def load_checkpoint(path, device="cpu", use_ema: bool = True):
+    """``(model, train_config)`` from a ``vispos train video`` checkpoint (EMA weights when present and asked)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"checkpoint {str(p)!r} does not exist")
+    ck = torch.load(p, map_location="cpu", weights_only=False)
+    if not isinstance(ck, dict) or ck.get("format") != "vispos.video_dit/1":
+        raise ValueError(f"{str(p)!r} is not a vispos video DiT checkpoint (written by `vispos train video`)")
+    cfg = ck["train_config"]
+    model = build_model(cfg)
+    sd = ck["ema"] if (use_ema and ck.get("ema") is not None) else ck["model"]
+    model.load_state_dict(sd)
+    return model.to(resolve_device(device)).eval(), cfg

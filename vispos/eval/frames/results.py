@@ -1,0 +1,116 @@
+"""``vispos eval frames`` results: aggregates per (rule, length), the table, plots and the video grid."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+
+from ...utils.io import atomic_savefig, markdown_table
+
+#: Columns of table.md / results.csv and one PNG each (from :func:`vispos.eval.video_metrics.summarize_scores`).
+TABLE_KEYS = ("norepeat_share", "repeat_share", "mean_selfsim_score", "mean_selfsim_period", "mean_motion",
+              "motion_vs_L", "mean_slowdown_ratio", "mean_tail_novelty", "mean_traj_tail_px")
+PLOT_KEYS = TABLE_KEYS
+
+
+def aggregate(rows: List[Dict[str, Any]], train_len: int) -> List[Dict[str, Any]]:
+    from .. import video_metrics as M
+
+    groups: Dict[tuple, List[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["rule"], r["frames"]), []).append(r)
+    out = []
+    for (rule, frames), rs in groups.items():
+        summ = M.summarize_scores(rs)
+        out.append(dict(rule=rule, frames=frames, scale=rs[0]["scale"], **summ))
+    # motion relative to the same rule at the training length: PI/YaRN slow the whole video, head included,
+    # which the tail/head slow-down ratio cannot see
+    for a in out:
+        base = [b for b in out if b["rule"] == a["rule"] and b["frames"] == train_len]
+        m0 = base[0].get("mean_motion") if base else None
+        a["motion_vs_L"] = a["mean_motion"] / m0 if (m0 and a.get("mean_motion") is not None) else None
+    return out
+
+
+def is_finite(v) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def table_md(agg: List[Dict[str, Any]], keys: Sequence[str]) -> str:
+    header = ["rule", "frames", "n"] + [k.replace("mean_", "") for k in keys]
+    body = [[a["rule"], a["frames"], a["n"]] + ["–" if a.get(k) is None else float(a[k]) for k in keys]
+            for a in agg]
+    return markdown_table(header, body)
+
+
+def write_plots(agg: List[Dict[str, Any]], keys: Sequence[str], out: Path, train_len: int) -> List[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    rules = list(dict.fromkeys(a["rule"] for a in agg))
+    for k in keys:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for rule in rules:
+            pts = sorted((a["frames"], a[k]) for a in agg if a["rule"] == rule and a.get(k) is not None)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=rule)
+        ax.axvline(train_len, color="gray", ls=":", lw=1)
+        ax.set_xlabel("frames generated (dotted: training length)")
+        name = k.replace("mean_", "")
+        ax.set_ylabel(name)
+        ax.set_title(f"{name} vs length")
+        if ax.get_legend_handles_labels()[1]:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no values (metric undefined at these lengths)", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=8)
+        fig.tight_layout()
+        path = out / f"{name}.png"
+        atomic_savefig(fig, path, dpi=100)
+        plt.close(fig)
+        files.append(path.name)
+    return files
+
+
+def write_grid(rows_videos: Dict[str, List[np.ndarray]], out: Path, stem: str, fps: int) -> List[str]:
+    """Rules as rows, samples as columns: ``<stem>.mp4`` and ``<stem>.gif``."""
+    from ...data import video as V
+
+    labels = list(rows_videos)
+    grid = V.video_grid([rows_videos[r] for r in labels], labels)
+    # upscale small videos so that the grid is visible
+    scale = max(1, 256 // max(grid.shape[1], 1))
+    if scale > 1:
+        grid = np.repeat(np.repeat(grid, scale, axis=1), scale, axis=2)
+    names = []
+    for ext, writer in (("mp4", V.write_video), ("gif", V.write_gif)):
+        path = out / f"{stem}.{ext}"
+        writer(str(path), grid, fps)  # atomic writers (vispos.data.video)
+        names.append(path.name)
+    return names
+
+
+def table_header(cfg, L, n_max, tinfo, k_used, identified) -> str:
+    lines = [f"Frame extrapolation: trained at {L} frames; {cfg['num_samples']} samples per cell, the same noise "
+             f"for every rule; {cfg['sampler']} sampler, {cfg['sample_steps']} steps."]
+    if tinfo:
+        lines.append(f"Temporal RoPE: base {tinfo['base']:g}, rotary dim {tinfo['dim']}; library default k = "
+                     f"{tinfo['default_k']} (N_k = {tinfo['default_N_k']} latent frames); RIFLEx used k = {k_used}.")
+    if identified:
+        lines.append(f"Identified from plain extrapolation at {n_max} frames: N = {identified.get('N')} "
+                     f"({identified.get('videos_with_repetition')}/{identified.get('videos')} videos repeat), "
+                     f"k = {identified.get('k')}, N_k = {identified.get('N_k')}.")
+    lines.append("norepeat_share: share of videos with NoRepeat D > tau (RIFLEx App. D, N_k above); repeat_share: "
+                 "share with a self-similarity loop (score >= 0.5); selfsim_period: mean lag of the strongest "
+                 "self-similarity peak; motion_vs_L: motion / the same rule's motion at the training length; "
+                 "slowdown_ratio: tail motion / head motion; traj_tail_px: object distance to the "
+                 "constant-velocity continuation of the first L frames.")
+    return "\n".join(lines) + "\n\n"

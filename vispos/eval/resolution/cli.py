@@ -1,0 +1,108 @@
+"""``vispos eval resolution``, ``vispos train resolution``, ``vispos demo resolution``: flags and runners."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ...data.images import TASKS
+from .config import DEFAULTS, load_config
+from .experiment import run_experiment
+
+
+# ---- CLI ---------------------------------------------------------------------------------------------------------
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config (flags override it)")
+    p.add_argument("--model", help=f"timm model name (default {DEFAULTS['model']})")
+    p.add_argument("--model-kwargs", help="timm kwargs as YAML/JSON, e.g. '{patch_size: 4, embed_dim: 64}'")
+    p.add_argument("--pe", help="variants: 'ape,rope_axial,ape+rope_axial' ('+' joins a combination; 'timm' = the "
+                                "model's own PE)")
+    p.add_argument("--pe-kwargs", help="options of the PE (single variant) as YAML/JSON")
+    p.add_argument("--task", help=f"built-in task: {', '.join(sorted(TASKS))} (default {DEFAULTS['task']})")
+    p.add_argument("--data", help="ImageFolder root for evaluation (default: the built-in task)")
+    p.add_argument("--sizes", help=f"test sizes, e.g. '16,24,32x48' (default {DEFAULTS['sizes']})")
+    p.add_argument("--train-size", help="training size: the models' img_size (APE tables, RoPE reference grids); "
+                                        "marked in the table")
+    p.add_argument("--eval-samples", type=int, help="synthetic evaluation samples")
+    p.add_argument("--data-seed", type=int)
+    p.add_argument("--eval-batch-size", type=int)
+    p.add_argument("--crop-pct", type=float)
+    p.add_argument("--interpolation", choices=["bicubic", "bilinear", "nearest"])
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--amp", action="store_true", default=None, help="bf16 autocast on CUDA")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--out", help=f"results folder (default {DEFAULTS['out']})")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    _add_common(p)
+    p.add_argument("--checkpoint", help="checkpoint of the single variant given by --pe")
+    p.add_argument("--resume", action="store_true", default=None,
+                   help="continue an interrupted evaluation in --out (finished cells are kept in partial_rows.json)")
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    _add_common(p)
+    p.add_argument("--train-data", help="ImageFolder root for training (default: the built-in task)")
+    p.add_argument("--train-sizes", help="multi-resolution training: a random one of these sizes per batch")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch size (split over torchrun ranks)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--seeds", help="model seeds, e.g. '0,1,2'")
+    p.add_argument("--ckpt-every", type=int)
+    p.add_argument("--resume", action="store_true", default=None, help="continue from the checkpoints in --out")
+
+
+def run_eval(args) -> int:
+    cfg = load_config(args=args)
+    return _print_table(run_experiment(cfg, train=False, progress=not args.no_progress), cfg)
+
+
+def run_train(args) -> int:
+    cfg = load_config(args=args)
+    return _print_table(run_experiment(cfg, train=True, progress=not args.no_progress), cfg)
+
+
+def _print_table(result, cfg) -> int:
+    import os
+
+    if os.environ.get("RANK", "0") == "0":  # the process group is gone by now: read torchrun's rank
+        print(result["table"] + f"\nresults in {cfg['out']} ({result['wall_time_s']:.0f} s)")
+    return 0
+
+
+def demo_config_path(scale: str) -> Path:
+    """``configs/resolution/demo_<scale>.yaml`` of the source tree."""
+    if scale not in ("cpu", "gpu"):
+        raise ValueError(f"scale must be 'cpu' or 'gpu', got {scale!r}")
+    p = Path(__file__).resolve().parents[3] / "configs" / "resolution" / f"demo_{scale}.yaml"
+    if not p.is_file():
+        raise ValueError(f"demo config {str(p)!r} not found (the demo runs from a source checkout); pass --config")
+    return p
+
+
+def add_demo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="results/resolution", help="results folder (default results/resolution)")
+    p.add_argument("--scale", default="cpu", choices=["cpu", "gpu"], help="cpu: < 8 min on 2 cores; gpu: larger")
+    p.add_argument("--config", help="another demo config (default configs/resolution/demo_<scale>.yaml)")
+    p.add_argument("--steps", type=int, help="override the training steps")
+    p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, help="torch CPU threads (the cpu config uses 2; 1 is faster on a busy "
+                                               "machine)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def run_demo(args) -> int:
+    path = args.config or demo_config_path(args.scale)
+    overrides = dict(out=args.out)
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    if args.device is not None:
+        overrides["device"] = args.device
+    if args.threads is not None:
+        overrides["threads"] = args.threads
+    cfg = load_config(path, **overrides)
+    return _print_table(run_experiment(cfg, train=True, progress=not args.no_progress), cfg)

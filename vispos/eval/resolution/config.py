@@ -1,0 +1,270 @@
+"""``vispos eval/train resolution`` configuration: defaults, variants, sizes, :func:`load_config`."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import yaml
+
+from ...data.images import TASKS, parse_size
+from ...utils.checks import check_bool, check_choice, check_int, check_mapping, check_number
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+DEFAULTS: Dict[str, Any] = dict(
+    # models
+    model="vit_tiny_patch16_224",   # timm name
+    model_kwargs={},                # timm kwargs for every variant (patch_size, embed_dim, depth, num_heads, ...)
+    pe=None,                        # variants as a string: "ape,rope_axial,ape+rope_axial" (overrides `variants`)
+    pe_kwargs=None,                 # options of the PE when `pe` names a single variant
+    variants=None,                  # list: a name, a list of names (combination) or a mapping (see Variant)
+    checkpoint=None,                # eval: checkpoint of the single variant given by `pe`
+    # data
+    task="absolute",                # built-in task (used when `data` / `train_data` is not set)
+    data=None,                      # ImageFolder root for evaluation
+    train_data=None,                # ImageFolder root for training
+    eval_samples=900,               # synthetic evaluation set size
+    data_seed=0,
+    crop_pct=0.875,
+    interpolation="bicubic",
+    mean=list(IMAGENET_MEAN),       # ImageFolder normalisation (synthetic data is normalised as (v - .5) / .5)
+    std=list(IMAGENET_STD),
+    num_workers=0,
+    # sweep
+    sizes="16,24,32,48,64,96",
+    train_size=None,                # size the models are trained at / were trained at (their img_size: learned
+                                    # APE tables and RoPE reference grids are built for it); eval default: timm's
+    # training
+    train_sizes=None,               # multi-resolution training: one of these sizes per batch
+    steps=300,
+    batch_size=64,
+    eval_batch_size=128,
+    lr=1e-3,
+    weight_decay=0.05,
+    warmup_steps=20,
+    grad_clip=1.0,
+    label_smoothing=0.0,
+    seeds=[0],
+    ckpt_every=100,
+    resume=False,
+    # run
+    device="auto",
+    amp=False,                      # bf16 autocast on CUDA
+    threads=None,                   # torch.set_num_threads (None: leave as is)
+    out="results/resolution",
+)
+
+VARIANT_KEYS = ("name", "pe", "pe_kwargs", "model", "model_kwargs", "checkpoint")
+# configuration keys that change a training trajectory: a checkpoint is resumed only if they all match
+TRAJECTORY_KEYS = ("task", "train_data", "data_seed", "train_size", "train_sizes", "steps", "batch_size", "lr",
+                    "weight_decay", "warmup_steps", "grad_clip", "label_smoothing", "crop_pct", "interpolation",
+                    "mean", "std")
+
+
+# ---- parsing -----------------------------------------------------------------------------------------------------
+def parse_sizes(sizes) -> List[Tuple[int, int]]:
+    """``"16,24,32x48"`` / ``[16, "32x48"]`` -> ``[(16, 16), (24, 24), (32, 48)]`` (height, width)."""
+    if isinstance(sizes, (int, str)) and not isinstance(sizes, bool):
+        items = [s for s in str(sizes).replace(" ", "").split(",") if s] if isinstance(sizes, str) else [sizes]
+    elif isinstance(sizes, (list, tuple)):
+        items = list(sizes)
+    else:
+        raise TypeError(f"sizes must be like '16,24,32x48' or a list of sizes, got {sizes!r}")
+    if not items:
+        raise ValueError(f"sizes must name at least one size, got {sizes!r}")
+    out = [parse_size(s) for s in items]
+    if len(set(out)) != len(out):
+        raise ValueError(f"sizes must not repeat, got {sizes!r}")
+    return out
+
+
+def size_label(hw: Tuple[int, int]) -> str:
+    return str(hw[0]) if hw[0] == hw[1] else f"{hw[0]}x{hw[1]}"
+
+
+@dataclass
+class Variant:
+    """One model of the comparison: a timm model with a PE.
+
+    ``pe``: a PE name, a list of names (combination) or ``"timm"`` (the timm model's own PE, unchanged).
+    ``model_kwargs`` extend the configuration's ``model_kwargs``. ``checkpoint``: weights to evaluate.
+    """
+
+    name: str
+    pe: Union[str, List[str]]
+    pe_kwargs: Optional[dict] = None
+    model: str = DEFAULTS["model"]
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    checkpoint: Optional[str] = None
+
+
+def _pe_from_string(s: str) -> Union[str, List[str]]:
+    parts = [p.strip() for p in s.split("+") if p.strip()]
+    if not parts:
+        raise ValueError(f"empty PE variant {s!r}; give a name like 'rope_axial' or 'ape+rope_axial'")
+    return parts[0] if len(parts) == 1 else parts
+
+
+def _check_pe_names(pe, where: str) -> None:
+    from ...registry import get_pe_info
+
+    names = [pe] if isinstance(pe, str) else list(pe)
+    if names == ["timm"]:
+        return
+    for n in names:
+        if not isinstance(n, str):
+            raise TypeError(f"{where}: PE names must be strings, got {n!r}")
+        try:
+            get_pe_info(n)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e} (or 'timm' for the timm model's own PE)") from None
+
+
+def parse_variants(cfg: Dict[str, Any]) -> List[Variant]:
+    """The variants of a configuration: ``pe`` (comma-separated string, '+' joins a combination) if given, else
+    ``variants`` (a list of names, lists or mappings with keys ``name, pe, pe_kwargs, model, model_kwargs,
+    checkpoint``). Validates every PE name and timm model name; raises ``ValueError`` naming the bad entry."""
+    import timm
+
+    base_kwargs = cfg.get("model_kwargs") or {}
+    check_mapping(base_kwargs, "model_kwargs")
+    raw: List[Any]
+    if cfg.get("pe") is not None:
+        pe = cfg["pe"]
+        if isinstance(pe, str):
+            raw = [_pe_from_string(s) for s in pe.split(",") if s.strip()]
+        elif isinstance(pe, (list, tuple)):
+            raw = [_pe_from_string(p) if isinstance(p, str) else list(p) for p in pe]
+        else:
+            raise TypeError(f"pe must be a string like 'ape,rope_axial,ape+rope_axial', got {pe!r}")
+        if cfg.get("pe_kwargs") is not None or cfg.get("checkpoint") is not None:
+            if len(raw) != 1:
+                raise ValueError(f"pe_kwargs / checkpoint apply to a single variant, but pe names {len(raw)}: "
+                                 f"{pe!r}; list several variants with their options under `variants` in a config")
+            raw = [dict(pe=raw[0], pe_kwargs=cfg.get("pe_kwargs"), checkpoint=cfg.get("checkpoint"))]
+    elif cfg.get("variants") is not None:
+        raw = cfg["variants"]
+        if not isinstance(raw, (list, tuple)):
+            raise TypeError(f"variants must be a list, got {type(raw).__name__}")
+        if cfg.get("checkpoint") is not None:
+            raise ValueError("checkpoint applies to a single variant given with pe; give each variant of `variants` "
+                             "its own checkpoint: key")
+    else:
+        raise ValueError("no models to evaluate: give --pe NAME[,NAME...] or a config with a `variants` list")
+    if not raw:
+        raise ValueError("the list of variants is empty")
+    out: List[Variant] = []
+    for i, v in enumerate(raw):
+        where = f"variant {i}"
+        if isinstance(v, str):
+            v = dict(pe=_pe_from_string(v))
+        elif isinstance(v, (list, tuple)):
+            v = dict(pe=list(v))
+        elif not isinstance(v, dict):
+            raise TypeError(f"{where} must be a PE name, a list of names or a mapping, got {v!r}")
+        unknown = sorted(set(v) - set(VARIANT_KEYS))
+        if unknown:
+            raise ValueError(f"{where} has unknown key(s) {unknown}; allowed: {list(VARIANT_KEYS)}")
+        if "pe" not in v or v["pe"] is None:
+            raise ValueError(f"{where} needs a pe (a name, a list of names or 'timm'), got {v!r}")
+        pe = v["pe"]
+        if isinstance(pe, str):
+            pe = _pe_from_string(pe)
+        elif isinstance(pe, (list, tuple)):
+            pe = list(pe)
+            if len(pe) == 1:
+                pe = pe[0]
+        else:
+            raise TypeError(f"{where}: pe must be a name or a list of names, got {pe!r}")
+        _check_pe_names(pe, where)
+        name = v.get("name") or (pe if isinstance(pe, str) else "+".join(pe))
+        model = v.get("model") or cfg.get("model") or DEFAULTS["model"]
+        if not isinstance(model, str) or not timm.is_model(timm.models.get_arch_name(model)):
+            raise ValueError(f"{where}: unknown timm model {model!r} (see timm.list_models())")
+        mk = dict(base_kwargs)
+        if v.get("model_kwargs"):
+            if not isinstance(v["model_kwargs"], dict):
+                raise TypeError(f"{where}: model_kwargs must be a mapping, got {v['model_kwargs']!r}")
+            mk.update(v["model_kwargs"])
+        pk = v.get("pe_kwargs")
+        if pk is not None and not isinstance(pk, dict):
+            raise TypeError(f"{where}: pe_kwargs must be a mapping, got {pk!r}")
+        ckpt = v.get("checkpoint")
+        if ckpt is not None and not Path(ckpt).is_file():
+            raise ValueError(f"{where}: checkpoint {str(ckpt)!r} does not exist")
+        out.append(Variant(str(name), pe, pk, model, mk, None if ckpt is None else str(ckpt)))
+    names = [v.name for v in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"variant names must be unique, got {dup} more than once; give each a `name`")
+    return out
+
+
+def _parse_mapping(s, what: str):
+    if s is None or isinstance(s, dict):
+        return s
+    try:
+        v = yaml.safe_load(s)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{what} must be a YAML/JSON mapping like '{{patch_size: 4}}', got {s!r}: {e}") from None
+    if not isinstance(v, dict):
+        raise ValueError(f"{what} must be a YAML/JSON mapping like '{{patch_size: 4}}', got {s!r}")
+    return v
+
+
+def load_config(config_path=None, args: Optional[argparse.Namespace] = None, **overrides) -> Dict[str, Any]:
+    """:data:`DEFAULTS` <- YAML ``config_path`` (or ``args.config``) <- given flags <- ``overrides``; checked.
+
+    Returns the resolved configuration with ``sizes`` / ``train_size`` / ``train_sizes`` / ``seeds`` normalised.
+    Raises ``ValueError`` / ``TypeError`` for any bad value, naming it.
+    """
+    from ...utils.config import resolve_config
+
+    cfg = resolve_config(DEFAULTS, args, config_path=config_path, extra=overrides or None)
+    cfg["model_kwargs"] = _parse_mapping(cfg.get("model_kwargs"), "model_kwargs") or {}
+    cfg["pe_kwargs"] = _parse_mapping(cfg.get("pe_kwargs"), "pe_kwargs")
+    cfg["sizes"] = [list(s) for s in parse_sizes(cfg["sizes"])]
+    cfg["train_size"] = None if cfg.get("train_size") is None else list(parse_size(cfg["train_size"]))
+    if cfg.get("train_sizes") is not None:
+        cfg["train_sizes"] = [list(s) for s in parse_sizes(cfg["train_sizes"])]
+    seeds = cfg.get("seeds")
+    if isinstance(seeds, str):
+        try:
+            seeds = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"seeds must be like '0,1,2', got {cfg['seeds']!r}") from None
+    elif isinstance(seeds, int) and not isinstance(seeds, bool):
+        seeds = [seeds]
+    if not isinstance(seeds, (list, tuple)) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"seeds must be a non-empty list of ints, got {cfg.get('seeds')!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must not repeat, got {seeds}")
+    cfg["seeds"] = list(seeds)
+    if cfg.get("data") is None and cfg.get("task") not in TASKS:
+        raise ValueError(f"unknown task {cfg.get('task')!r}; choose one of {sorted(TASKS)} or give --data DIR")
+    for key, minimum in (("steps", 1), ("batch_size", 1), ("eval_batch_size", 1), ("eval_samples", 1),
+                         ("data_seed", None), ("warmup_steps", 0), ("ckpt_every", 1), ("num_workers", 0)):
+        check_int(cfg.get(key), key, minimum)
+    check_int(cfg.get("threads"), "threads", 1, allow_none=True)
+    check_number(cfg.get("lr"), "lr", 0, min_open=True)
+    check_number(cfg.get("weight_decay"), "weight_decay", 0)
+    check_number(cfg.get("grad_clip"), "grad_clip", 0, min_open=True, allow_none=True)
+    check_number(cfg.get("label_smoothing"), "label_smoothing", 0)
+    check_number(cfg.get("crop_pct"), "crop_pct", 0, 1, min_open=True)
+    check_choice(cfg["interpolation"], "interpolation", ("bicubic", "bilinear", "nearest"))
+    for key in ("mean", "std"):
+        v = cfg[key]
+        if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):
+            raise ValueError(f"{key} must be three numbers (one per RGB channel), got {v!r}")
+    if any(s <= 0 for s in cfg["std"]):
+        raise ValueError(f"std must be positive, got {cfg['std']}")
+    if not isinstance(cfg.get("out"), (str, Path)) or not str(cfg["out"]):
+        raise ValueError(f"out must be a folder path, got {cfg.get('out')!r}")
+    cfg["out"] = str(cfg["out"])
+    for key in ("resume", "amp"):
+        check_bool(cfg.get(key), key)
+    return cfg

@@ -1,0 +1,177 @@
+"""``vispos eval/train resolution`` data: eval transform, ImageFolder / synthetic sets, the training batches."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Tuple
+
+import torch
+
+from ...data.images import TASKS, SyntheticPositionDataset, parse_size
+from ...utils.seeding import mix_seed, torch_seed
+from .config import IMAGENET_MEAN, IMAGENET_STD
+
+
+# ---- data --------------------------------------------------------------------------------------------------------
+class ResizeCenterCrop:
+    """Eval transform on a PIL image: resize (keeping the aspect ratio) to cover ``size / crop_pct``, centre crop.
+
+    For a square ``size`` this is timm's: the shorter side goes to ``floor(size / crop_pct)``. For ``(H, W)`` the
+    image is scaled by ``max(floor(H / crop_pct) / h, floor(W / crop_pct) / w)`` (sides rounded down, never below
+    the crop). ``crop_pct = 1`` resizes the shorter side straight to the size.
+    """
+
+    def __init__(self, size, crop_pct: float = 0.875, interpolation: str = "bicubic"):
+        from torchvision.transforms import InterpolationMode
+
+        self.size = parse_size(size)
+        self.crop_pct = float(crop_pct)
+        self.interpolation = {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR,
+                              "nearest": InterpolationMode.NEAREST}[interpolation]
+
+    def resized_size(self, w0: int, h0: int) -> Tuple[int, int]:
+        """``(new_h, new_w)`` for an image of width ``w0`` and height ``h0``."""
+        h, w = self.size
+        th, tw = math.floor(h / self.crop_pct), math.floor(w / self.crop_pct)
+        if th == tw:  # torchvision's Resize(int): shorter side to th, longer side int(th * long / short)
+            if w0 <= h0:
+                return int(th * h0 / w0), th
+            return th, int(th * w0 / h0)
+        scale = max(th / h0, tw / w0)
+        return max(th, int(h0 * scale)), max(tw, int(w0 * scale))
+
+    def __call__(self, img):
+        from torchvision.transforms import functional as TF
+
+        nh, nw = self.resized_size(*img.size)
+        img = TF.resize(img, [nh, nw], interpolation=self.interpolation, antialias=True)
+        return TF.center_crop(img, list(self.size))
+
+
+def make_eval_transform(size, crop_pct=0.875, interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """PIL image -> normalised tensor ``(3, H, W)``: :class:`ResizeCenterCrop`, ``ToTensor``, ``Normalize``."""
+    from torchvision import transforms as T
+
+    return T.Compose([ResizeCenterCrop(size, crop_pct, interpolation), T.ToTensor(), T.Normalize(mean, std)])
+
+
+def _open_image_folder(root, what: str):
+    from torchvision.datasets import ImageFolder
+
+    p = Path(root)
+    if not p.is_dir():
+        raise ValueError(f"{what} {str(p)!r} is not a folder (expected an ImageFolder: one sub-folder per class)")
+    try:
+        ds = ImageFolder(str(p))
+    except FileNotFoundError as e:
+        raise ValueError(f"{what} {str(p)!r} holds no images in class sub-folders: {e}") from None
+    if len(ds) == 0:
+        raise ValueError(f"{what} {str(p)!r} holds no images")
+    return ds
+
+
+class _TrainImages(torch.utils.data.Dataset):
+    """ImageFolder training items ``(index, (H, W), seed)`` -> ``(image, label)``; augmentation drawn from the
+    item's own seed (deterministic, the same in any process)."""
+
+    def __init__(self, folder, cfg):
+        from torchvision import transforms as T
+
+        self.folder = folder
+        self.cfg = cfg
+        self.T = T
+        self.post = T.Compose([T.ToTensor(), T.Normalize(cfg["mean"], cfg["std"])])
+
+    def __len__(self):
+        return len(self.folder)
+
+    def __getitem__(self, item):
+        i, size, seed = item
+        path, label = self.folder.samples[i]
+        img = self.folder.loader(path)
+        mode = ResizeCenterCrop(size, 1.0, self.cfg["interpolation"]).interpolation
+        aug = self.T.Compose([self.T.RandomResizedCrop(tuple(size), scale=(0.25, 1.0), interpolation=mode),
+                              self.T.RandomHorizontalFlip()])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            img = aug(img)
+        return self.post(img), label
+
+
+@dataclass
+class Data:
+    """The data of a run: class count and batch makers for training and evaluation."""
+
+    num_classes: int
+    chance: float
+    source: str
+    train_len: int
+    eval_len: int
+    eval_folder: Any = None
+    train_folder: Any = None
+
+
+def plan_data(cfg, train: bool) -> Data:
+    if cfg.get("data") is not None:
+        folder = _open_image_folder(cfg["data"], "data folder")
+        n_cls = len(folder.classes)
+        src = f"ImageFolder {cfg['data']}"
+        eval_len = len(folder)
+    else:
+        folder = None
+        n_cls = TASKS[cfg["task"]].num_classes
+        src = f"synthetic task {cfg['task']!r}"
+        eval_len = cfg["eval_samples"]
+    tfolder, train_len = None, 0
+    if train:
+        if cfg.get("train_data") is not None:
+            tfolder = _open_image_folder(cfg["train_data"], "train_data folder")
+            if len(tfolder.classes) != n_cls:
+                raise ValueError(f"train_data has {len(tfolder.classes)} classes but the evaluation data has {n_cls}")
+            train_len = len(tfolder)
+            if train_len < cfg["batch_size"]:
+                raise ValueError(f"train_data holds {train_len} images, fewer than batch_size {cfg['batch_size']}")
+        else:
+            if cfg.get("data") is not None:
+                raise ValueError("training on the built-in task but evaluating on --data: give --train-data too, "
+                                 "or leave --data out to evaluate on the built-in task")
+            train_len = cfg["steps"] * cfg["batch_size"]  # every training sample is new
+    return Data(n_cls, 1.0 / n_cls, src, train_len, eval_len, folder, tfolder)
+
+
+def train_seed(cfg, seed: int) -> int:
+    return torch_seed(cfg["data_seed"], 1, seed)
+
+
+def eval_seed(cfg) -> int:
+    return torch_seed(cfg["data_seed"], 2)
+
+
+def train_step_plan(cfg, data: Data, seed: int, step: int) -> Tuple[List[int], Tuple[int, int]]:
+    """Global sample indices and the size of training batch ``step`` (a pure function of its arguments)."""
+    b = cfg["batch_size"]
+    if data.train_folder is None:
+        idx = list(range(step * b, (step + 1) * b))
+    else:
+        per_epoch = data.train_len // b
+        epoch, pos = divmod(step, per_epoch)
+        g = torch.Generator().manual_seed(mix_seed(seed, 3, epoch))
+        perm = torch.randperm(data.train_len, generator=g)
+        idx = perm[pos * b:(pos + 1) * b].tolist()
+    sizes = cfg.get("train_sizes")
+    if sizes:
+        k = mix_seed(seed, 4, step) % len(sizes)
+        size = tuple(sizes[k])
+    else:
+        size = tuple(cfg["train_size"])
+    return idx, size
+
+
+def train_batch(cfg, data: Data, seed: int, idx: List[int], size, step: int):
+    if data.train_folder is None:
+        ds = SyntheticPositionDataset(cfg["task"], size, data.train_len, train_seed(cfg, seed))
+        return ds.get_batch(idx)
+    items = _TrainImages(data.train_folder, cfg)
+    pairs = [items[(i, size, torch_seed(seed, 5, step, i))] for i in idx]
+    return torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs], dtype=torch.long)

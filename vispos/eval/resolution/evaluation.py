@@ -1,0 +1,60 @@
+"""``vispos eval resolution``: top-1 / top-5 of a model at one test size (sharded over ranks, exact)."""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import torch
+
+from ...data.images import SyntheticPositionDataset, parse_size
+from ..common import autocast
+from .data import Data, eval_seed, make_eval_transform
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, cfg: Dict[str, Any], data: Data, size, *, device=None, desc: str = "eval",
+             progress: bool = True) -> Dict[str, Any]:
+    """Accuracy of ``model`` at ``size`` on this rank's shard, summed over ranks (exact counts).
+
+    Returns ``dict(n, correct1, correct5, top1, top5)`` (``top5`` / ``correct5`` ``None`` under 5 classes).
+    """
+    from tqdm.auto import tqdm
+
+    from ...utils.dist import all_reduce_sum, get_rank, get_world_size, shard_indices
+
+    device = torch.device("cpu") if device is None else torch.device(device)
+    hw = parse_size(tuple(size) if isinstance(size, list) else size)
+    model.eval()
+    rank, world = get_rank(), get_world_size()
+    idx = shard_indices(range(data.eval_len), rank, world)
+    bs = cfg["eval_batch_size"]
+    if data.eval_folder is None:
+        ds = SyntheticPositionDataset(cfg["task"], hw, data.eval_len, eval_seed(cfg))
+        batches = (ds.get_batch(idx[i:i + bs]) for i in range(0, len(idx), bs))
+    else:
+        import copy
+
+        folder = copy.copy(data.eval_folder)  # the scanned file list, with this size's transform
+        folder.transform = make_eval_transform(hw, cfg["crop_pct"], cfg["interpolation"], cfg["mean"], cfg["std"])
+        batches = iter(torch.utils.data.DataLoader(torch.utils.data.Subset(folder, idx), batch_size=bs,
+                                                   shuffle=False, num_workers=cfg["num_workers"]))
+    k5 = data.num_classes >= 5
+    counts = torch.zeros(3, dtype=torch.int64)
+    bar = tqdm(total=len(idx), desc=desc, leave=False, disable=not progress or rank != 0, unit="img")
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        with autocast(device, cfg.get("amp", False)):
+            logits = model(x)
+        if logits.shape[-1] != data.num_classes:
+            raise ValueError(f"the model has {logits.shape[-1]} outputs but the data has {data.num_classes} classes")
+        counts[0] += y.numel()
+        counts[1] += int((logits.argmax(-1) == y).sum())
+        if k5:
+            top = logits.float().topk(5, dim=-1).indices
+            counts[2] += int((top == y[:, None]).any(-1).sum())
+        bar.update(y.numel())
+    bar.close()
+    all_reduce_sum(counts)
+    n, c1, c5 = (int(v) for v in counts)
+    if n != data.eval_len:  # pragma: no cover - internal invariant of the sharding
+        raise RuntimeError(f"evaluated {n} samples, expected {data.eval_len}")
+    return dict(n=n, correct1=c1, correct5=c5 if k5 else None, top1=c1 / n, top5=(c5 / n) if k5 else None)

@@ -1,0 +1,98 @@
+"""``vispos eval/train resolution`` results: rows, summary, Markdown table and the results folder."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from ...data.images import parse_size
+from ...utils.io import markdown_table
+from ..common import write_results_folder
+from .config import Variant, size_label
+from .data import Data
+
+
+def result_row(variant: Variant, seed: Optional[int], hw, acc: Dict[str, Any], checkpoint=None) -> Dict[str, Any]:
+    """One row of the results: the variant, seed, size and the counts of :func:`evaluate`."""
+    hw = tuple(hw)
+    return dict(variant=variant.name, pe=variant.pe if isinstance(variant.pe, str) else "+".join(variant.pe),
+                model=variant.model, seed=seed, size=size_label(hw), height=hw[0], width=hw[1], **acc,
+                checkpoint=None if checkpoint is None else str(checkpoint))
+
+
+def make_result(cfg, data: "Data", variants: Sequence[Variant], rows: List[Dict[str, Any]], *, train: bool = True,
+                world_size: int = 1, wall_time_s: Optional[float] = None) -> Dict[str, Any]:
+    """The results dict written by :func:`write_results`: metadata, ``rows``, ``summary`` and the ``table``."""
+    result = dict(
+        command="train" if train else "eval", data=data.source,
+        task=cfg["task"] if cfg.get("data") is None else None, num_classes=data.num_classes, chance=data.chance,
+        sizes=[size_label(tuple(s)) for s in cfg["sizes"]],
+        train_size=None if cfg.get("train_size") is None else size_label(tuple(cfg["train_size"])),
+        train_sizes=[size_label(tuple(s)) for s in cfg["train_sizes"]] if cfg.get("train_sizes") else None,
+        variants=[asdict(v) for v in variants], world_size=world_size, rows=rows,
+        wall_time_s=None if wall_time_s is None else round(wall_time_s, 2))
+    result["summary"] = summarize(result)
+    result["table"] = results_table(result)
+    return result
+
+
+def summarize(result) -> Dict[str, Dict[str, Dict[str, float]]]:
+    out: Dict[str, Dict[str, Dict[str, float]]] = {}
+    for r in result["rows"]:
+        out.setdefault(r["variant"], {}).setdefault(r["size"], []).append(r["top1"])
+    summ = {}
+    for v, per in out.items():
+        summ[v] = {}
+        for s, vals in per.items():
+            mean = sum(vals) / len(vals)
+            std = math.sqrt(sum((x - mean) ** 2 for x in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+            summ[v][s] = dict(mean=mean, std=std, n_seeds=len(vals))
+    return summ
+
+
+def results_table(result) -> str:
+    """Markdown table: variants as rows, sizes as columns (top-1 %, mean +- std over seeds), training size ``*``."""
+    ts = result.get("train_size")
+    header = ["PE"] + [f"{s}*" if s == ts else s for s in result["sizes"]]
+    rows = []
+    for v, per in result["summary"].items():
+        cells = [v]
+        for s in result["sizes"]:
+            e = per.get(s)
+            if e is None:
+                cells.append("")
+            elif e["n_seeds"] > 1:
+                cells.append(f"{100 * e['mean']:.1f} ± {100 * e['std']:.1f}")
+            else:
+                cells.append(f"{100 * e['mean']:.1f}")
+        rows.append(cells)
+    notes = [f"Top-1 accuracy (%) on {result['data']}, {result['num_classes']} classes "
+             f"(chance {100 * result['chance']:.1f}%)."]
+    if ts is not None:
+        notes.append(f"`*` training size ({ts} px)" + (f"; multi-resolution training over "
+                                                       f"{', '.join(result['train_sizes'])}" if
+                                                       result.get("train_sizes") else "") + ".")
+    return markdown_table(header, rows) + "\n" + " ".join(notes) + "\n"
+
+
+def write_results(out, result: Dict[str, Any], cfg: Dict[str, Any]) -> None:
+    """results.json, results.csv, table.md, accuracy_vs_resolution.png, config.yaml in ``out`` (atomic writes)."""
+    from ..plots import line_plot
+
+    out = Path(out)
+    fields = ["variant", "pe", "model", "seed", "size", "height", "width", "n", "correct1", "top1", "correct5",
+              "top5", "checkpoint"]
+    write_results_folder(out, {k: v for k, v in result.items() if k != "table"}, result["rows"], result["table"],
+                         fields=fields, config=cfg)
+    sizes = result["sizes"]
+    xs = [math.sqrt(parse_size(s)[0] * parse_size(s)[1]) for s in sizes]
+    series = {v: [100 * per[s]["mean"] if s in per else None for s in sizes] for v, per in result["summary"].items()}
+    vlines = {}
+    if result.get("train_size") is not None:
+        th, tw = parse_size(result["train_size"])
+        vlines[f"training size ({result['train_size']})"] = math.sqrt(th * tw)
+    line_plot(out / "accuracy_vs_resolution.png", xs, series, xlabel="test resolution (px)", ylabel="top-1 (%)",
+              title=f"accuracy vs resolution: {result['data']}", xticklabels=sizes, logx=True,
+              hlines={f"chance ({100 * result['chance']:.1f}%)": 100 * result["chance"]}, vlines=vlines,
+              ylim=(0, 100))

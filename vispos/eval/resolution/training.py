@@ -1,0 +1,113 @@
+"""``vispos train resolution``: train one variant from scratch (deterministic, resumable, DDP)."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import torch
+
+from ...utils.io import atomic_torch_save
+from ..common import autocast, lr_at
+from .config import TRAJECTORY_KEYS, Variant, size_label
+from .data import Data, train_batch, train_step_plan
+from .models import build_model
+
+log = logging.getLogger(__name__)
+
+def _trajectory(cfg, variant: Variant, seed: int) -> Dict[str, Any]:
+    v = asdict(variant)
+    v.pop("checkpoint", None)
+    return dict(variant=v, seed=seed, **{k: cfg.get(k) for k in TRAJECTORY_KEYS})
+
+
+def checkpoint_path(out, variant: Variant, seed: int) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_+." else "_" for c in variant.name)
+    return Path(out) / "checkpoints" / f"{safe}_seed{seed}.pt"
+
+
+def train_variant(variant: Variant, cfg: Dict[str, Any], data: Data, seed: int, ckpt: Path, *, device=None,
+                  callback: Optional[Callable[[int, torch.nn.Module], None]] = None,
+                  progress: bool = True) -> torch.nn.Module:
+    """Train ``variant`` from scratch (or resume from ``ckpt`` when ``cfg['resume']``) for ``cfg['steps']`` steps.
+
+    The checkpoint (model, optimizer, torch RNG state, step, trajectory settings) is written atomically by rank 0
+    every ``ckpt_every`` steps and at the end. ``callback(step, model)`` runs after each step (``step`` = steps
+    done). Returns the trained model (unwrapped, in eval mode).
+    """
+    from timm.optim import create_optimizer_v2
+    from tqdm.auto import tqdm
+
+    from ...utils.dist import barrier, get_rank, get_world_size, unwrap_model
+
+    device = torch.device("cpu") if device is None else torch.device(device)
+    rank, world = get_rank(), get_world_size()
+    torch.manual_seed(seed)
+    model = build_model(variant, data.num_classes, cfg["train_size"]).to(device)
+    opt = create_optimizer_v2(model, "adamw", lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    traj = _trajectory(cfg, variant, seed)
+    start = 0
+    if cfg["resume"] and ckpt.is_file():
+        state = torch.load(str(ckpt), map_location="cpu", weights_only=True)
+        saved = state.get("trajectory")
+        if saved != json.loads(json.dumps(traj)):
+            diff = sorted(k for k in set(traj) | set(saved or {}) if (saved or {}).get(k) != traj.get(k))
+            raise ValueError(f"cannot resume from {str(ckpt)!r}: it was trained with other settings ({diff}); "
+                             f"drop --resume or use another --out")
+        model.load_state_dict(state["model"], strict=True)
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        start = int(state["step"])
+        log.info("resumed %s seed %d from %s at step %d", variant.name, seed, ckpt, start)
+    elif ckpt.is_file():
+        log.warning("overwriting checkpoint %s (pass --resume to continue it)", ckpt)
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+                  find_unused_parameters=True)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
+    steps = cfg["steps"]
+    bar = tqdm(total=steps, initial=start, desc=f"train {variant.name} s{seed}", disable=not progress or rank != 0,
+               unit="step")
+    net.train()
+
+    def save(done: int):
+        if rank == 0:
+            state = dict(model=unwrap_model(net).state_dict(), optimizer=opt.state_dict(), step=done,
+                         rng=torch.get_rng_state(), trajectory=json.loads(json.dumps(traj)),
+                         cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+            atomic_torch_save(state, ckpt)
+        barrier()
+
+    for step in range(start, steps):
+        lr = lr_at(step, cfg["lr"], cfg["warmup_steps"], cfg["steps"], schedule="cosine")
+        for g in opt.param_groups:
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+        idx, size = train_step_plan(cfg, data, seed, step)
+        x, y = train_batch(cfg, data, seed, idx[rank::world], size, step)
+        x, y = x.to(device), y.to(device)
+        with autocast(device, cfg["amp"]):
+            loss = loss_fn(net(x), y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training {variant.name} seed {seed}: loss is {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.get("grad_clip"):
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        opt.step()
+        done = step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", px=size_label(size))
+        if done % cfg["ckpt_every"] == 0 or done == steps:
+            save(done)
+        if callback is not None:
+            callback(done, model)
+    bar.close()
+    model.eval()
+    return model

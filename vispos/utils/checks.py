@@ -1,0 +1,144 @@
+"""One set of argument validators for the whole library.
+
+Every validator returns the (normalised) value or raises before any work: ``TypeError`` when the value has the
+wrong type, ``ValueError`` when it has the right type but is out of range. Messages name the argument, the bad
+value and the expected form, e.g. ``steps must be an int >= 1, got 0``.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Optional, Tuple
+
+__all__ = [
+    "is_int",
+    "is_number",
+    "check_int",
+    "check_number",
+    "check_bool",
+    "check_choice",
+    "check_mapping",
+    "check_size",
+    "check_len",
+    "check_path",
+    "check_key",
+]
+
+
+def is_int(v) -> bool:
+    """An ``int`` that is not a ``bool``."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v) -> bool:
+    """An ``int`` or ``float`` that is not a ``bool``."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _range_text(minimum, maximum, min_open: bool, max_open: bool) -> str:
+    parts = []
+    if minimum is not None:
+        parts.append(f"{'>' if min_open else '>='} {minimum}")
+    if maximum is not None:
+        parts.append(f"{'<' if max_open else '<='} {maximum}")
+    return " and ".join(parts)
+
+
+def check_int(value, name: str, minimum: Optional[int] = None, maximum: Optional[int] = None, *,
+              allow_none: bool = False) -> Optional[int]:
+    """``value`` as an int in ``[minimum, maximum]`` (either bound optional). ``None`` passes if ``allow_none``."""
+    if value is None and allow_none:
+        return None
+    rng = _range_text(minimum, maximum, False, False)
+    expected = f"an int{' ' + rng if rng else ''}{' or None' if allow_none else ''}"
+    if not is_int(value):
+        raise TypeError(f"{name} must be {expected}, got {value!r}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return int(value)
+
+
+def check_number(value, name: str, minimum: Optional[float] = None, maximum: Optional[float] = None, *,
+                 min_open: bool = False, max_open: bool = False, allow_none: bool = False,
+                 finite: bool = True) -> Optional[float]:
+    """``value`` as a float in the range (``min_open`` / ``max_open``: exclusive bounds). Finite unless
+    ``finite=False``. ``None`` passes if ``allow_none``. Returns the value unchanged (an int stays an int)."""
+    if value is None and allow_none:
+        return None
+    rng = _range_text(minimum, maximum, min_open, max_open)
+    expected = f"a{' finite' if finite else ''} number{' ' + rng if rng else ''}{' or None' if allow_none else ''}"
+    if not is_number(value):
+        raise TypeError(f"{name} must be {expected}, got {value!r}")
+    if finite and not math.isfinite(value):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    if minimum is not None and (value < minimum or (min_open and value == minimum)):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    if maximum is not None and (value > maximum or (max_open and value == maximum)):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return value
+
+
+def check_bool(value, name: str) -> bool:
+    """``value`` must be ``True`` or ``False``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+def check_choice(value, name: str, choices: Iterable[Any]) -> Any:
+    """``value`` must be one of ``choices``."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+    return value
+
+
+def check_mapping(value, name: str, *, allow_none: bool = True) -> Optional[dict]:
+    """``value`` must be a ``dict`` (or ``None`` if ``allow_none``)."""
+    if value is None and allow_none:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError(f"{name} must be a mapping{' or None' if allow_none else ''}, got {value!r}")
+    return value
+
+
+def check_size(size, name: str = "size") -> Tuple[int, int]:
+    """A positive int ``s`` (-> ``(s, s)``) or ``[H, W]`` of positive ints -> ``(H, W)``."""
+    if is_int(size):
+        size = (size, size)
+    if not isinstance(size, (list, tuple)) or len(size) != 2 or not all(is_int(s) for s in size):
+        raise TypeError(f"{name} must be a positive int or [H, W] of positive ints, got {size!r}")
+    if not all(s > 0 for s in size):
+        raise ValueError(f"{name} must be a positive int or [H, W] of positive ints, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def check_len(value, name: str, minimum: float = 1, *, integer: bool = False,
+              allow_none: bool = False) -> Optional[float]:
+    """A length (frames, tokens, positions): a finite number ``>= minimum`` (an int if ``integer``).
+
+    Returns a float (an int if ``integer``), or ``None`` if ``value`` is ``None`` and ``allow_none``.
+    """
+    if integer:
+        return check_int(value, name, minimum, allow_none=allow_none)
+    v = check_number(value, name, minimum, allow_none=allow_none)
+    return None if v is None else float(v)
+
+
+def check_path(value, name: str, *, kind: Optional[str] = None) -> Path:
+    """A path-like ``value``; with ``kind="file"`` / ``"dir"`` it must exist as that."""
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise TypeError(f"{name} must be a {'folder' if kind == 'dir' else 'file' if kind == 'file' else ''} path"
+                        .replace("a  path", "a path") + f", got {value!r}")
+    p = Path(value)
+    if kind == "file" and not p.is_file():
+        raise ValueError(f"{name} {str(p)!r} does not exist (expected a file)")
+    if kind == "dir" and not p.is_dir():
+        raise ValueError(f"{name} {str(p)!r} is not a folder")
+    return p
+
+
+def check_key(cfg, key: str, check, *args, **kwargs):
+    """``check(cfg[key], key, *args, **kwargs)``: validate one configuration entry, naming it by its key."""
+    return check(cfg.get(key), key, *args, **kwargs)
