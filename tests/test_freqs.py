@@ -61,7 +61,7 @@ def test_pi_ntk_ntk_base_yarn_formulas():
     assert torch.allclose(ntk, torch.tensor([(lam * b) ** (-2 * j / d) for j in range(d // 2)], dtype=torch.float64))
     nb = apply_rule(f, ScalingRule("ntk_base", factor=4.0), b, d)
     assert torch.allclose(nb, rope_freqs(d, 4 * b))
-    y = apply_rule(f, ScalingRule("yarn", train_len=L, test_len=L2), b, d)
+    y = apply_rule(f, ScalingRule("yarn", train_len=L, test_len=L2, ramp="paper"), b, d)
     for j in range(d // 2):
         r = L * float(f[j]) / (2 * math.pi)
         g = 0.0 if r < 1 else (1.0 if r > 32 else (r - 1) / 31)

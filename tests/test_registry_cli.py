@@ -53,6 +53,9 @@ def test_rope_explorer_kernel_and_rows(tmp_path):
     assert rows["none"]["changed"] == [] and rows["none"]["new_loops"] == [4]  # repetition at N_k = 50
     assert rows["riflex"]["changed"] == [4] and rows["riflex"]["new_loops"] == []
     assert rows["pi"]["top_ratio"] == pytest.approx(0.5) and rows["pi"]["new_loops"] == []
+    # official YaRN keeps the finest band (ramp over band indices 0..3); the paper's ramp interpolates it
+    assert rows["yarn"]["top_ratio"] == 1.0 and rows["yarn"]["changed"] == [2, 3, 4, 5, 6, 7, 8]
+    assert rows["yarn (paper ramp)"]["top_ratio"] < 0.6
 
 
 def test_vispos_demo_rope_writes_outputs(tmp_path):
@@ -62,7 +65,7 @@ def test_vispos_demo_rope_writes_outputs(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (out / "rope_kernel.png").stat().st_size > 1000
     table = (out / "table.md").read_text()
-    assert table.count("\n") == 2 + len(vispos.RULES)
+    assert table.count("\n") == 2 + len(vispos.RULES) + 1  # + the YaRN paper-ramp row
     from PIL import Image
 
     with Image.open(out / "rope_kernel.png") as im:

@@ -11,8 +11,14 @@ training length ``L`` and the test length ``L'`` of that axis (``s = L'/L``):
 ``ntk_base`` plain base multiplier (diffusers' ``ntk_factor``): ``theta_j = (f * b)^(-2j/d)``, ``f`` given or ``s``.
            Both NTK rules multiply the bands they are given by ``lam^(-2j/d)`` (equal to rebuilding with base
            ``lam * b`` for standard bands), so they compose with other changes.
-``yarn``   ``theta_j' = g(r_j) theta_j + (1 - g(r_j)) theta_j / s``, ``r_j = L theta_j / 2pi``, ramp ``g`` 0 below
-           ``alpha``, 1 above ``beta`` (alpha = 1, beta = 32); optional attention factor ``0.1 ln s + 1``.
+``yarn``   ``theta_j' = g_j theta_j + (1 - g_j) theta_j / s`` (``g_j`` = 1 keeps band ``j``, 0 interpolates it).
+           ``ramp="index"`` (default; the official code jquesnelle/yarn, HF transformers, FiT): linear in the band
+           index ``j`` between the correction dims ``low = max(floor(c(beta)), 0)`` and
+           ``high = min(ceil(c(alpha)), d - 1)``, ``c(r) = d ln(L / (2pi r)) / (2 ln b)``:
+           ``g_j = 1 - clamp((j - low) / (high - low), 0, 1)``; cos/sin scaled by ``mscale = 0.1 ln s + 1``
+           (the official code always applies it). ``ramp="paper"`` (the paper's Eq.; vispos' first release):
+           linear in the rotation count ``r_j = L theta_j / 2pi``, ``g_j = clamp((r_j - alpha) / (beta - alpha),
+           0, 1)``, no mscale unless ``attn_factor=True``. ``alpha = beta_slow = 1``, ``beta = beta_fast = 32``.
 ``riflex`` RIFLEx: only the intrinsic component ``k`` (1-indexed) changes: ``theta_k' = min(theta_k, gamma 2pi/L')``
            and only when ``L' > N_k`` (its rounded period); ``gamma = 0.9`` as in the official code.
 ========== ===============================================================================================
@@ -46,6 +52,9 @@ __all__ = [
 
 RULES = ("none", "pi", "ntk", "ntk_base", "yarn", "riflex")
 
+#: YaRN ramps: ``index`` (official code, HF transformers) and ``paper`` (the paper's equation in r_j).
+YARN_RAMPS = ("index", "paper")
+
 
 def _check_len(value, name: str) -> Optional[float]:
     if value is None:
@@ -69,9 +78,13 @@ class ScalingRule:
             ``train_len`` with :func:`default_k`.
         N: RIFLEx: the first frame at which repetition appears (optional).
         gamma: RIFLEx safety factor (0.9 in the official code; 1.0 is the paper's equation).
-        alpha, beta: YaRN ramp bounds in rotations over ``train_len``.
+        alpha, beta: YaRN ramp bounds in rotations over ``train_len`` (official names ``beta_slow``,
+            ``beta_fast``).
         factor: ``ntk_base`` base multiplier (default ``s``).
-        attn_factor: YaRN only: scale cos/sin by ``0.1 ln s + 1`` (FiT / YaRN attention temperature).
+        attn_factor: YaRN only: scale cos/sin by ``mscale = 0.1 ln s + 1`` (YaRN attention temperature).
+            ``None`` (default): as the ramp's source does -- on for ``ramp="index"`` (the official code always
+            applies it), off for ``ramp="paper"``.
+        ramp: YaRN only: ``"index"`` (official code, default) or ``"paper"``; see :data:`YARN_RAMPS`.
     """
 
     name: str = "none"
@@ -83,7 +96,8 @@ class ScalingRule:
     alpha: float = 1.0
     beta: float = 32.0
     factor: Optional[float] = None
-    attn_factor: bool = False
+    attn_factor: Optional[bool] = None
+    ramp: str = "index"
 
     def __post_init__(self):
         if self.name not in RULES:
@@ -99,6 +113,10 @@ class ScalingRule:
             raise ValueError(f"YaRN needs beta > alpha, got alpha={self.alpha}, beta={self.beta}")
         if self.factor is not None:
             _check_len(self.factor, "factor")
+        if self.ramp not in YARN_RAMPS:
+            raise ValueError(f"unknown YaRN ramp {self.ramp!r}; expected one of {YARN_RAMPS}")
+        if self.attn_factor is not None and not isinstance(self.attn_factor, bool):
+            raise TypeError(f"attn_factor must be None, True or False, got {self.attn_factor!r}")
     @property
     def scale(self) -> float:
         """``s = max(L'/L, 1)`` (1 when either length is unknown)."""
@@ -263,15 +281,51 @@ def apply_rule_list(freqs, rule: Union[None, str, dict, ScalingRule], base: floa
     if name == "yarn":
         if s == 1.0:
             return f
-        out = []
-        for x in f:
-            r = rule.train_len * x / (2 * math.pi)
-            g = min(max((r - rule.alpha) / (rule.beta - rule.alpha), 0.0), 1.0)
-            out.append(g * x + (1 - g) * x / s)
-        return out
+        keep = yarn_keep_list(rule, base, dim, f)
+        return [g * x + (1 - g) * x / s for g, x in zip(keep, f)]
     # riflex
     k, _ = _resolve_k(f, rule)
     return _riflex_list(f, k, rule.test_len, rule.gamma)
+
+
+def yarn_correction_range(train_len: float, base: float, dim: int, alpha: float = 1.0, beta: float = 32.0
+                          ) -> Tuple[int, int]:
+    """YaRN's correction range ``(low, high)`` in band indices, as the official code computes it.
+
+    ``c(r) = dim ln(L / (2pi r)) / (2 ln base)`` is the (fractional) band index whose frequency turns ``r`` times
+    over ``L``; ``low = max(floor(c(beta)), 0)``, ``high = min(ceil(c(alpha)), dim - 1)`` (jquesnelle/yarn
+    ``find_correction_range``; the upper clamp ``dim - 1`` is the official one, in rotary-dim units).
+    """
+    L = _check_len(train_len, "train_len")
+    base = _check_len(base, "base")
+    dim = _check_dim(dim)
+
+    def corr(r):
+        return dim * math.log(L / (r * 2 * math.pi)) / (2 * math.log(base))
+
+    return max(math.floor(corr(beta)), 0), min(math.ceil(corr(alpha)), dim - 1)
+
+
+def yarn_keep_list(rule: "ScalingRule", base: float, dim: int, freqs=None) -> List[float]:
+    """YaRN's per-band weight ``g_j`` on the original band (1 = kept / extrapolated, 0 = interpolated by ``s``).
+
+    ``ramp="index"``: ``1 - clamp((j - low) / (high - low), 0, 1)`` over ``j = 0..dim/2-1`` with
+    :func:`yarn_correction_range` (``high += 0.001`` when equal, as the official ``linear_ramp_mask``).
+    ``ramp="paper"``: ``clamp((r_j - alpha) / (beta - alpha), 0, 1)``, ``r_j = L theta_j / 2pi`` of ``freqs``
+    (default the standard bands of ``base``).
+    """
+    rule = as_rule(rule)
+    dim = _check_dim(dim)
+    if rule.train_len is None:
+        raise ValueError("YaRN needs train_len (L) to place its ramp")
+    if rule.ramp == "paper":
+        f = rope_freqs_list(dim, base) if freqs is None else _to_list(freqs)
+        return [min(max((rule.train_len * x / (2 * math.pi) - rule.alpha) / (rule.beta - rule.alpha), 0.0), 1.0)
+                for x in f]
+    low, high = yarn_correction_range(rule.train_len, base, dim, rule.alpha, rule.beta)
+    if low == high:
+        high += 0.001
+    return [1.0 - min(max((j - low) / (high - low), 0.0), 1.0) for j in range(dim // 2)]
 
 
 def apply_rule(freqs, rule: Union[None, str, dict, ScalingRule], base: float, dim: int) -> torch.Tensor:
@@ -281,10 +335,13 @@ def apply_rule(freqs, rule: Union[None, str, dict, ScalingRule], base: float, di
 
 
 def rule_attention_factor(rule: Union[None, str, dict, ScalingRule]) -> float:
-    """The factor on cos/sin a rule asks for (YaRN with ``attn_factor=True``: ``0.1 ln s + 1``; else 1)."""
+    """The factor on cos/sin a rule asks for: YaRN's ``mscale = 0.1 ln s + 1`` (1 at ``s <= 1``) when
+    ``attn_factor`` is True, or None with ``ramp="index"`` (the official code); else 1."""
     rule = as_rule(rule)
-    if rule.name == "yarn" and rule.attn_factor:
-        return 0.1 * math.log(rule.scale) + 1.0
+    if rule.name == "yarn":
+        on = rule.attn_factor if rule.attn_factor is not None else rule.ramp == "index"
+        if on:
+            return 0.1 * math.log(rule.scale) + 1.0
     return 1.0
 
 
@@ -367,4 +424,5 @@ def axis_freqs(
             for d, b, r in zip(dims, bases, rules)]
 
 
-__all__ += ["axis_freqs", "rope_freqs_list", "apply_rule_list", "bands_report"]
+__all__ += ["axis_freqs", "rope_freqs_list", "apply_rule_list", "bands_report", "YARN_RAMPS",
+            "yarn_correction_range", "yarn_keep_list"]

@@ -12,9 +12,12 @@ tokens with identical content ``q = k = 1`` is the kernel
   length (``theta'_j L' >= 2pi > theta_j L``): content repeats with their period (RIFLEx's diagnosis of repetition
   under plain extrapolation and NTK); none for PI and RIFLEx;
 * ``top_ratio``: ``theta'_1 / theta_1``, the finest frequency after the rule (< 1 means local detail is blurred:
-  PI / YaRN slow motion);
+  PI slow motion);
 * ``loop``: the loop length ``2pi / theta'_k`` of the RIFLEx intrinsic component ``k`` (the default rule's k);
 * kernel values at offsets 1, ``L - 1`` and ``L' - 1``.
+
+Rows: every rule of :data:`vispos.freqs.RULES` at its defaults (``yarn``: the official ramp over band indices),
+plus ``yarn (paper ramp)``. The kernel omits YaRN's cos/sin factor ``mscale`` (a constant on every score).
 """
 from __future__ import annotations
 
@@ -47,8 +50,12 @@ def explore(base: float = 256.0, dim: int = 16, train_len: int = 33, test_len: i
     offsets = torch.arange(test_len, dtype=torch.float64)
     rows: List[dict] = []
     kernels = {}
-    for name in RULES:
-        rule = ScalingRule(name, train_len=train_len, test_len=test_len)
+    variants = [(name, ScalingRule(name, train_len=train_len, test_len=test_len)) for name in RULES]
+    # YaRN's default is the official code's ramp (band index); the paper's ramp (rotation count) is shown next to it
+    at = [n for n, _ in variants].index("yarn") + 1
+    variants.insert(at, ("yarn (paper ramp)", ScalingRule("yarn", train_len=train_len, test_len=test_len,
+                                                          ramp="paper")))
+    for name, rule in variants:
         g = apply_rule(f, rule, base, dim)
         K = kernel(g, offsets)
         kernels[name] = K.tolist()
