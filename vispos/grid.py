@@ -21,7 +21,10 @@ size of that axis, ``size`` the current size):
 ``cropped``
     ``ref * start + (p + 0.5) * ref * extent / size - 0.5`` -- the grid samples the box ``[start, start+extent)``
     (fractions of the reference grid) of a reference grid indexed ``0..ref-1`` (RO-ViT cropped positions). The
-    full box ``(0, 1)`` at ``size == ref`` gives back ``p``.
+    full box ``(0, 1)`` at ``size == ref`` gives back ``p``. Pixel convention: reference cell ``j`` covers
+    ``[j, j+1) / ref`` (the ``"center"`` convention of :func:`vispos.pe.absolute.crop_resample_abs_pe`); the
+    official RO-ViT code's TF RoIAlign convention (``"roi_align"``) reads ``+0.5`` further on every axis, a
+    constant shift that RoPE ignores.
 """
 from __future__ import annotations
 

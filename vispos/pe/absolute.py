@@ -32,6 +32,7 @@ __all__ = [
     "build_sincos_1d",
     "build_sincos_2d",
     "build_sincos_3d",
+    "CROP_SAMPLINGS",
     "sample_crop_boxes",
     "crop_resample_abs_pe",
     "AbsolutePE",
@@ -226,34 +227,64 @@ def build_sincos_3d(
 # ---------------------------------------------------------------------------------------------------------------
 # RO-ViT cropped positional embeddings
 # ---------------------------------------------------------------------------------------------------------------
+#: RO-ViT pixel conventions of :func:`crop_resample_abs_pe` (see its docstring).
+CROP_SAMPLINGS = ("center", "roi_align")
+
+
 def sample_crop_boxes(
     batch: int,
     scale: Tuple[float, float] = (0.1, 1.0),
     ratio: Tuple[float, float] = (0.5, 2.0),
     generator: Optional[torch.Generator] = None,
     device=None,
+    size: Optional[Sequence[int]] = None,
+    attempts: int = 10,
 ) -> torch.Tensor:
     """Random boxes ``(batch, 2, 2)`` = per sample ``[(start_h, extent_h), (start_w, extent_w)]`` in fractions.
 
-    Area ``~ U(scale)``, aspect ``w/h`` log-uniform in ``ratio`` (RO-ViT: 0.1-1, 0.5-2); extents are clipped to 1
-    and the start is uniform in ``[0, 1 - extent]``.
+    RandomResizedCrop's rule (torchvision ``RandomResizedCrop.get_params``, which RO-ViT uses), without its
+    rounding to whole pixels: area fraction ``~ U(scale)``, aspect ``w/h`` (in pixels of a ``size = (H, W)`` table,
+    default square) log-uniform in ``ratio``; a box that does not fit is **redrawn** (up to ``attempts`` times),
+    then the fallback is torchvision's: the whole table, cut to the nearest allowed aspect, centred. The start is
+    uniform over the positions where the box fits. RO-ViT: scale 0.1-1, ratio 0.5-2 (mean area ~0.43).
     """
-    if batch <= 0:
-        raise ValueError(f"batch must be positive, got {batch}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
     lo, hi = float(scale[0]), float(scale[1])
     if not 0 < lo <= hi <= 1:
         raise ValueError(f"crop scale must satisfy 0 < min <= max <= 1, got {scale}")
     rlo, rhi = float(ratio[0]), float(ratio[1])
     if not 0 < rlo <= rhi:
         raise ValueError(f"crop ratio must satisfy 0 < min <= max, got {ratio}")
-    u = torch.rand(batch, 4, generator=generator, dtype=torch.float64)
-    area = lo + (hi - lo) * u[:, 0]
-    r = torch.exp(math.log(rlo) + (math.log(rhi) - math.log(rlo)) * u[:, 1])
-    ext_w = torch.sqrt(area * r).clamp(max=1.0)
-    ext_h = torch.sqrt(area / r).clamp(max=1.0)
-    st_h = (1.0 - ext_h) * u[:, 2]
-    st_w = (1.0 - ext_w) * u[:, 3]
-    boxes = torch.stack([torch.stack([st_h, ext_h], -1), torch.stack([st_w, ext_w], -1)], dim=1)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        raise ValueError(f"attempts must be an int >= 1, got {attempts!r}")
+    H, W = (1, 1) if size is None else _grid(tuple(size), "size", (2,))
+    aspect_hw = H / W  # a pixel aspect r is a fraction aspect r * H / W
+    u = torch.rand(attempts, batch, 2, generator=generator, dtype=torch.float64)
+    area = lo + (hi - lo) * u[..., 0]
+    r = torch.exp(math.log(rlo) + (math.log(rhi) - math.log(rlo)) * u[..., 1])
+    ext_w = torch.sqrt(area * r * aspect_hw)
+    ext_h = torch.sqrt(area / (r * aspect_hw))
+    ok = (ext_w <= 1.0) & (ext_h <= 1.0)
+    first = torch.where(ok.any(0), ok.to(torch.int64).argmax(0), -1)  # first accepted attempt per sample
+    idx = first.clamp(min=0)
+    cols = torch.arange(batch)
+    eh, ew = ext_h[idx, cols], ext_w[idx, cols]
+    # torchvision's fallback: the whole table, cut to the closest allowed aspect, centred
+    in_ratio = W / H
+    if in_ratio < rlo:
+        fw, fh = 1.0, (W / rlo) / H
+    elif in_ratio > rhi:
+        fw, fh = (H * rhi) / W, 1.0
+    else:
+        fw, fh = 1.0, 1.0
+    fail = first < 0
+    eh = torch.where(fail, torch.full_like(eh, fh), eh)
+    ew = torch.where(fail, torch.full_like(ew, fw), ew)
+    v = torch.rand(batch, 2, generator=generator, dtype=torch.float64)
+    st_h = torch.where(fail, (1.0 - eh) / 2, (1.0 - eh) * v[:, 0])
+    st_w = torch.where(fail, (1.0 - ew) / 2, (1.0 - ew) * v[:, 1])
+    boxes = torch.stack([torch.stack([st_h, eh], -1), torch.stack([st_w, ew], -1)], dim=1)
     return boxes.to(device=device, dtype=torch.float32)
 
 
@@ -264,6 +295,7 @@ def crop_resample_abs_pe(
     boxes: torch.Tensor,
     num_prefix: int = 0,
     upsample: Optional[Sequence[int]] = None,
+    sampling: str = "center",
 ) -> torch.Tensor:
     """RO-ViT cropped PE: upsample the 2D table bilinearly to ``upsample``, cut each sample's box, resize to
     ``new_grid``.
@@ -273,11 +305,18 @@ def crop_resample_abs_pe(
         new_grid: output grid ``(H', W')``.
         boxes: ``(B, 2, 2)`` from :func:`sample_crop_boxes` (fractions of the table's extent).
         upsample: size of the upsampled table (default ``old_grid * 64/14``, rounded, RO-ViT's 14 -> 64).
+        sampling: the pixel convention. Output cell ``i`` of ``n`` reads the point ``u = start + (i + 0.5) extent
+            / n`` (a fraction of the table) bilinearly, edges clamped. ``"center"`` (default): table pixel ``j``
+            covers ``[j, j + 1) / S``, i.e. sits at ``u = (j + 0.5) / S`` (``grid_sample(align_corners=False)``);
+            the full box ``(0, 1)`` with ``upsample == old_grid == new_grid`` returns the table. ``"roi_align"``:
+            the official RO-ViT code (TF RoIAlign on the table with the box in pixel units, one sample per bin at
+            offset 0.5): pixel ``j`` sits at ``u = j / S``, so every sample lands half a table pixel further
+            along each axis than with ``"center"``.
 
-    Returns ``(B, num_prefix + H'*W', C)``; prefix rows are copied unchanged. The box is read at its cell centres
-    with bilinear ``grid_sample(align_corners=False)``; the full box ``(0, 1)`` with ``upsample == old_grid ==
-    new_grid`` returns the table.
+    Returns ``(B, num_prefix + H'*W', C)``; prefix rows are copied unchanged.
     """
+    if sampling not in CROP_SAMPLINGS:
+        raise ValueError(f"unknown crop sampling {sampling!r}; expected one of {CROP_SAMPLINGS}")
     old_grid = _grid(old_grid, "old_grid", (2,))
     new_grid = _grid(new_grid, "new_grid", (2,))
     if not isinstance(boxes, torch.Tensor) or boxes.dim() != 3 or boxes.shape[1:] != (2, 2):
@@ -298,7 +337,10 @@ def crop_resample_abs_pe(
     axes = []
     for a, n in enumerate(new_grid):
         frac = (torch.arange(n, device=table.device, dtype=torch.float32) + 0.5) / n  # (n,)
-        axes.append(b[:, a, 0:1] + frac[None] * b[:, a, 1:2])  # (B, n) fractions of the extent
+        u = b[:, a, 0:1] + frac[None] * b[:, a, 1:2]  # (B, n) fractions of the extent
+        if sampling == "roi_align":  # pixel j at j / S instead of (j + 0.5) / S: read half a pixel further on
+            u = u + 0.5 / upsample[a]
+        axes.append(u)
     gy = axes[0][:, :, None].expand(B, *new_grid)
     gx = axes[1][:, None, :].expand(B, *new_grid)
     samp = torch.stack([gx, gy], dim=-1) * 2.0 - 1.0  # grid_sample wants (x, y) in [-1, 1]
@@ -341,8 +383,10 @@ class AbsolutePE(_TokenPE):
             timm's ``no_embed_class`` (prefix tokens get no PE, any number of them is accepted).
         mode, antialias: resampling at another grid (:func:`resample_abs_pe`).
         crop_aug: RO-ViT cropped PE during training (2D only): per sample, upsample the table to ``crop_upsample``,
-            cut a random box (area ``crop_scale``, aspect ``crop_ratio``) and resize it to the current grid. Off in
-            ``eval()``.
+            cut a random box (RandomResizedCrop rule, :func:`sample_crop_boxes`: area ``crop_scale``, aspect
+            ``crop_ratio``) and resize it to the current grid. Off in ``eval()``.
+        crop_sampling: pixel convention of the crop read-out: ``"center"`` (default) or ``"roi_align"`` (the
+            official RO-ViT code's); see :func:`crop_resample_abs_pe`.
         init_std: truncated-normal std of the table (0.02, as timm).
 
     Parameter ``pos_embed (1, rows, C)``, ``rows = (num_prefix if embed_prefix else 0) + prod(grid)``.
@@ -367,6 +411,7 @@ class AbsolutePE(_TokenPE):
         crop_scale: Tuple[float, float] = (0.1, 1.0),
         crop_ratio: Tuple[float, float] = (0.5, 2.0),
         crop_upsample: Optional[Sequence[int]] = None,
+        crop_sampling: str = "center",
         init_std: float = 0.02,
         device=None,
         dtype=None,
@@ -389,6 +434,8 @@ class AbsolutePE(_TokenPE):
             raise ValueError(f"crop_aug (RO-ViT cropped PE) is 2D-only, got a {len(self.grid)}-D grid {self.grid}")
         if crop_aug:
             sample_crop_boxes(1, crop_scale, crop_ratio)  # validates the ranges now, before any work
+        if crop_sampling not in CROP_SAMPLINGS:
+            raise ValueError(f"unknown crop_sampling {crop_sampling!r}; expected one of {CROP_SAMPLINGS}")
         self.dim = dim
         self.num_prefix = num_prefix
         self.embed_prefix = bool(embed_prefix)
@@ -398,6 +445,7 @@ class AbsolutePE(_TokenPE):
         self.crop_scale = tuple(crop_scale)
         self.crop_ratio = tuple(crop_ratio)
         self.crop_upsample = tuple(crop_upsample) if crop_upsample is not None else None
+        self.crop_sampling = crop_sampling
         self.init_std = init_std
         self.ndims = (len(self.grid),)
         rows = (num_prefix if self.embed_prefix else 0) + math.prod(self.grid)
@@ -454,9 +502,10 @@ class AbsolutePE(_TokenPE):
         if self.crop_aug and self.training:
             if batch_size is None:
                 raise ValueError("ape with crop_aug needs the batch size in training (one crop per sample)")
-            boxes = sample_crop_boxes(batch_size, self.crop_scale, self.crop_ratio, device=self.pos_embed.device)
+            boxes = sample_crop_boxes(batch_size, self.crop_scale, self.crop_ratio, device=self.pos_embed.device,
+                                      size=self.grid)
             t = crop_resample_abs_pe(self.pos_embed, self.grid, layout.shape, boxes, self.table_prefix,
-                                     self.crop_upsample)
+                                     self.crop_upsample, self.crop_sampling)
         else:
             t = self.get_table(layout.shape)
         if dtype is not None:
