@@ -271,14 +271,16 @@ class AxialRoPE(_RoPEBase):
 class VoPE(AxialRoPE):
     """VoPE: axial RoPE on centred, reference-normalised continuous coordinates.
 
-    Definition used by vispos (the paper's exact formula was not available; see REFERENCES.md): for an axis of
-    ``size`` tokens and reference (training) size ``ref``, token ``p`` sits at
+    Definition used by vispos (the published VoPE, D-JEPA T2I, has no released formula; see REFERENCES.md): for an
+    axis of ``size`` tokens and reference (training) size ``ref``, token ``p`` sits at
 
         ``c(p) = (p + 0.5 - size / 2) * ref / size``
 
-    so the image always spans ``[-ref/2, ref/2]``: at the training grid the spacing is 1 (plain RoPE up to a shift,
-    which RoPE ignores); at a larger grid the same image extent is sampled more finely, at any aspect ratio. Angles
-    are ``c(p) * theta_j`` per axis as in :class:`AxialRoPE`.
+    so the image always spans ``[-ref/2, ref/2]``; at a larger grid the same image extent is sampled more finely,
+    at any aspect ratio. Angles are ``c(p) * theta_j`` per axis as in :class:`AxialRoPE`. Relations: this is
+    ``rope_axial`` with ``coords="interpolated"`` (``p * ref / size``) shifted by ``(0.5 - size/2) * ref / size``:
+    patch-to-patch scores are equal, but prefix tokens (angle 0) see the shift, so with class / register tokens
+    VoPE differs from plain RoPE even at the training grid. DINOv3's coordinates are ``c(p) * 2 / ref``.
 
     Args: as :class:`AxialRoPE`; ``train_shape`` (or ``ref_shape``) is required.
     """
