@@ -4,7 +4,8 @@ import json
 import pytest
 
 from vispos.cli import main
-from vispos.integrations.riflex_cli import latent_frames, riflex_table
+from vispos.integrations.diffusers.bands import latent_frames
+from vispos.integrations.diffusers.report import riflex_table
 
 
 def _json(capsys, *argv):

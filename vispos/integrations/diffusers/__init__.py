@@ -1,0 +1,168 @@
+"""Length and resolution rules (RIFLEx, PI, NTK, YaRN) for diffusers' video transformers, in one call.
+
+>>> handle = apply_rule(pipe_or_transformer, time="riflex", num_frames=45, train_frames=33)
+>>> ...                      # generate; the host's RoPE now uses the adjusted temporal bands
+>>> handle.remove()          # or: with apply_rule(...): ...
+
+Hosts are the adapters of :data:`~vispos.integrations.diffusers.adapters.ADAPTERS`, one per RoPE layout
+(Hunyuan-style, Wan-style buffers, LTX-style normalised coordinates, CogVideoX's pipeline-built RoPE), matched by
+the structure of the object, so a diffusers class that copies a supported RoPE is served as its original is. A
+pipeline is recognised by its ``transformer`` (and ``transformer_2`` for two-expert pipelines, which both take the
+rule). This package needs only torch: diffusers is needed only to have diffusers models.
+
+Units. ``num_frames`` / ``train_frames`` are latent frames and ``height`` / ``width`` / ``train_height`` /
+``train_width`` latent pixels with ``units="latent"`` (default); with ``units="pixel"`` they are video frames
+(``t*m + 1``) and image pixels, converted with the VAE compression ``(t, s)`` (taken from the pipeline, or
+``vae_scale=``, or the adapter's default: (4, 8), LTX (8, 32)). They are then converted to RoPE positions the way
+the host patchifies (``F // p_t``, ``H // p``; CogVideoX 1.5: ``ceil(F / p_t)``). A target left as ``None`` is the
+grid the host sees at each call. Lengths already set inside a :class:`~vispos.freqs.ScalingRule`, and RIFLEx
+``N``, are in RoPE positions. RIFLEx ``k`` is 1-indexed from the highest frequency of the axis.
+
+Only the components a rule changes differ from diffusers: with every rule off (``none``, or scale 1) the RoPE
+tensors are bit-identical to diffusers', and :meth:`RuleHandle.remove` restores the host exactly.
+"""
+from __future__ import annotations
+
+import logging
+from typing import List, Optional, Tuple
+
+import torch
+
+from .adapters import ADAPTERS, Adapter, cog_cos_sin, find_adapter
+from .handle import AXES, MARK, Axis, RuleHandle, RuleLike, axis_rules, check_len, needs_train, to_latent, vae_scale_of
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ADAPTERS", "AXES", "SUPPORTED", "RuleHandle", "apply_rule", "cogvideox_rotary_emb", "detect_host"]
+
+SUPPORTED = tuple(f"{a.name}: {a.layout}" for a in ADAPTERS) + ("any pipeline whose .transformer is one of these",)
+
+
+def detect_host(obj) -> Tuple[Adapter, object, Optional[object]]:
+    """``(adapter, transformer, pipeline)`` for a diffusers video transformer or pipeline.
+
+    Raises ``ValueError`` naming the supported layouts for anything else.
+    """
+    pipe, model = None, obj
+    if not isinstance(obj, torch.nn.Module) and isinstance(getattr(obj, "transformer", None), torch.nn.Module):
+        pipe, model = obj, obj.transformer
+    adapter = find_adapter(model, pipe)
+    if adapter is None:
+        rope = getattr(model, "rope", None)
+        seen = f" (its rope: {type(rope).__name__})" if isinstance(rope, torch.nn.Module) else ""
+        raise ValueError(
+            f"unsupported object {type(obj).__name__}{seen}: expected a diffusers video transformer or pipeline "
+            "with one of these RoPE layouts: " + "; ".join(SUPPORTED)
+        )
+    return adapter, model, pipe
+
+
+def _build_axes(adapter: Adapter, model, pipe, time, space, lengths, units, vae_scale) -> List[Axis]:
+    if units not in ("latent", "pixel"):
+        raise ValueError(f"units must be 'latent' or 'pixel', got {units!r}")
+    names = ("num_frames", "height", "width", "train_frames", "train_height", "train_width")
+    vals = [check_len(v, n) for v, n in zip(lengths, names)]
+    rules = axis_rules(time, space)
+    t_vae, s_vae = vae_scale_of(adapter.vae, pipe, vae_scale) if units == "pixel" else (1, 1)
+    ncomp = adapter.n_components(model)
+    axes = []
+    for a in range(3):
+        f = t_vae if a == 0 else s_vae
+        target = adapter.positions(model, a, to_latent(vals[a], units, f, a == 0, names[a]))
+        train = adapter.positions(model, a, to_latent(vals[3 + a], units, f, a == 0, names[3 + a]))
+        rule = rules[a]
+        if rule.name != "none" and train is None and rule.train_len is None and needs_train(rule):
+            raise ValueError(f"rule {rule.name!r} on the {AXES[a]} axis needs its training length: pass "
+                             f"{names[3 + a]}= (or k=/N= for riflex, factor= for ntk_base)")
+        if rule.name == "riflex" and rule.k is not None and rule.k > ncomp[a]:
+            raise ValueError(f"RIFLEx k={rule.k} is out of range: the {AXES[a]} axis has {ncomp[a]} components")
+        if ncomp[a] == 0 and rule.name != "none":
+            raise ValueError(f"the {AXES[a]} axis of this {type(model).__name__} has no rotary components")
+        axes.append(Axis(rule, target, train))
+    return axes
+
+
+def cogvideox_rotary_emb(
+    transformer, num_frames: int, height: int, width: int, time: RuleLike = None, space=None, *,
+    train_frames: Optional[int] = None, train_height: Optional[int] = None, train_width: Optional[int] = None,
+    units: str = "latent", vae_scale: Optional[Tuple[int, int]] = None, device=None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(cos, sin)`` for a bare CogVideoX (1.0 or 1.5) transformer, with the rules applied; pass as
+    ``image_rotary_emb``. Identical to the pipeline's ``_prepare_rotary_positional_embeddings`` with rules off.
+
+    ``num_frames``/``height``/``width`` are the size to embed (latent frames and latent pixels, or video frames and
+    pixels with ``units="pixel"``) and the rules' target lengths; the ``train_*`` lengths are in the same units.
+    """
+    adapter, model, _ = detect_host(transformer)
+    if not adapter.on_pipeline:
+        raise ValueError(f"cogvideox_rotary_emb needs a CogVideoXTransformer3DModel, got a {adapter.name} model "
+                         f"({type(model).__name__})")
+    adapter.check(model)
+    for v, n in ((num_frames, "num_frames"), (height, "height"), (width, "width")):
+        if v is None:
+            raise ValueError(f"{n} is required (the size to embed), got None")
+    axes = _build_axes(adapter, model, None, time, space,
+                       (num_frames, height, width, train_frames, train_height, train_width), units, vae_scale)
+    t_vae, s_vae = vae_scale_of(adapter.vae, None, vae_scale) if units == "pixel" else (1, 1)
+    lat_f = to_latent(num_frames, units, t_vae, True, "num_frames")
+    lat_h = to_latent(height, units, s_vae, False, "height")
+    lat_w = to_latent(width, units, s_vae, False, "width")
+    p = int(model.config.patch_size)
+    return cog_cos_sin(model, axes, lat_f, lat_h // p, lat_w // p, device)
+
+
+def apply_rule(
+    obj, time: RuleLike = None, space=None, *, num_frames: Optional[int] = None, height: Optional[int] = None,
+    width: Optional[int] = None, train_frames: Optional[int] = None, train_height: Optional[int] = None,
+    train_width: Optional[int] = None, units: str = "latent", vae_scale: Optional[Tuple[int, int]] = None,
+) -> RuleHandle:
+    """Apply a frequency scaling rule per axis to a diffusers video transformer or pipeline.
+
+    Args:
+        obj: a transformer whose RoPE has one of the layouts of :data:`ADAPTERS`, a pipeline holding one (both
+            experts of a two-expert pipeline take the rule), or a CogVideoX-style pipeline. Anything else raises
+            ``ValueError`` naming the supported layouts.
+        time: rule for the temporal axis: a name in :data:`vispos.freqs.RULES`, a dict of
+            :class:`~vispos.freqs.ScalingRule` fields (e.g. ``{"name": "riflex", "k": 4}``) or a ScalingRule.
+        space: rule for both spatial axes, or a pair ``(height_rule, width_rule)``.
+        num_frames, height, width: target lengths (see the module docstring for units); ``None``: the grid the
+            host sees at each call.
+        train_frames, train_height, train_width: training lengths, required by the rules that use them.
+        units: ``"latent"`` (default) or ``"pixel"``.
+        vae_scale: ``(temporal, spatial)`` VAE compression for ``units="pixel"`` (default: the pipeline's, else
+            the adapter's usual one).
+
+    Returns:
+        a :class:`RuleHandle`; ``handle.remove()`` (or leaving a ``with`` block) restores the host bit-exactly.
+    """
+    adapter, model, pipe = detect_host(obj)
+    if adapter.on_pipeline and pipe is None:
+        raise ValueError(
+            f"{type(model).__name__} has its RoPE computed by the pipeline, not by the transformer: pass the pipeline "
+            "to apply_rule, or build image_rotary_emb for a bare transformer with cogvideox_rotary_emb(transformer, "
+            "...)"
+        )
+    axes = _build_axes(adapter, model, pipe, time, space,
+                       (num_frames, height, width, train_frames, train_height, train_width), units, vae_scale)
+    models = [model]
+    if pipe is not None:
+        for name in adapter.components[1:]:
+            other = getattr(pipe, name, None)
+            if isinstance(other, torch.nn.Module):
+                if find_adapter(other) is not adapter:
+                    raise ValueError(f"pipeline holds a {adapter.name} transformer and a {type(other).__name__} "
+                                     f"{name} of another layout; expected one kind")
+                models.append(other)
+    targets = [adapter.target(m, pipe) for m in models]
+    for t in targets:
+        if getattr(t, MARK, None) is not None:
+            raise ValueError(f"a vispos rule is already applied to this {type(t).__name__}; remove() it first")
+    handle = RuleHandle(adapter.name, type(model).__name__, axes)
+    try:
+        for m, t in zip(models, targets):
+            handle._add(t, adapter.install(handle, m, pipe))
+    except BaseException:
+        handle.remove()
+        raise
+    logger.info("vispos: %r", handle)
+    return handle

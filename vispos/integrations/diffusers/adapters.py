@@ -1,0 +1,563 @@
+"""The table of diffusers RoPE layouts: one adapter per layout, each holding all of its model's facts.
+
+An adapter is matched by the *structure* of the object (the rope module's forward signature and attributes, or the
+pipeline method that builds RoPE), never by class identity, so a diffusers class that copies a supported RoPE
+(``WanAnimateTransformer3DModel``, ``SanaVideoTransformer3DModel``, ``HunyuanVideo15Transformer3DModel``, ...) is
+served with no new code. Before it changes anything an adapter checks that its formula reproduces the host's own
+RoPE bit-exactly (a small probe through the class forward, or the buffers as stored, in their own dtype), so a
+look-alike that computes something else is refused with the reason.
+
+Install and undo go through torch forward pre-/post-hooks on the rope module (never by replacing an instance's
+``forward``): diffusers' own hooks (``diffusers.hooks.HookRegistry``, which wrap ``forward``) keep running while a
+rule is active, and hooks registered after the rule survive :meth:`RuleHandle.remove`.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import types
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from ...freqs import ScalingRule, rope_freqs, rule_attention_factor
+from .bands import adjust_bands, interleaved_cos_sin, ltx_band_base, ltx_bands, standard_bands
+from .handle import AXES, Axis, RuleHandle
+
+__all__ = ["Adapter", "Released", "ADAPTERS", "find_adapter"]
+
+
+@dataclass(frozen=True)
+class Released:
+    """The temporal RoPE of a released checkpoint (for ``vispos riflex``; lengths in latent frames)."""
+
+    base: float
+    dim: int
+    train: int
+    vae_t: int
+    p_t: int
+    source: str
+    bands: str = "standard"  # "standard" (b^(-2j/d)) or "ltx"
+    base_num_frames: Optional[int] = None
+
+
+def _forward_params(module) -> List[str]:
+    """Parameter names of the class's ``forward`` (without ``self``): the structure an adapter matches."""
+    try:
+        return list(inspect.signature(type(module).forward).parameters)[1:]
+    except (TypeError, ValueError):
+        return []
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _hidden_states(args, kwargs) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+class Adapter:
+    """One RoPE layout. Subclasses fill in the facts and the hooks."""
+
+    name: str = ""
+    layout: str = ""  # where the RoPE lives, one line
+    vae: Tuple[int, int] = (4, 8)  # default (temporal, spatial) VAE compression
+    components: Tuple[str, ...] = ("transformer", "transformer_2")  # pipeline attributes that take the rule
+    on_pipeline = False  # the rule is installed on the pipeline (RoPE built there), not on the transformer
+    released: Dict[str, Released] = {}
+
+    def match(self, model, pipe) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def patch(self, model) -> Tuple[int, int, int]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def n_components(self, model) -> Tuple[int, int, int]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def positions(self, model, axis: int, latent: Optional[int]) -> Optional[float]:
+        """RoPE positions of ``latent`` latent frames / pixels on ``axis`` (the host's patchify)."""
+        if latent is None:
+            return None
+        return float(latent // self.patch(model)[axis])
+
+    def check(self, model) -> None:
+        """Raise ``ValueError`` naming why a structurally matching ``model`` cannot take a rule (default: none)."""
+
+    def target(self, model, pipe):
+        return pipe if self.on_pipeline else model.rope
+
+    def install(self, handle: RuleHandle, model, pipe) -> Callable[[], None]:  # pragma: no cover - abstract
+        """Check the host, install the rule, return the undo."""
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------------ Hunyuan-style
+def _grid_cos_sin(rope, sizes, device, rules: Optional[Sequence[ScalingRule]], fd: torch.dtype, handle=None,
+                  keep=None):
+    """cos/sin of a Hunyuan-style rope for a (T, H, W) grid; ``keep`` = the host's output, whose columns are kept
+    on every axis the rules leave alone."""
+    grids = [torch.arange(0, n, device=device, dtype=torch.float32) for n in sizes]
+    grid = torch.stack(torch.meshgrid(*grids, indexing="ij"), dim=0)
+    cos_l, sin_l, start = [], [], 0
+    for i in range(3):
+        d = int(rope.rope_dim[i])
+        rule = rules[i] if rules is not None else ScalingRule("none")
+        host = 1.0 / (float(rope.theta) ** (torch.arange(0, d, 2, dtype=fd, device=device)[: d // 2] / d))
+        freqs, new64 = standard_bands(host, rule, float(rope.theta), d)
+        attn = rule_attention_factor(rule)
+        if handle is not None:
+            handle.last_bands[AXES[i]] = new64
+        if keep is not None and freqs is host and attn == 1.0:
+            c, s = keep[0][:, start:start + d], keep[1][:, start:start + d]
+        else:
+            c, s = interleaved_cos_sin(grid[i].reshape(-1), freqs, attn)
+        cos_l.append(c)
+        sin_l.append(s)
+        start += d
+    return torch.cat(cos_l, dim=1), torch.cat(sin_l, dim=1)
+
+
+class HunyuanStyle(Adapter):
+    """RoPE computed in ``rope.forward(hidden_states)`` from ``theta`` and ``rope_dim`` (HunyuanVideo, its 1.5,
+    Motif-Video)."""
+
+    name = "hunyuan-style"
+    layout = ("`transformer.rope.forward(hidden_states)` computes cos/sin from `theta`, `rope_dim` (T, H, W), "
+              "`patch_size`, `patch_size_t`")
+    released = {"hunyuanvideo": Released(256.0, 16, 33, 4, 1,
+                                         "rope_axes_dim (16, 56, 56), rope_theta 256; trained on 129 frames")}
+
+    def match(self, model, pipe) -> bool:
+        rope = getattr(model, "rope", None)
+        return (isinstance(rope, torch.nn.Module) and _forward_params(rope) == ["hidden_states"]
+                and _is_int(getattr(rope, "patch_size", None)) and _is_int(getattr(rope, "patch_size_t", None))
+                and _is_num(getattr(rope, "theta", None)) and len(getattr(rope, "rope_dim", ()) or ()) == 3
+                and not hasattr(rope, "freqs_cos"))
+
+    def patch(self, model):
+        r = model.rope
+        return int(r.patch_size_t), int(r.patch_size), int(r.patch_size)
+
+    def n_components(self, model):
+        return tuple(int(d) // 2 for d in model.rope.rope_dim)
+
+    def _host_dtype(self, rope) -> torch.dtype:
+        """The dtype the host builds its bands in, found by reproducing its forward on a probe grid."""
+        p, pt = int(rope.patch_size), int(rope.patch_size_t)
+        probe = torch.zeros(1, 1, 24 * pt, 3 * p, 3 * p)
+        with torch.no_grad():
+            ref = type(rope).forward(rope, probe)
+            for fd in (torch.float32, torch.float64):
+                got = _grid_cos_sin(rope, (24, 3, 3), probe.device, None, fd)
+                if all(torch.equal(a, b) for a, b in zip(got, ref)):
+                    return fd
+        raise ValueError(
+            f"{type(rope).__name__} looks Hunyuan-style (forward(hidden_states), theta, rope_dim) but its output is "
+            "not cos/sin of b^(-2j/d) bands on integer grids (float32 or float64): vispos cannot adjust it safely"
+        )
+
+    def install(self, handle, model, pipe):
+        rope = model.rope
+        fd = self._host_dtype(rope)
+
+        def post_hook(module, args, kwargs, output):
+            hs = _hidden_states(args, kwargs)
+            _, _, f, h, w = hs.shape
+            pt, p = int(module.patch_size_t), int(module.patch_size)
+            sizes = (f // pt, h // p, w // p)
+            rules = handle.resolve(sizes)
+            if sum(1 for r in rules if r.name != "none") == 0:
+                for i in range(3):
+                    handle.last_bands[AXES[i]] = rope_freqs(int(module.rope_dim[i]), float(module.theta))
+                return None
+            n = sizes[0] * sizes[1] * sizes[2]
+            if output[0].shape[0] != n:
+                raise RuntimeError(
+                    f"{type(module).__name__} returned {output[0].shape[0]} rows for a grid of {n} positions: a "
+                    "hook inside its forward (context parallelism?) changed them; vispos rules need the full table"
+                )
+            cos, sin = _grid_cos_sin(module, sizes, hs.device, rules, fd, handle, keep=output)
+            return cos.to(output[0].dtype), sin.to(output[1].dtype)
+
+        hook = rope.register_forward_hook(post_hook, with_kwargs=True)
+        return hook.remove
+
+
+# --------------------------------------------------------------------------------------------- Wan-style
+def _wan_dtype() -> torch.dtype:
+    return torch.float32 if torch.backends.mps.is_available() else torch.float64
+
+
+def _wan_tables(rope, rules: Sequence[ScalingRule], length: int, theta: float, handle=None):
+    fd = _wan_dtype()
+    cos_l, sin_l = [], []
+    for i, d in enumerate((rope.t_dim, rope.h_dim, rope.w_dim)):
+        host = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=fd)[: d // 2] / d))
+        freqs, new64 = standard_bands(host, rules[i], theta, d)
+        if handle is not None:
+            handle.last_bands[AXES[i]] = new64
+        c, s = interleaved_cos_sin(torch.arange(length), freqs, rule_attention_factor(rules[i]))
+        cos_l.append(c)
+        sin_l.append(s)
+    return torch.cat(cos_l, dim=1), torch.cat(sin_l, dim=1)
+
+
+class WanStyle(Adapter):
+    """Precomputed ``freqs_cos`` / ``freqs_sin`` buffers read by ``rope.forward(hidden_states)`` (Wan 2.1 / 2.2,
+    VACE, SkyReels-V2, WanAnimate, SanaVideo)."""
+
+    name = "wan-style"
+    layout = ("`transformer.rope` holds buffers `freqs_cos`/`freqs_sin` for positions < `max_seq_len`, split "
+              "(`t_dim`, `h_dim`, `w_dim`)")
+    released = {
+        "wan": Released(10000.0, 44, 21, 4, 1, "attention_head_dim 128 -> t_dim 44; trained on 81 frames"),
+        "skyreels-v2": Released(10000.0, 44, 21, 4, 1,
+                                "attention_head_dim 128 -> t_dim 44; trained on 81 frames (97 for some checkpoints)"),
+    }
+
+    def match(self, model, pipe) -> bool:
+        rope = getattr(model, "rope", None)
+        return (isinstance(rope, torch.nn.Module) and _forward_params(rope) == ["hidden_states"]
+                and all(isinstance(getattr(rope, b, None), torch.Tensor) for b in ("freqs_cos", "freqs_sin"))
+                and all(_is_int(getattr(rope, a, None)) for a in ("t_dim", "h_dim", "w_dim", "max_seq_len"))
+                and len(getattr(rope, "patch_size", ()) or ()) == 3)
+
+    def patch(self, model):
+        p_t, p_h, p_w = model.rope.patch_size
+        return int(p_t), int(p_h), int(p_w)
+
+    def n_components(self, model):
+        r = model.rope
+        return r.t_dim // 2, r.h_dim // 2, r.w_dim // 2
+
+    def install(self, handle, model, pipe):
+        rope = model.rope
+        orig_cos, orig_sin, orig_len = rope.freqs_cos, rope.freqs_sin, int(rope.max_seq_len)
+        theta = float(getattr(rope, "theta", 10000.0))
+        none = [ScalingRule("none")] * 3
+        check_cos, check_sin = _wan_tables(rope, none, orig_len, theta)
+        dtype = orig_cos.dtype
+        # compare in the buffers' own dtype: a model cast with .to(bfloat16) holds the float32 tables, cast
+        if not (orig_cos.shape == check_cos.shape
+                and torch.equal(check_cos.to(dtype), orig_cos.detach().cpu())
+                and torch.equal(check_sin.to(orig_sin.dtype), orig_sin.detach().cpu())):
+            raise ValueError(
+                f"{type(rope).__name__}: its {dtype} buffers freqs_cos/freqs_sin do not match RoPE base {theta} "
+                f"(diffusers' float32 tables cast to {dtype}); the model was changed after construction, so vispos "
+                "cannot rebuild them safely"
+            )
+        state = {"key": None}
+
+        def pre_hook(module, args, kwargs):
+            hs = _hidden_states(args, kwargs)
+            _, _, f, h, w = hs.shape
+            p_t, p_h, p_w = module.patch_size
+            sizes = [f // p_t, h // p_h, w // p_w]
+            rules = handle.resolve(sizes)
+            length = max(orig_len, *sizes)
+            cur = module.freqs_cos
+            key = (tuple(rules), length, cur.dtype, cur.device)
+            if key == state["key"]:
+                return None
+            if length == orig_len and all(r.name == "none" for r in rules):
+                cos, sin = orig_cos, orig_sin
+                for i in range(3):
+                    handle.last_bands[AXES[i]] = rope_freqs((module.t_dim, module.h_dim, module.w_dim)[i], theta)
+            else:
+                cos, sin = _wan_tables(module, rules, length, theta, handle)
+            module.freqs_cos = cos.to(device=cur.device, dtype=cur.dtype)
+            module.freqs_sin = sin.to(device=cur.device, dtype=module.freqs_sin.dtype)
+            state["key"] = key
+            return None
+
+        hook = rope.register_forward_pre_hook(pre_hook, with_kwargs=True)
+
+        def undo():
+            hook.remove()
+            cur, cur_s = rope.freqs_cos, rope.freqs_sin
+            same = cur.dtype == orig_cos.dtype and cur.device == orig_cos.device
+            rope.freqs_cos = orig_cos if same else orig_cos.to(device=cur.device, dtype=cur.dtype)
+            rope.freqs_sin = orig_sin if same else orig_sin.to(device=cur_s.device, dtype=cur_s.dtype)
+
+        return undo
+
+
+# --------------------------------------------------------------------------------------------- LTX-style
+def _ltx_step(ris, axis: int, rope) -> float:
+    if ris is None:
+        return 1.0
+    v = ris[axis]
+    if isinstance(v, torch.Tensor):
+        if v.numel() != 1:
+            raise ValueError(f"LTX rope_interpolation_scale[{axis}] must be a scalar, got shape {tuple(v.shape)}")
+        v = float(v)
+    patch = rope.patch_size_t if axis == 0 else rope.patch_size
+    base = (rope.base_num_frames, rope.base_height, rope.base_width)[axis]
+    return float(v) * patch / base
+
+
+def _ltx_merge(freqs: torch.Tensor, theta64: torch.Tensor, new64: torch.Tensor, step: float) -> torch.Tensor:
+    """LTX omegas (lowest first, float32): the host's where unchanged, ``new / (2 step)`` elsewhere."""
+    changed = (new64 != theta64).flip(0).to(freqs.device)
+    if not bool(changed.any()):
+        return freqs
+    omega_new = (new64 / (2.0 * step)).flip(0).to(device=freqs.device, dtype=freqs.dtype)
+    return torch.where(changed, omega_new, freqs)
+
+
+def _ltx_tables(rope, hidden_states, num_frames, height, width, ris, rules: Sequence[ScalingRule], handle=None):
+    dev = hidden_states.device
+    grid = rope._prepare_video_coords(hidden_states.size(0), num_frames, height, width,
+                                      rope_interpolation_scale=ris, device=dev)
+    n = rope.dim // 6
+    freqs = rope.theta ** torch.linspace(math.log(1.0, rope.theta), math.log(rope.theta, rope.theta), n,
+                                         device=dev, dtype=torch.float32)
+    freqs = freqs * math.pi / 2.0
+    per_axis, attn = [], []
+    for a in range(3):
+        step = _ltx_step(ris, a, rope)
+        theta64 = ltx_bands(rope.theta, rope.dim, step)
+        if rules[a].name == "none":
+            per_axis.append(freqs)
+            if handle is not None:
+                handle.last_bands[AXES[a]] = theta64
+            attn.append(1.0)
+            continue
+        if n < 2:
+            raise ValueError("LTX-Video with dim // 6 == 1 has a single band per axis: rules need at least 2")
+        base_eff = ltx_band_base(rope.theta, n)
+        new64 = adjust_bands(theta64, rules[a], base_eff, 2 * n, canonical=rope_freqs(2 * n, base_eff))
+        if handle is not None:
+            handle.last_bands[AXES[a]] = new64
+        per_axis.append(_ltx_merge(freqs, theta64, new64, step))  # back to LTX order and to omega
+        attn.append(rule_attention_factor(rules[a]))
+    freqs3 = torch.stack(per_axis, dim=0)  # (3, n)
+    ang = freqs3 * (grid.unsqueeze(-1) * 2 - 1)  # (B, N, 3, n)
+    ang = ang.transpose(-1, -2).flatten(2)
+    cos, sin = ang.cos(), ang.sin()
+    if any(f != 1.0 for f in attn):
+        fac = torch.tensor(attn, dtype=cos.dtype, device=dev).repeat(n)
+        cos, sin = cos * fac, sin * fac
+    cos, sin = cos.repeat_interleave(2, dim=-1), sin.repeat_interleave(2, dim=-1)
+    if rope.dim % 6 != 0:
+        pad = rope.dim % 6
+        cos = torch.cat([torch.ones_like(cos[:, :, :pad]), cos], dim=-1)
+        sin = torch.cat([torch.zeros_like(cos[:, :, :pad]), sin], dim=-1)
+    return cos, sin
+
+
+_LTX_FORWARD = ["hidden_states", "num_frames", "height", "width", "rope_interpolation_scale", "video_coords"]
+
+
+class LTXStyle(Adapter):
+    """Bands ``theta^(j/(n-1)) pi/2`` on normalised coordinates, axes interleaved per band (LTX-Video 0.9.x)."""
+
+    name = "ltx-style"
+    layout = ("`transformer.rope.forward(hidden_states, num_frames, height, width, rope_interpolation_scale, "
+              "video_coords)`: normalised coordinates, `dim // 6` bands per axis")
+    vae = (8, 32)
+    released = {"ltx": Released(10000.0, 2048, 16, 8, 1, "inner dim 2048 (341 bands per axis), base_num_frames 20; "
+                                "trained on 121 frames", bands="ltx", base_num_frames=20)}
+
+    def match(self, model, pipe) -> bool:
+        rope = getattr(model, "rope", None)
+        return (isinstance(rope, torch.nn.Module) and _forward_params(rope) == _LTX_FORWARD
+                and callable(getattr(rope, "_prepare_video_coords", None))
+                and all(_is_int(getattr(rope, a, None)) for a in ("dim", "base_num_frames", "base_height",
+                                                                  "base_width", "patch_size", "patch_size_t"))
+                and _is_num(getattr(rope, "theta", None)))
+
+    def patch(self, model):
+        r = model.rope
+        return int(r.patch_size_t), int(r.patch_size), int(r.patch_size)
+
+    def n_components(self, model):
+        n = model.rope.dim // 6
+        return n, n, n
+
+    def _verify(self, rope) -> None:
+        hs = torch.zeros(1, 2 * 2 * 3, 1)
+        args = (hs, 2, 2, 3, (8 / 25, 32, 32))
+        with torch.no_grad():
+            ref = type(rope).forward(rope, *args)
+            got = _ltx_tables(rope, *args, [ScalingRule("none")] * 3)
+        if not all(torch.equal(a, b) for a, b in zip(got, ref)):
+            raise ValueError(f"{type(rope).__name__} looks LTX-style (its forward signature and attributes) but its "
+                             "output differs from LTX-Video's RoPE: vispos cannot adjust it safely")
+
+    def install(self, handle, model, pipe):
+        rope = model.rope
+        self._verify(rope)
+        sig = inspect.signature(type(rope).forward)
+
+        def post_hook(module, args, kwargs, output):
+            call = sig.bind(module, *args, **kwargs)
+            call.apply_defaults()
+            a = call.arguments
+            active = any(ax.rule.name != "none" for ax in handle.axes.values())
+            if a["video_coords"] is not None:
+                if active:
+                    raise ValueError("LTX-Video with video_coords: vispos rules need rope_interpolation_scale mode "
+                                     "(positions on a regular grid); only the rule 'none' is supported here")
+                return None
+            if not active:
+                return None
+            rules = handle.resolve([a["num_frames"], a["height"], a["width"]])
+            hs = a["hidden_states"]
+            if output[0].shape[1] != a["num_frames"] * a["height"] * a["width"]:
+                raise RuntimeError(f"{type(module).__name__} returned {output[0].shape[1]} positions for its grid: a "
+                                   "hook inside its forward (context parallelism?) changed them; vispos rules need "
+                                   "the full table")
+            return _ltx_tables(module, hs, a["num_frames"], a["height"], a["width"], a["rope_interpolation_scale"],
+                               rules, handle)
+
+        hook = rope.register_forward_hook(post_hook, with_kwargs=True)
+        return hook.remove
+
+
+# ----------------------------------------------------------------------------------------- CogVideoX-style
+def _crop_region(grid_hw: Tuple[int, int], base_w: int, base_h: int):
+    """Top-left and bottom-right of a ``grid_hw`` grid resized to fit the base grid and centred (CogVideoX 1.0)."""
+    h, w = grid_hw
+    if h / w > base_h / base_w:
+        rh, rw = base_h, int(round(base_h / h * w))
+    else:
+        rw, rh = base_w, int(round(base_w / w * h))
+    top, left = int(round((base_h - rh) / 2.0)), int(round((base_w - rw) / 2.0))
+    return (top, left), (top + rh, left + rw)
+
+
+def cog_cos_sin(model, axes: Sequence[Axis], latent_frames: int, grid_h: int, grid_w: int, device,
+                handle: Optional[RuleHandle] = None):
+    """CogVideoX's pipeline RoPE (1.0 ``linspace`` grid without ``patch_size_t``, 1.5 ``slice`` grid with it),
+    with the axes' rules applied; grids beyond the base size extend the same positions."""
+    cfg = model.config
+    p, p_t = int(cfg.patch_size), cfg.patch_size_t
+    base_w, base_h = cfg.sample_width // p, cfg.sample_height // p
+    f32 = torch.float32
+    if p_t is None:
+        (y0, x0), (y1, x1) = _crop_region((grid_h, grid_w), base_w, base_h)
+        pos_h = torch.linspace(y0, y1 * (grid_h - 1) / grid_h, grid_h, device=device, dtype=f32)
+        pos_w = torch.linspace(x0, x1 * (grid_w - 1) / grid_w, grid_w, device=device, dtype=f32)
+        t = latent_frames
+        pos_t = torch.linspace(0, t * (t - 1) / t, t, device=device, dtype=f32)
+        # 1.0 squeezes any grid into the base crop region: rules see that extent (<= the base grid) as L'
+        rule_sizes = (t, y1 - y0, x1 - x0)
+    else:
+        t = (latent_frames + p_t - 1) // p_t
+        pos_h = torch.arange(max(base_h, grid_h), device=device, dtype=f32)
+        pos_w = torch.arange(max(base_w, grid_w), device=device, dtype=f32)
+        pos_t = torch.arange(t, device=device, dtype=f32)
+        rule_sizes = (t, grid_h, grid_w)
+    d = int(cfg.attention_head_dim)
+    dims = (d // 4, d // 8 * 3, d // 8 * 3)
+    sizes = (t, grid_h, grid_w)
+    rules = [ax.resolve(n) for ax, n in zip(axes, rule_sizes)]
+    tables = []
+    for i, pos in enumerate((pos_t, pos_h, pos_w)):
+        host = 1.0 / (10000.0 ** (torch.arange(0, dims[i], 2, dtype=f32, device=device) / dims[i]))
+        freqs, new64 = standard_bands(host, rules[i], 10000.0, dims[i])
+        if handle is not None:
+            handle.last_bands[AXES[i]] = new64
+        c, s = interleaved_cos_sin(pos, freqs, rule_attention_factor(rules[i]))
+        tables.append((c[: sizes[i]], s[: sizes[i]]))
+
+    def combine(ft, fh, fw):
+        ft = ft[:, None, None, :].expand(-1, grid_h, grid_w, -1)
+        fh = fh[None, :, None, :].expand(t, -1, grid_w, -1)
+        fw = fw[None, None, :, :].expand(t, grid_h, -1, -1)
+        return torch.cat([ft, fh, fw], dim=-1).view(t * grid_h * grid_w, -1)
+
+    return combine(*(c for c, _ in tables)), combine(*(s for _, s in tables))
+
+
+_COG_METHOD = "_prepare_rotary_positional_embeddings"
+_COG_CONFIG = ("patch_size", "patch_size_t", "attention_head_dim", "sample_width", "sample_height",
+               "use_rotary_positional_embeddings")
+
+
+class CogVideoXStyle(Adapter):
+    """RoPE built by the pipeline's ``_prepare_rotary_positional_embeddings`` (CogVideoX 1.0 / 1.5)."""
+
+    name = "cogvideox-pipeline"
+    layout = ("the pipeline's `_prepare_rotary_positional_embeddings(height, width, num_frames, device)` builds "
+              "cos/sin (`linspace` grid without `patch_size_t`, `slice` with it)")
+    on_pipeline = True
+    components = ()
+    released = {
+        "cogvideox": Released(10000.0, 16, 13, 4, 1, "attention_head_dim 64 -> dim_t 16; trained on 49 frames"),
+        "cogvideox1.5": Released(10000.0, 16, 21, 4, 2,
+                                 "attention_head_dim 64 -> dim_t 16, patch_size_t 2; trained on 81 frames"),
+    }
+
+    def match(self, model, pipe) -> bool:
+        cfg = getattr(model, "config", None)
+        if getattr(model, "rope", None) is not None or cfg is None:
+            return False
+        if not all(hasattr(cfg, a) for a in _COG_CONFIG):
+            return False
+        return pipe is None or callable(getattr(pipe, _COG_METHOD, None))
+
+    def patch(self, model):
+        p = int(model.config.patch_size)
+        return int(model.config.patch_size_t or 1), p, p
+
+    def positions(self, model, axis, latent):
+        if latent is not None and axis == 0:
+            return float(math.ceil(latent / self.patch(model)[0]))
+        return super().positions(model, axis, latent)
+
+    def n_components(self, model):
+        d = int(model.config.attention_head_dim)
+        return d // 8, d // 16 * 3, d // 16 * 3
+
+    def check(self, model) -> None:
+        if not model.config.use_rotary_positional_embeddings:
+            raise ValueError(f"this {type(model).__name__} has use_rotary_positional_embeddings=False: it has no RoPE")
+
+    def install(self, handle, model, pipe):
+        self.check(model)
+        before = getattr(pipe, _COG_METHOD)
+        s = pipe.vae_scale_factor_spatial * model.config.patch_size
+        cfg = model.config
+        ph, pw, pf = cfg.sample_height // cfg.patch_size * s, cfg.sample_width // cfg.patch_size * s, 2
+        with torch.no_grad():
+            ref = before(ph, pw, pf, "cpu")
+            got = cog_cos_sin(model, [Axis(ScalingRule("none"), None, None)] * 3, pf, ph // s, pw // s, "cpu")
+        if not all(torch.equal(a, b) for a, b in zip(got, ref)):
+            raise ValueError(f"{type(pipe).__name__}.{_COG_METHOD} does not compute CogVideoX's RoPE "
+                             "(its output differs on the base grid): vispos cannot adjust it safely")
+        had = _COG_METHOD in vars(pipe)
+        saved = vars(pipe).get(_COG_METHOD)
+
+        def prepare(self, height: int, width: int, num_frames: int, device):
+            return cog_cos_sin(model, list(handle.axes.values()), num_frames, height // s, width // s, device, handle)
+
+        setattr(pipe, _COG_METHOD, types.MethodType(prepare, pipe))
+
+        def undo():
+            if had:
+                setattr(pipe, _COG_METHOD, saved)
+            else:
+                vars(pipe).pop(_COG_METHOD, None)
+
+        return undo
+
+
+# --------------------------------------------------------------------------------------------------- table
+ADAPTERS: Tuple[Adapter, ...] = (HunyuanStyle(), WanStyle(), LTXStyle(), CogVideoXStyle())
+
+
+def find_adapter(model, pipe=None) -> Optional[Adapter]:
+    """The adapter whose structure ``model`` (and ``pipe``) has, or None."""
+    for adapter in ADAPTERS:
+        if adapter.match(model, pipe):
+            return adapter
+    return None
