@@ -106,7 +106,7 @@ CASES = {
                             r"unknown coordinate mode 'polar'"),
     "rope-coords-need-ref": ("AxialRoPE", lambda t: AxialRoPE(16, coords="normalized"), ValueError,
                              r"needs ref_shape= or train_shape="),
-    "rope-head-dim-odd": ("AxialRoPE", lambda t: AxialRoPE(15), ValueError, r"positive even head_dim, got 15"),
+    "rope-head-dim-odd": ("AxialRoPE", lambda t: AxialRoPE(15), ValueError, r"RoPE head_dim must be an even int >= 2, got 15"),
     "rope-dims-too-large": ("AxialRoPE", lambda t: AxialRoPE(16, dims=(8, 12)), ValueError,
                             r"sum to 20, more than head_dim=16"),
     "rope-mixed-depth": ("MixedRoPE", lambda t: MixedRoPE(16, 0, 2), ValueError, r"positive int depth, got 0"),

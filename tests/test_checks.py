@@ -19,6 +19,14 @@ def test_check_int_names_value_and_expected_form():
         C.check_int(True, "steps", 1)
     with pytest.raises(ValueError, match=r"<= 4, got 5"):
         C.check_int(5, "k", 1, 4)
+    assert C.check_int(8, "dim", 2, multiple_of=2) == 8
+    with pytest.raises(ValueError, match=r"dim must be an even int >= 2, got 7"):
+        C.check_int(7, "dim", 2, multiple_of=2)
+    with pytest.raises(ValueError, match=r"a multiple of 4, got 6"):
+        C.check_int(6, "size", 1, multiple_of=4)
+    import numpy as np
+
+    assert C.check_int(np.int64(3), "n") == 3 and type(C.check_int(np.int64(3), "n")) is int
 
 
 def test_check_number_bounds_open_closed_and_finite():

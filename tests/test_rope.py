@@ -199,7 +199,7 @@ def test_reference_apply_matches_complex_rotation():
 
 
 def test_errors_name_values():
-    with pytest.raises(ValueError, match="even head_dim, got 15"):
+    with pytest.raises(ValueError, match="RoPE head_dim must be an even int >= 2, got 15"):
         AxialRoPE(15, 2)
     with pytest.raises(ValueError, match=r"sum to 40, more than head_dim=32"):
         AxialRoPE(32, dims=(8, 16, 16))

@@ -37,6 +37,7 @@ from typing import List, Sequence, Tuple, Union
 import torch
 from torch.utils.data import Dataset
 
+from ..utils.checks import check_int
 from ..utils.seeding import mix_seed
 
 __all__ = [
@@ -124,11 +125,8 @@ def _gen(*vals: int) -> random.Random:
 
 
 def _check_index(seed, index) -> None:
-    for name, v in (("seed", seed), ("index", index)):
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"{name} must be an int, got {v!r}")
-    if index < 0:
-        raise ValueError(f"index must be >= 0, got {index}")
+    check_int(seed, "seed")
+    check_int(index, "index", 0)
 
 
 def task_label(task: str, seed: int, index: int) -> int:

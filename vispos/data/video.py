@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..utils.checks import check_int, check_positive, check_size
 from ..utils.io import atomic_path, atomic_write_bytes
 
 __all__ = [
@@ -71,32 +72,6 @@ _PALETTE_RGB = (
 )
 _PALETTE_GRAY = (0.95, 0.75, 0.55, 0.40)
 _SHAPES = ("disc", "square")
-
-
-def _check_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_pos(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a positive number, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
-
-
-def _check_size(size, name: str = "size") -> Tuple[int, int]:
-    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-        size = (size, size)
-    if not (isinstance(size, (tuple, list)) and len(size) == 2):
-        raise TypeError(f"{name} must be an int or a pair (H, W) of ints, got {size!r}")
-    h = _check_int(size[0], f"{name}[0] (H)", 1)
-    w = _check_int(size[1], f"{name}[1] (W)", 1)
-    return h, w
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -136,9 +111,9 @@ class SyntheticVideos(Dataset):
         max_speed: Optional[float] = None,
         radius=None,
     ):
-        self.num_videos = _check_int(num_videos, "num_videos", 1)
-        self.length = _check_int(length, "length", 1)
-        self.size = _check_size(size)
+        self.num_videos = check_int(num_videos, "num_videos", 1)
+        self.length = check_int(length, "length", 1)
+        self.size = check_size(size)
         H, W = self.size
         if channels not in (1, 3) or isinstance(channels, bool):
             raise ValueError(f"channels must be 1 or 3, got {channels!r}")
@@ -148,24 +123,24 @@ class SyntheticVideos(Dataset):
             num_objects = (num_objects, num_objects)
         if not (isinstance(num_objects, (tuple, list)) and len(num_objects) == 2):
             raise TypeError(f"num_objects must be an int or a range (lo, hi), got {num_objects!r}")
-        lo = _check_int(num_objects[0], "num_objects[0]", 1)
-        hi = _check_int(num_objects[1], "num_objects[1]", 1)
+        lo = check_int(num_objects[0], "num_objects[0]", 1)
+        hi = check_int(num_objects[1], "num_objects[1]", 1)
         if lo > hi or hi > max_n:
             raise ValueError(f"num_objects must satisfy 1 <= lo <= hi <= {max_n} (channels={channels}), "
                              f"got {tuple(num_objects)!r}")
         self.num_objects = (lo, hi)
-        self.seed = _check_int(seed, "seed", 0)
+        self.seed = check_int(seed, "seed", 0)
         if not isinstance(bounce, bool):
             raise TypeError(f"bounce must be a bool, got {bounce!r}")
         self.bounce = bounce
-        self.max_speed = max(0.5, min(H, W) / 16) if max_speed is None else _check_pos(max_speed, "max_speed")
+        self.max_speed = max(0.5, min(H, W) / 16) if max_speed is None else check_positive(max_speed, "max_speed")
         if radius is None:
             base = max(1.5, min(H, W) / 8)
             r_lo, r_hi = 0.8 * base, 1.2 * base
         elif isinstance(radius, (tuple, list)) and len(radius) == 2:
-            r_lo, r_hi = _check_pos(radius[0], "radius[0]"), _check_pos(radius[1], "radius[1]")
+            r_lo, r_hi = check_positive(radius[0], "radius[0]"), check_positive(radius[1], "radius[1]")
         else:
-            r_lo = r_hi = _check_pos(radius, "radius")
+            r_lo = r_hi = check_positive(radius, "radius")
         if r_lo > r_hi or r_hi >= min(H, W) / 2 - 0.5:
             raise ValueError(f"radius range ({r_lo:g}, {r_hi:g}) must be increasing and below "
                              f"min(H, W)/2 - 0.5 = {min(H, W) / 2 - 0.5:g} for size {self.size}")
@@ -216,11 +191,11 @@ class SyntheticVideos(Dataset):
     def trajectories(self, i: int, length: int, start: float = 0, time_scale: float = 1.0) -> np.ndarray:
         """Object centres at times ``start + t * time_scale``, ``t = 0..length-1``: float64 ``(T, n, 2)`` as
         ``(x, y)`` pixels (pixel centres at integers). ``time_scale=0.5`` is the same motion 2x slower."""
-        length = _check_int(length, "length", 1)
+        length = check_int(length, "length", 1)
         if isinstance(start, bool) or not isinstance(start, (int, float, np.integer, np.floating)) \
                 or not math.isfinite(start):
             raise TypeError(f"start must be a finite number (frame time), got {start!r}")
-        time_scale = _check_pos(time_scale, "time_scale")
+        time_scale = check_positive(time_scale, "time_scale")
         params = self.objects(i)["objects"]
         t = float(start) + np.arange(length, dtype=np.float64) * time_scale
         H, W = self.size
@@ -327,7 +302,7 @@ def to_float(frames) -> torch.Tensor:
 
 
 def _check_fps(fps) -> Fraction:
-    fps = _check_pos(fps, "fps")
+    fps = check_positive(fps, "fps")
     return Fraction(fps).limit_denominator(1001)
 
 
@@ -365,7 +340,7 @@ def write_video(path: PathLike, frames, fps: float = 8, crf: int = 12, codec: st
 
     frames = _pad_even(check_frames(frames))
     rate = _check_fps(fps)
-    crf = _check_int(crf, "crf", 0)
+    crf = check_int(crf, "crf", 0)
     if crf > 51:
         raise ValueError(f"crf must be in 0..51, got {crf}")
     p = Path(path)
@@ -399,7 +374,7 @@ def write_gif(path: PathLike, frames, fps: float = 8) -> Path:
     from PIL import Image
 
     frames = check_frames(frames)
-    fps = _check_pos(fps, "fps")
+    fps = check_positive(fps, "fps")
     p = Path(path)
     if p.suffix.lower() != ".gif":
         raise ValueError(f"write_gif: path must end in .gif, got {str(p)!r}")
@@ -660,17 +635,17 @@ class VideoFolder(Dataset):
         random_start: bool = True,
     ):
         self.root = Path(root)
-        self.clip_length = _check_int(clip_length, "clip_length", 1)
-        self.stride = _check_int(stride, "stride", 1)
+        self.clip_length = check_int(clip_length, "clip_length", 1)
+        self.stride = check_int(stride, "stride", 1)
         self.size = None if size is None else (size if isinstance(size, (int, np.integer)) and not
-                                               isinstance(size, bool) else _check_size(size))
+                                               isinstance(size, bool) else check_size(size))
         if isinstance(self.size, (int, np.integer)):
-            self.size = _check_int(self.size, "size", 1)
+            self.size = check_int(self.size, "size", 1)
         if isinstance(extensions, str) or not all(isinstance(e, str) for e in extensions) or not extensions:
             raise TypeError(f"extensions must be a non-empty sequence of suffixes like '.mp4', got {extensions!r}")
         self.extensions = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
-        self.seed = _check_int(seed, "seed", 0)
-        self.clips_per_video = _check_int(clips_per_video, "clips_per_video", 1)
+        self.seed = check_int(seed, "seed", 0)
+        self.clips_per_video = check_int(clips_per_video, "clips_per_video", 1)
         self.random_start = bool(random_start)
         self.epoch = 0
         if not self.root.exists():
@@ -713,7 +688,7 @@ class VideoFolder(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed clip starts for a new epoch (``random_start=True``)."""
-        self.epoch = _check_int(epoch, "epoch", 0)
+        self.epoch = check_int(epoch, "epoch", 0)
 
     def __len__(self) -> int:
         return len(self.files) * self.clips_per_video

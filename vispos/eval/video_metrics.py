@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..data.video import VIDEO_EXTENSIONS, VideoReadError, check_frames, read_video
+from ..utils.checks import check_int as _check_len  # an int >= minimum (the shared validator)
 
 __all__ = [
     "DEFAULT_TAU",
@@ -97,14 +98,6 @@ def frame_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-pixel RMSE between pre-processed frames (broadcast over leading dims): ``sqrt(mean((a - b)^2))``."""
     d = a.astype(np.float64) - b.astype(np.float64)
     return np.sqrt(np.mean(d * d, axis=(-2, -1)))
-
-
-def _check_len(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _nan_to_none(v):

@@ -27,6 +27,7 @@ from torch import nn
 from .. import freqs as F_
 from ..grid import GridLayout, as_layout, check_grid_shape, grid_coords
 from ..ops.rope import apply_rope_qk, check_pairing, rope_angles, rope_table
+from ..utils.checks import check_int
 from .base import PositionalEmbedding
 
 __all__ = ["PRESETS", "default_axis_dims", "AxialRoPE", "MixedRoPE", "VoPE", "init_mixed_freqs"]
@@ -61,14 +62,6 @@ def default_axis_dims(rotary_dim: int, ndim: int) -> Tuple[int, ...]:
             raise ValueError(f"rotary dim {rotary_dim} is too small for 3 axes")
         return (t, h, h)
     raise ValueError(f"grids have 1, 2 or 3 axes, got {ndim}")
-
-
-def _check_head_dim(head_dim) -> int:
-    if isinstance(head_dim, bool) or not isinstance(head_dim, int):
-        raise TypeError(f"head_dim must be an int, got {head_dim!r}")
-    if head_dim <= 0 or head_dim % 2:
-        raise ValueError(f"RoPE needs a positive even head_dim, got {head_dim}")
-    return head_dim
 
 
 def _check_qk(q, k, head_dim, layout: GridLayout, who: str) -> None:
@@ -133,7 +126,7 @@ class AxialRoPE(_RoPEBase):
         dtype=None,
     ):
         super().__init__()
-        head_dim = _check_head_dim(head_dim)
+        head_dim = check_int(head_dim, "RoPE head_dim", 2, multiple_of=2)
         if preset is not None:
             if preset not in PRESETS:
                 raise ValueError(f"unknown RoPE preset {preset!r}; expected one of {sorted(PRESETS)}")
@@ -357,7 +350,7 @@ class MixedRoPE(_RoPEBase):
         device=None, dtype=None,
     ):
         super().__init__()
-        head_dim = _check_head_dim(head_dim)
+        head_dim = check_int(head_dim, "RoPE head_dim", 2, multiple_of=2)
         for nm, v in (("depth", depth), ("num_heads", num_heads)):
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"RoPE-Mixed needs a positive int {nm}, got {v!r}")

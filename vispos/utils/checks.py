@@ -7,6 +7,7 @@ value and the expected form, e.g. ``steps must be an int >= 1, got 0``.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Iterable, Optional, Tuple
@@ -16,6 +17,7 @@ __all__ = [
     "is_number",
     "check_int",
     "check_number",
+    "check_positive",
     "check_bool",
     "check_choice",
     "check_mapping",
@@ -27,13 +29,13 @@ __all__ = [
 
 
 def is_int(v) -> bool:
-    """An ``int`` that is not a ``bool``."""
-    return isinstance(v, int) and not isinstance(v, bool)
+    """An integer (``int``, numpy integer) that is not a ``bool``."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def is_number(v) -> bool:
-    """An ``int`` or ``float`` that is not a ``bool``."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A real number (``int``, ``float``, numpy scalar) that is not a ``bool``."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def _range_text(minimum, maximum, min_open: bool, max_open: bool) -> str:
@@ -46,15 +48,20 @@ def _range_text(minimum, maximum, min_open: bool, max_open: bool) -> str:
 
 
 def check_int(value, name: str, minimum: Optional[int] = None, maximum: Optional[int] = None, *,
-              allow_none: bool = False) -> Optional[int]:
-    """``value`` as an int in ``[minimum, maximum]`` (either bound optional). ``None`` passes if ``allow_none``."""
+              multiple_of: Optional[int] = None, allow_none: bool = False) -> Optional[int]:
+    """``value`` as an int in ``[minimum, maximum]`` (either bound optional), a multiple of ``multiple_of`` if
+    given (``multiple_of=2``: even). ``None`` passes if ``allow_none``."""
     if value is None and allow_none:
         return None
     rng = _range_text(minimum, maximum, False, False)
-    expected = f"an int{' ' + rng if rng else ''}{' or None' if allow_none else ''}"
+    expected = f"an {'even int' if multiple_of == 2 else 'int'}{' ' + rng if rng else ''}"
+    if multiple_of is not None and multiple_of != 2:
+        expected += f" and a multiple of {multiple_of}"
+    expected += " or None" if allow_none else ""
     if not is_int(value):
         raise TypeError(f"{name} must be {expected}, got {value!r}")
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum) or (
+            multiple_of is not None and value % multiple_of):
         raise ValueError(f"{name} must be {expected}, got {value!r}")
     return int(value)
 
@@ -62,8 +69,8 @@ def check_int(value, name: str, minimum: Optional[int] = None, maximum: Optional
 def check_number(value, name: str, minimum: Optional[float] = None, maximum: Optional[float] = None, *,
                  min_open: bool = False, max_open: bool = False, allow_none: bool = False,
                  finite: bool = True) -> Optional[float]:
-    """``value`` as a float in the range (``min_open`` / ``max_open``: exclusive bounds). Finite unless
-    ``finite=False``. ``None`` passes if ``allow_none``. Returns the value unchanged (an int stays an int)."""
+    """``value`` in the range (``min_open`` / ``max_open``: exclusive bounds). Finite unless ``finite=False``.
+    ``None`` passes if ``allow_none``. Returns the value unchanged (an int stays an int)."""
     if value is None and allow_none:
         return None
     rng = _range_text(minimum, maximum, min_open, max_open)
@@ -77,6 +84,11 @@ def check_number(value, name: str, minimum: Optional[float] = None, maximum: Opt
     if maximum is not None and (value > maximum or (max_open and value == maximum)):
         raise ValueError(f"{name} must be {expected}, got {value!r}")
     return value
+
+
+def check_positive(value, name: str) -> float:
+    """A finite number ``> 0``, returned as a float."""
+    return float(check_number(value, name, 0, min_open=True))
 
 
 def check_bool(value, name: str) -> bool:
@@ -104,10 +116,10 @@ def check_mapping(value, name: str, *, allow_none: bool = True) -> Optional[dict
 
 
 def check_size(size, name: str = "size") -> Tuple[int, int]:
-    """A positive int ``s`` (-> ``(s, s)``) or ``[H, W]`` of positive ints -> ``(H, W)``."""
+    """A positive int ``s`` (-> ``(s, s)``) or ``(H, W)`` / ``[H, W]`` of positive ints -> ``(H, W)``."""
     if is_int(size):
         size = (size, size)
-    if not isinstance(size, (list, tuple)) or len(size) != 2 or not all(is_int(s) for s in size):
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(is_int(s) for s in size)):
         raise TypeError(f"{name} must be a positive int or [H, W] of positive ints, got {size!r}")
     if not all(s > 0 for s in size):
         raise ValueError(f"{name} must be a positive int or [H, W] of positive ints, got {size!r}")
