@@ -4,7 +4,7 @@ from timm.layers.pos_embed_sincos import RotaryEmbeddingCat, RotaryEmbeddingMixe
 
 import vispos
 from vispos.freqs import RULES, ScalingRule
-from vispos.grid import GridLayout
+from vispos.grid import GridLayout, grid_coords
 from vispos.ops.rope import apply_rope, rope_angles, rope_table
 from vispos.pe.rope import PRESETS, AxialRoPE, MixedRoPE, VoPE
 
@@ -268,3 +268,29 @@ def test_changing_rules_or_coords_invalidates_cached_tables():
     torch.testing.assert_close(after, AxialRoPE(16, 2, coords="interpolated", ref_shape=(4, 4)).get_table(lay)[0])
     m.rules = (ScalingRule("pi"), ScalingRule("none"))
     assert not torch.allclose(after, m.get_table(lay)[0])
+
+
+def test_axial_rope_honours_dtype_and_device():
+    """``dtype=`` is the tables' dtype (float64 tables make the rotation itself float64); ``device=`` is where
+    tables go when asked without a device; a non-float dtype is refused."""
+    r32 = AxialRoPE(16, 2, base=100.0)
+    r64 = AxialRoPE(16, 2, base=100.0, dtype=torch.float64)
+    rbf = AxialRoPE(16, 2, base=100.0, dtype=torch.bfloat16, device="cpu")
+    lay = GridLayout((5, 7))
+    assert r32.get_table(lay)[0].dtype == torch.float32
+    c64, s64 = r64.get_table(lay)
+    assert c64.dtype == s64.dtype == torch.float64
+    assert rbf.get_table(lay)[0].dtype == torch.bfloat16 and rbf.get_table(lay)[0].device.type == "cpu"
+    torch.testing.assert_close(c64.float(), r32.get_table(lay)[0], atol=1e-6, rtol=0)
+    # float64 tables: float64 q, k are rotated without the float32 round trip of the default tables
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 35, 16, generator=g, dtype=torch.float64) * 1e3
+    k = torch.randn(1, 2, 35, 16, generator=g, dtype=torch.float64) * 1e3
+    q64, _ = r64(q, k, lay)
+    q32, _ = r32(q, k, lay)
+    ang = rope_angles(grid_coords(lay, dtype=torch.float64), [f.double() for f in r64.get_freqs(lay)])
+    exact = apply_rope(q, torch.cos(ang), torch.sin(ang))
+    err64, err32 = (q64 - exact).abs().max().item(), (q32 - exact).abs().max().item()
+    assert err64 < 1e-9 < err32
+    with pytest.raises(TypeError, match="dtype must be a floating torch.dtype"):
+        AxialRoPE(16, 2, dtype=torch.int32)

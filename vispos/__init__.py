@@ -8,6 +8,7 @@ import logging as _logging
 
 from . import (
     freqs,
+    models,  # vispos.models.VideoDiT after `import vispos`
     pe,  # noqa: F401  (registers the families)
 )
 from .attention import Attention, attend
@@ -26,6 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "freqs",
+    "models",
     "Attention",
     "attend",
     "RULES",

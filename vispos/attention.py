@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from .grid import GridLayout, as_layout
@@ -93,10 +94,9 @@ class Attention(nn.Module):
             layout.check_tokens(x.shape[1], "Attention: x")
         if pe is not None and "attn_input" in pe.hooks:
             x = pe.forward_attn_input(x, layout, index)
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = rearrange(self.qkv(x), "b n (qkv h d) -> qkv b h n d", qkv=3, h=self.num_heads)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         out = attend(q, k, v, pe, layout, index, self.scale, self.attn_drop if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(B, N, C)
+        out = rearrange(out, "b h n d -> b n (h d)")
         return self.proj_drop(self.proj(out))

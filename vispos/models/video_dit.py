@@ -178,7 +178,6 @@ class VideoDiT(nn.Module):
             :class:`~vispos.pe.base.PositionalEmbedding`, or ``None`` (no PE).
         pe_kwargs: options for :func:`vispos.build_pe` (e.g. ``dict(dims=(16, 8, 8), base=(100, 100, 100))``).
         num_classes: ``0`` for unconditional, else class-conditional (label ``num_classes`` = "no class").
-        learn_sigma: not used by rectified flow; output channels = ``in_channels``.
         qk_norm: LayerNorm on q and k per head.
 
     Shapes: ``forward(x (B, C, T, H, W), t (B,) in [0, 1], y (B,) long or None) -> (B, C, T, H, W)``.

@@ -14,6 +14,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from ..grid import GridLayout, as_layout
@@ -31,16 +32,23 @@ def check_kernel_size(k, what: str = "kernel_size") -> int:
     return k
 
 
+def _axes(ndim: int) -> str:
+    """einops names of ``ndim`` grid axes: ``"g0 g1 ..."``."""
+    return " ".join(f"g{i}" for i in range(ndim))
+
+
 def tokens_to_grid(x: torch.Tensor, layout: GridLayout) -> Tuple[torch.Tensor, torch.Tensor]:
     """Split ``x (B, N, C)`` into prefix ``(B, P, C)`` and the grid ``(B, C, *shape)`` (row-major)."""
-    B, _, C = x.shape
     P = layout.num_prefix
-    return x[:, :P], x[:, P:].transpose(1, 2).reshape(B, C, *layout.shape)
+    axes = _axes(len(layout.shape))
+    sizes = {f"g{i}": s for i, s in enumerate(layout.shape)}
+    return x[:, :P], rearrange(x[:, P:], f"b ({axes}) c -> b c {axes}", **sizes)
 
 
 def grid_to_tokens(prefix: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`tokens_to_grid`: ``(B, P, C)``, ``(B, C, *shape)`` -> ``(B, P + prod(shape), C)``."""
-    return torch.cat([prefix, g.flatten(2).transpose(1, 2)], dim=1)
+    axes = _axes(g.dim() - 2)
+    return torch.cat([prefix, rearrange(g, f"b c {axes} -> b ({axes}) c")], dim=1)
 
 
 def apply_peg(x: torch.Tensor, layout: GridLayout, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:

@@ -102,12 +102,18 @@ class AxialRoPE(_RoPEBase):
         rules: scaling rule(s): a name / :class:`vispos.freqs.ScalingRule` / dict, for all axes, or one per axis
             (``None`` entries mean ``"none"``).
         preset: ``"cogvideox"``, ``"hunyuanvideo"`` or ``"wan"`` (sets dims and base; see :data:`PRESETS`).
+        device: where :meth:`get_table` / :meth:`build_table` put tables when called without a device
+            (``forward_qk`` always builds them on ``q``'s device). The module holds no parameters.
+        dtype: the cos/sin tables' dtype (default ``float32``; the angles are computed in float64 and the
+            trigonometry in the angles' precision either way). ``float64`` tables make the rotation itself run
+            in float64; low-precision tables (``bfloat16``) trade accuracy for memory.
 
     Shapes: ``forward_qk(q, k, layout)`` with ``q, k (B, heads, num_prefix + prod(grid), head_dim)``.
     """
 
     name = "rope_axial"
-    _table_attrs = frozenset({"rules", "coords", "ref_shape", "train_shape", "bases", "dims", "pairing"})
+    _table_attrs = frozenset({"rules", "coords", "ref_shape", "train_shape", "bases", "dims", "pairing",
+                              "table_dtype", "table_device"})
 
     def __init__(
         self,
@@ -187,7 +193,10 @@ class AxialRoPE(_RoPEBase):
             self.rules = tuple(F_.as_rule(r) for r in rules)
         else:
             self.rules = tuple(F_.as_rule(rules) for _ in range(nd))
-        self.device_hint = device
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating torch.dtype (the RoPE tables' dtype), got {dtype!r}")
+        self.table_dtype = torch.float32 if dtype is None else dtype
+        self.table_device = None if device is None else torch.device(device)
 
     # ---- frequencies and tables ---------------------------------------------------------------------------------
     @staticmethod
@@ -231,19 +240,22 @@ class AxialRoPE(_RoPEBase):
         return torch.tensor([f for f, d in zip(facs, self.dims) for _ in range(d // 2)], dtype=torch.float64)
 
     def build_table(self, layout: GridLayout, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(cos, sin)``, each ``(num_prefix + prod(grid), head_dim // 2)`` float32 (uncached).
+        """``(cos, sin)``, each ``(num_prefix + prod(grid), head_dim // 2)`` in the module's ``dtype`` (default
+        float32), on ``device`` (default the module's ``device``); uncached.
 
         With ``pairing="half"`` and a partial rotary dim ``R < head_dim`` the tables are ``R // 2`` wide.
         """
         self.check_layout(layout)
+        device = self.table_device if device is None else device
         coords = grid_coords(layout, self.coords, self.ref_shape, device=device, dtype=torch.float64)
         angles = rope_angles(coords, [f.to(device) for f in self.get_freqs(layout)])
         width = self.rotary_dim // 2 if self._partial_half else self.head_dim // 2
-        return rope_table(angles, layout.num_prefix, width, scale=self._attn_factor(layout))
+        return rope_table(angles, layout.num_prefix, width, scale=self._attn_factor(layout), dtype=self.table_dtype)
 
     def get_table(self, layout, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Cached :meth:`build_table` (per layout and device)."""
+        """Cached :meth:`build_table` (per layout and device; ``device=None``: the module's ``device``)."""
         layout = as_layout(layout)
+        device = self.table_device if device is None else device
         return self.cached(("table", layout, str(device)), lambda: self.build_table(layout, device))
 
     def forward_qk(self, q, k, layout, index: int = 0):
