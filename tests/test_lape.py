@@ -118,7 +118,9 @@ def test_crop_aug_base_draws_one_crop_per_forward(sharing):
     lay = GridLayout((4, 4), 1)
     x = torch.zeros(2, 17, 16)
     torch.manual_seed(0)
-    outs = [pe.forward_attn_input(x, lay, i) for i in range(3)]
+    prepared = pe.prepare(x, lay)  # the host's once-per-forward step: one crop, carried by the layout
+    assert prepared == lay  # the chain is per-forward state, not part of the layout's identity
+    outs = [pe.forward_attn_input(x, prepared, i) for i in range(3)]
     if sharing:  # equal norms (default init) -> equal per-layer PE when omega_0 is shared
         torch.testing.assert_close(outs[0], outs[1])
         torch.testing.assert_close(outs[1], outs[2])
@@ -126,5 +128,7 @@ def test_crop_aug_base_draws_one_crop_per_forward(sharing):
         torch.testing.assert_close(outs[0], outs[1], atol=5e-2, rtol=0)  # eps makes LN not quite idempotent
     # a new forward draws a new crop
     torch.manual_seed(1)
-    again = pe.forward_attn_input(x, lay, 0)
+    again = pe.forward_attn_input(x, pe.prepare(x, lay), 0)
     assert not torch.allclose(again, outs[0])
+    with pytest.raises(ValueError, match="prepare"):  # without the prepared layout each layer would draw its own
+        pe.forward_attn_input(x, lay, 1)

@@ -29,7 +29,7 @@ size of that axis, ``size`` the current size):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -80,6 +80,10 @@ class GridLayout:
         num_prefix: tokens before the grid that carry no position (class, registers, distillation token).
         positions: optional explicit positions per axis (a tuple of float tuples, one per axis, of that axis'
             length), e.g. frame indices ``(0, 2, 4, ...)`` for a strided clip. ``None`` means ``0..size-1``.
+        state: per-forward data a PE attached in :meth:`~vispos.pe.base.PositionalEmbedding.prepare` (see
+            :meth:`with_state`); not part of equality or the hash, so cached tables keyed on a layout are shared
+            by every forward of that grid. Hosts hand the prepared layout to every hook of the same forward, so
+            the data travels with the call (gradient checkpointing, threads) instead of living on a module.
 
     The token sequence is ``num_prefix + prod(shape)`` long; ``N`` in shapes below is that length.
     """
@@ -87,6 +91,7 @@ class GridLayout:
     shape: Shape
     num_prefix: int = 0
     positions: Optional[Tuple[Tuple[float, ...], ...]] = None
+    state: Tuple[Tuple[object, object], ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self):
         shape = check_grid_shape(self.shape)
@@ -128,6 +133,22 @@ class GridLayout:
                 f"{what}: got a sequence of {n} tokens, but the layout grid {self.shape} with "
                 f"{self.num_prefix} prefix tokens has {self.num_tokens}"
             )
+
+    def with_state(self, owner, value) -> "GridLayout":
+        """This layout carrying ``value`` for ``owner`` (a PE module), replacing what ``owner`` attached before."""
+        kept = tuple((o, v) for o, v in self.state if o is not owner)
+        return replace(self, state=kept + ((owner, value),))
+
+    def state_of(self, owner, default=None):
+        """What ``owner`` attached with :meth:`with_state`, else ``default``."""
+        for o, v in self.state:
+            if o is owner:
+                return v
+        return default
+
+    def without_state(self) -> "GridLayout":
+        """The same layout without per-forward state (what table caches key on)."""
+        return replace(self, state=()) if self.state else self
 
     def with_shape(self, shape: Sequence[int]) -> "GridLayout":
         """The same prefix on another grid (explicit positions dropped)."""

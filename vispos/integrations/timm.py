@@ -15,15 +15,18 @@ How the PE reaches the model (no state-dict key of timm changes; the PE's parame
 
 * the model's class is swapped for a subclass whose ``_pos_embed`` builds the :class:`~vispos.grid.GridLayout`
   from the patch grid (``(H, W)`` from the NHWC patch embedding with ``dynamic_img_size=True``, else
-  ``patch_embed.grid_size``) after concatenating the prefix tokens (class, distillation, registers), and applies
-  the PE's ``token`` hook;
+  ``patch_embed.grid_size``) after concatenating the prefix tokens (class, distillation, registers), applies
+  the PE's ``token`` hook and ``prepare`` step;
 * each attention's class is swapped for a subclass that runs the ``attn_input``, ``bias``, ``qk`` and ``value``
   hooks around SDPA (:func:`vispos.attention.attend`), with the same projections as timm's;
 * each block's class is swapped for a subclass that runs the ``block`` hook after the block.
 
-The per-forward layout travels in a plain (non-``Module``) holder shared by the model, its blocks and attentions,
-so the PE is registered once, at ``model.pe``. timm's own PE is removed (``pos_embed`` / EVA ``rope`` become
-``None``): the vispos PE is the model's only PE. A learned APE is kept by asking for it, e.g.
+The layout travels with the call: each forward hands a :class:`PECall` (the model's PE and the layout of these
+tokens) to every block and attention as an argument -- EVA's ``rope=`` (timm's own EVA loops pass it on, under
+gradient checkpointing too), a ViT's ``attn_mask=`` (the ViT forwards run the block loop themselves) -- so a
+checkpointed block is recomputed with its own forward's layout, and threads or ``nn.DataParallel`` replicas share
+no per-forward state. The PE is registered once, at ``model.pe``. timm's own PE is removed (``pos_embed`` / EVA
+``rope`` become ``None``): the vispos PE is the model's only PE. A learned APE is kept by asking for it, e.g.
 ``pe=["ape", "rope_axial"]``.
 
 Conversion (:func:`install_pe` with ``convert=True``, implied by ``pretrained=True`` / ``checkpoint_path=``):
@@ -40,6 +43,7 @@ import logging
 import math
 import sys
 import types
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import timm
@@ -47,6 +51,8 @@ import torch
 import torch.nn.functional as F
 from timm.layers import Attention as TimmAttention
 from timm.layers.attention import AttentionRope
+from timm.models import checkpoint
+from timm.models._features import feature_take_indices
 from timm.models.eva import Eva, EvaAttention
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -77,110 +83,112 @@ SUPPORTED = {"VisionTransformer (vit_*, deit_*)": (VisionTransformer, (TimmAtten
              "Eva (eva02_*, vit_*_rope_*)": (Eva, (EvaAttention, AttentionRope))}
 
 
-class _PEState:
-    """Plain holder shared by a model, its blocks and attentions: the PE and the layout of the current forward."""
+@dataclass(frozen=True, eq=False)
+class PECall:
+    """What one forward hands to every block and attention of a vispos timm model: the PE and the (prepared)
+    layout of the tokens of *this* call, plus, in a ViT, the user's ``attn_mask``.
 
-    __slots__ = ("pe", "layout", "block_indices", "hooks")
+    It travels as an argument -- EVA blocks take it as timm's ``rope=`` argument (timm's own EVA loops, checkpointed
+    or not, pass it to each block and its attention), ViT blocks as ``attn_mask=`` (timm's ``Block`` hands that to
+    its attention; the ViT forwards run their own block loop) -- so gradient checkpointing re-runs each block with
+    its own layout, and concurrent forwards (threads, ``nn.DataParallel`` replicas, each using its own ``model.pe``)
+    share nothing: no module attribute is written during a forward.
+    """
 
-    def __init__(self, pe: PositionalEmbedding, depth: int):
-        self.pe = pe
-        self.layout: Optional[GridLayout] = None
-        self.hooks = frozenset(pe.hooks)
-        self.block_indices = frozenset(pe.block_indices) if "block" in pe.hooks else frozenset()
-        bad = sorted(i for i in self.block_indices if not 0 <= i < depth)
-        if bad:
-            raise ValueError(f"PE {pe.name!r} acts after blocks {bad}, but the model has {depth} blocks")
+    pe: PositionalEmbedding
+    layout: GridLayout
+    attn_mask: Optional[torch.Tensor] = None
 
-    def current(self) -> GridLayout:
-        if self.layout is None:
-            raise RuntimeError("vispos: a block was called before the model's _pos_embed set the token layout; "
-                               "call the model (forward / forward_features / forward_intermediates), not a block")
-        return self.layout
+
+def _expect_call(call, where: str, arg: str) -> PECall:
+    if not isinstance(call, PECall):
+        raise RuntimeError(f"vispos: {where} got {arg}={type(call).__name__}, not the PECall (PE + token layout) "
+                           f"that the model's forward hands to its blocks; call the model (forward / forward_features "
+                           f"/ forward_intermediates), not a block or an attention on its own")
+    return call
 
 
 # ---- the hook subclasses ---------------------------------------------------------------------------------------
-def _run_attention(q, k, v, st: _PEState, index: int, scale: float, dropout_p: float, attn_mask, is_causal):
-    """Attention hooks + SDPA. ``q, k, v (B, heads, N, head_dim)`` -> ``(B, heads, N, head_dim)``."""
-    layout = st.current()
-    pe = st.pe
-    if attn_mask is None and not is_causal:
-        return attend(q, k, v, pe, layout, index, scale, dropout_p)
-    if "bias" in st.hooks:
-        raise ValueError(f"attn_mask / is_causal cannot be combined with the attention bias of PE {pe.name!r}")
-    if "qk" in st.hooks:
-        q, k = pe.forward_qk(q, k, layout, index)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                                         scale=scale)
-    if "value" in st.hooks:
-        out = pe.forward_value(out, v, layout, index)
-    return out
+class _AttentionHooks:
+    """The one attention forward of every timm attention class vispos hosts: ``attn_input`` hook, the class'
+    projection step (:meth:`_vispos_project`), the ``bias`` / ``qk`` / ``value`` hooks around SDPA, then timm's
+    inner norm, gate and output projection."""
 
+    def _vispos_project(self, x: torch.Tensor):
+        """``x (B, N, C)`` -> ``q, k, v (B, heads, N, head_dim)`` (k / v repeated to all heads), q/k-normed."""
+        raise NotImplementedError
 
-class _VitAttentionHooks:
-    """Mixin over ``timm.layers.Attention``: same projections, vispos PE hooks around SDPA."""
-
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
-        st: _PEState = self._vispos
-        i = self._vispos_index
-        if "attn_input" in st.hooks:
-            x = st.pe.forward_attn_input(x, st.current(), i)
+    def _vispos_forward(self, x: torch.Tensor, call: PECall, attn_mask, is_causal: bool) -> torch.Tensor:
+        pe, layout, i = call.pe, call.layout, self._vispos_index
+        hooks = pe.hooks
+        if "attn_input" in hooks:
+            x = pe.forward_attn_input(x, layout, i)
         B, N, _ = x.shape
         gate = self.gate(x).sigmoid() if self.gate is not None else None
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = self._vispos_project(x)
         dp = self.attn_drop.p if self.training else 0.0
-        x = _run_attention(q, k, v, st, i, self.scale, dp, attn_mask, is_causal)
-        x = self.norm(x.transpose(1, 2).reshape(B, N, self.attn_dim))
+        if attn_mask is None and not is_causal:
+            out = attend(q, k, v, pe, layout, i, self.scale, dp)
+        else:
+            if "bias" in hooks:
+                raise ValueError(f"attn_mask / is_causal cannot be combined with the attention bias of PE {pe.name!r}")
+            if "qk" in hooks:
+                q, k = pe.forward_qk(q, k, layout, i)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dp, is_causal=is_causal,
+                                                 scale=self.scale)
+            if "value" in hooks:
+                out = pe.forward_value(out, v, layout, i)
+        out = self.norm(out.transpose(1, 2).reshape(B, N, -1))
         if gate is not None:
-            x = x * gate
-        return self.proj_drop(self.proj(x))
+            out = out * gate
+        return self.proj_drop(self.proj(out))
 
 
-class _EvaAttentionHooks:
-    """Mixin over ``timm.models.eva.EvaAttention``: same projections (fused or separate q/k/v, q/v bias, gate,
-    inner norm), vispos PE hooks around SDPA. timm's ``rope`` argument is ignored (the model's rope is removed)."""
+class _VitAttentionHooks(_AttentionHooks):
+    """Over ``timm.layers.Attention``: fused qkv; the :class:`PECall` arrives as ``attn_mask``."""
+
+    def _vispos_project(self, x):
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return self.q_norm(q), self.k_norm(k), v
+
+    def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False):
+        call = _expect_call(attn_mask, type(self).__name__, "attn_mask")
+        return self._vispos_forward(x, call, call.attn_mask, is_causal)
+
+
+class _RopeArgAttentionHooks(_AttentionHooks):
+    """Entry of the attention classes EVA blocks call with ``rope=``: the :class:`PECall` arrives there."""
 
     def forward(self, x: torch.Tensor, rope=None, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
-        st: _PEState = self._vispos
-        i = self._vispos_index
-        if "attn_input" in st.hooks:
-            x = st.pe.forward_attn_input(x, st.current(), i)
-        B, N, C = x.shape
-        gate = self.gate(x).sigmoid() if self.gate is not None else None
+        return self._vispos_forward(x, _expect_call(rope, type(self).__name__, "rope"), attn_mask, is_causal)
+
+
+class _EvaAttentionHooks(_RopeArgAttentionHooks):
+    """Over ``timm.models.eva.EvaAttention``: fused (optionally with separate q/k/v biases) or separate q/k/v."""
+
+    def _vispos_project(self, x):
+        B, N, _ = x.shape
         if self.qkv is not None:
             if self.q_bias is None:
                 qkv = self.qkv(x)
             else:
                 qkv_bias = torch.cat((self.q_bias, self.k_bias, self.v_bias))
-                if self.qkv_bias_separate:
-                    qkv = self.qkv(x) + qkv_bias
-                else:
-                    qkv = F.linear(x, weight=self.qkv.weight, bias=qkv_bias)
+                qkv = self.qkv(x) + qkv_bias if self.qkv_bias_separate else F.linear(x, self.qkv.weight, qkv_bias)
             q, k, v = qkv.reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         else:
             q = self.q_proj(x).reshape(B, N, self.num_heads, -1).transpose(1, 2)
             k = self.k_proj(x).reshape(B, N, self.num_heads, -1).transpose(1, 2)
             v = self.v_proj(x).reshape(B, N, self.num_heads, -1).transpose(1, 2)
-        q, k = self.q_norm(q), self.k_norm(k)
-        dp = self.attn_drop.p if self.training else 0.0
-        x = _run_attention(q, k, v, st, i, self.scale, dp, attn_mask, is_causal)
-        x = self.norm(x.transpose(1, 2).reshape(B, N, C))
-        if gate is not None:
-            x = x * gate
-        return self.proj_drop(self.proj(x))
+        return self.q_norm(q), self.k_norm(k), v
 
 
-class _RopeAttentionHooks:
-    """Mixin over ``timm.layers.attention.AttentionRope`` (EVA ``attn_type='rope'``): fused or separate q/k/v,
-    grouped-query k/v heads (repeated to all heads before the PE hooks), vispos PE hooks around SDPA."""
+class _RopeAttentionHooks(_RopeArgAttentionHooks):
+    """Over ``timm.layers.attention.AttentionRope`` (EVA ``attn_type='rope'``): fused or separate q/k/v, grouped
+    k/v heads repeated to all heads (before the PE hooks)."""
 
-    def forward(self, x: torch.Tensor, rope=None, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
-        st: _PEState = self._vispos
-        i = self._vispos_index
-        if "attn_input" in st.hooks:
-            x = st.pe.forward_attn_input(x, st.current(), i)
+    def _vispos_project(self, x):
         B, N, _ = x.shape
-        gate = self.gate(x).sigmoid() if self.gate is not None else None
         if self.qkv is not None:
             q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         else:
@@ -191,27 +199,39 @@ class _RopeAttentionHooks:
         if self.num_kv_groups > 1:
             k = k.repeat_interleave(self.num_kv_groups, dim=1)
             v = v.repeat_interleave(self.num_kv_groups, dim=1)
-        dp = self.attn_drop.p if self.training else 0.0
-        x = _run_attention(q, k, v, st, i, self.scale, dp, attn_mask, is_causal)
-        x = self.norm(x.transpose(1, 2).reshape(B, N, self.attn_dim))
-        if gate is not None:
-            x = x * gate
-        return self.proj_drop(self.proj(x))
+        return q, k, v
 
 
 _ATTN_MIXINS = {TimmAttention: _VitAttentionHooks, EvaAttention: _EvaAttentionHooks, AttentionRope: _RopeAttentionHooks}
 
 
 class _BlockHooks:
-    """Mixin over any timm block: the PE's ``block`` hook after the block (PEG after block 0, ...)."""
+    """Over any timm block: the PE's ``block`` hook after the block (PEG after block 0, ...)."""
 
-    def forward(self, x: torch.Tensor, *args, **kwargs):
-        x = super().forward(x, *args, **kwargs)
-        st: _PEState = self._vispos
-        i = self._vispos_index
-        if i in st.block_indices:
-            x = st.pe.forward_block(x, st.current(), i)
+    def _vispos_after(self, x: torch.Tensor, call: PECall) -> torch.Tensor:
+        pe, i = call.pe, self._vispos_index
+        if "block" in pe.hooks and i in pe.block_indices:
+            x = pe.forward_block(x, call.layout, i)
         return x
+
+
+class _VitBlockHooks(_BlockHooks):
+    """Over a ViT block (``Block``, ``ResPostBlock``): the :class:`PECall` arrives as ``attn_mask`` and is handed on
+    to the attention the same way (timm's blocks pass ``attn_mask`` to their attention)."""
+
+    def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False):
+        call = _expect_call(attn_mask, type(self).__name__, "attn_mask")
+        return self._vispos_after(super().forward(x, attn_mask=call, is_causal=is_causal), call)
+
+
+class _EvaBlockHooks(_BlockHooks):
+    """Over an EVA block: the :class:`PECall` arrives as ``rope`` (checkpointed by timm's own loop, which passes
+    ``rope`` to :func:`timm.models.checkpoint`) and is handed on to the attention the same way."""
+
+    def forward(self, x: torch.Tensor, rope=None, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
+        call = _expect_call(rope, type(self).__name__, "rope")
+        x = super().forward(x, rope=call, attn_mask=attn_mask, is_causal=is_causal)
+        return self._vispos_after(x, call)
 
 
 def _grid_and_flatten(model, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, ...]]:
@@ -248,7 +268,7 @@ def _check_image(model: nn.Module, x) -> None:
 
 
 class _ModelHooks:
-    """Mixin over ``VisionTransformer`` / ``Eva``: prefix tokens, layout, token hook."""
+    """Over ``VisionTransformer`` / ``Eva``: prefix tokens, layout, token hook."""
 
     def forward_features(self, x, *args, **kwargs):
         _check_image(self, x)
@@ -258,8 +278,9 @@ class _ModelHooks:
         _check_image(self, x)
         return super().forward_intermediates(x, *args, **kwargs)
 
-    def _vispos_embed(self, x: torch.Tensor) -> torch.Tensor:
-        st: _PEState = self._vispos
+    def _vispos_embed(self, x: torch.Tensor) -> Tuple[torch.Tensor, GridLayout]:
+        """Patch-embedding output -> tokens with the prefix tokens in front and the ``token`` hook applied, and their
+        layout."""
         x, grid = _grid_and_flatten(self, x)
         B = x.shape[0]
         prefix = [t.expand(B, -1, -1) for t in (self.cls_token, getattr(self, "dist_token", None),
@@ -267,10 +288,9 @@ class _ModelHooks:
         if prefix:
             x = torch.cat(prefix + [x], dim=1)
         layout = GridLayout(grid, self.num_prefix_tokens)
-        st.layout = layout
-        if "token" in st.hooks:
-            x = st.pe.forward_tokens(x, layout)
-        return self.pos_drop(x)
+        if "token" in self.pe.hooks:
+            x = self.pe.forward_tokens(x, layout)
+        return self.pos_drop(x), self.pe.prepare(x, layout)
 
     @torch.jit.ignore
     def no_weight_decay(self):
@@ -289,17 +309,74 @@ class _ModelHooks:
 
 
 class _VitHooks(_ModelHooks):
+    """timm's ViT loops hand blocks nothing but ``x`` (and ``attn_mask`` when given), so the forwards run the blocks
+    themselves, handing each the :class:`PECall` (checkpointed with it under ``grad_checkpointing``)."""
+
+    def _vispos_stem(self, x: torch.Tensor, attn_mask) -> Tuple[torch.Tensor, PECall]:
+        _check_image(self, x)
+        x, layout = self._vispos_embed(self.patch_embed(x))
+        x = self.norm_pre(self.patch_drop(x))
+        return x, PECall(self.pe, layout, attn_mask)
+
+    def _vispos_block(self, blk: nn.Module, x: torch.Tensor, call: PECall, is_causal: bool) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint(blk, x, call, is_causal)
+        return blk(x, call, is_causal)
+
+    def forward_features(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
+        x, call = self._vispos_stem(x, attn_mask)
+        for blk in self.blocks:
+            x = self._vispos_block(blk, x, call, is_causal)
+        return self.norm(x)
+
+    def forward_intermediates(self, x: torch.Tensor, indices=None, return_prefix_tokens: bool = False,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False, output_dict: bool = False,
+                              attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
+        """timm's ``forward_intermediates`` (same arguments and outputs), with the PE call handed to each block."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        B = x.shape[0] if isinstance(x, torch.Tensor) else None
+        x, call = self._vispos_stem(x, attn_mask)
+        blocks = self.blocks[:max_index + 1] if stop_early else self.blocks
+        inter = []
+        for i, blk in enumerate(blocks):
+            x = self._vispos_block(blk, x, call, is_causal)
+            if i in take_indices:
+                inter.append(self.norm(x) if norm else x)
+        n_pre = self.num_prefix_tokens
+        prefix = [y[:, :n_pre] for y in inter] if n_pre else None
+        inter = [y[:, n_pre:] for y in inter]
+        if output_fmt == "NCHW":
+            H, W = call.layout.shape
+            inter = [y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous() for y in inter]
+        if output_dict:
+            out = {"image_intermediates": inter}
+            if prefix is not None and return_prefix_tokens:
+                out["image_intermediates_prefix"] = prefix
+            if not intermediates_only:
+                out["image_features"] = self.norm(x)
+            return out
+        if return_prefix_tokens and prefix is not None:
+            inter = list(zip(inter, prefix))
+        if intermediates_only:
+            return inter
+        return self.norm(x), inter
+
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self._vispos_embed(x)
+        return self._vispos_embed(x)[0]
 
 
 class _EvaHooks(_ModelHooks):
+    """timm's EVA loops hand each block the second output of ``_pos_embed`` as ``rope=``: that is the
+    :class:`PECall`."""
+
     def _pos_embed(self, x: torch.Tensor):
-        x = self._vispos_embed(x)
+        x, layout = self._vispos_embed(x)
         if self.patch_drop is not None:
             x, _ = self.patch_drop(x)
-        return x, None
-
+        return x, PECall(self.pe, layout)
 
 _SUBCLASSES: Dict[Tuple[type, type], type] = {}
 
@@ -329,7 +406,7 @@ def _family(model: nn.Module) -> str:
 
 
 def _check_model(model: nn.Module, family: str) -> None:
-    if getattr(model, "_vispos", None) is not None:
+    if isinstance(model, _ModelHooks):
         raise ValueError("this model already carries a vispos PE (model.pe); build a fresh timm model instead")
     if hasattr(model, "pe"):
         raise ValueError(f"{type(model).__name__} already has an attribute 'pe'; vispos installs its PE there")
@@ -529,7 +606,10 @@ def install_pe(
         raise ValueError(f"patch dropout (patch_drop_rate > 0) removes tokens, which breaks the grid layout PE "
                          f"{module.name!r} needs for its {sorted(set(module.hooks) - {'token'})} hooks; use "
                          f"patch_drop_rate=0 or a token-level PE")
-    st = _PEState(module, depth)
+    if "block" in module.hooks:
+        bad = sorted(i for i in module.block_indices if not 0 <= i < depth)
+        if bad:
+            raise ValueError(f"PE {module.name!r} acts after blocks {bad}, but the model has {depth} blocks")
     _convert_state(model, module, family, convert)
 
     # remove timm's PE, install ours
@@ -539,11 +619,10 @@ def install_pe(
         model.rope = None
         model.rope_mixed = False
     model.add_module("pe", module)
-    model._vispos = st
+    block_mixin = _VitBlockHooks if family == "vit" else _EvaBlockHooks
     for i, blk in enumerate(model.blocks):
-        for m, mixin in ((blk, _BlockHooks), (blk.attn, _ATTN_MIXINS[type(blk.attn)])):
+        for m, mixin in ((blk, block_mixin), (blk.attn, _ATTN_MIXINS[type(blk.attn)])):
             m.__class__ = _subclass(mixin, type(m))
-            m._vispos = st
             m._vispos_index = i
     model.__class__ = _subclass(_VitHooks if family == "vit" else _EvaHooks, type(model))
     model._register_load_state_dict_pre_hook(_state_dict_pre_hook, with_module=True)

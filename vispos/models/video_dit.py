@@ -40,6 +40,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .. import freqs as F_
 from ..attention import Attention
@@ -237,7 +238,7 @@ class VideoDiT(nn.Module):
                                **(pe_kwargs or {}))
         if self.pe is not None and 3 not in self.pe.ndims:
             raise ValueError(f"PE {self.pe.name!r} does not support 3D grids (ndims={self.pe.ndims})")
-        self._sub_pe = [SubLayoutPE(self.pe)] if self.pe is not None else [None]
+        self.grad_checkpointing = False
         kinds = ["full"] * depth if attention == "full" else [("spatial", "temporal")[i % 2] for i in range(depth)]
         self.blocks = nn.ModuleList(DiTBlock(dim, num_heads, mlp_ratio, kinds[i], qk_norm, i) for i in range(depth))
         self.final_norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
@@ -320,18 +321,30 @@ class VideoDiT(nn.Module):
         pe = self.pe
         if pe is not None and "token" in pe.hooks:
             h = pe.forward_tokens(h, layout)
+        if pe is not None:
+            layout = pe.prepare(h, layout)  # per-forward PE data rides on the layout handed to every block
         c = self.t_embed(timestep_embedding(t * 1000.0, self.dim).to(h.dtype))
         if self.y_embed is not None:
             c = c + self.y_embed(y)
         block_idx = set(pe.block_indices) if (pe is not None and "block" in pe.hooks) else set()
-        sub_pe = self._sub_pe[0] if self.pe is not None else None
+        sub_pe = SubLayoutPE(pe) if pe is not None else None  # per call: DataParallel replicas use their own PE
+        ckpt = self.grad_checkpointing and torch.is_grad_enabled()
         for i, blk in enumerate(self.blocks):
-            h = blk(h, c, layout, pe, sub_pe)
+            if ckpt:  # the layout is an argument: the recomputation sees this forward's grid
+                h = checkpoint(blk, h, c, layout, pe, sub_pe, use_reentrant=False)
+            else:
+                h = blk(h, c, layout, pe, sub_pe)
             if i in block_idx:
                 h = pe.forward_block(h, layout, i)
         sh, sc = self.final_adaLN(c).chunk(2, dim=-1)
         h = self.final(_modulate(self.final_norm(h), sh, sc))
         return self.unpatchify(h, grid)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass instead of keeping its activations (as timm's
+        ``set_grad_checkpointing``). Safe with forwards of different grids summed into one backward: the layout is
+        an argument of the checkpointed block."""
+        self.grad_checkpointing = bool(enable)
 
     # ---- temporal rules -----------------------------------------------------------------------------------------
     def rope_modules(self):

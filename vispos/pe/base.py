@@ -22,6 +22,9 @@ hook                      call (shapes)                                 used by
 ========================= ============================================= =================================
 
 ``layout`` is a :class:`vispos.grid.GridLayout`; prefix tokens are never rotated or biased unless a PE says so.
+Once per forward, after the ``token`` hook, a host calls ``layout = pe.prepare(x, layout)`` and hands that layout to
+every other hook of the forward, as an argument (never stored on a module): per-forward data a family shares
+between layers (LaPE's chain) rides on it, so gradient checkpointing and concurrent forwards see their own.
 """
 from __future__ import annotations
 
@@ -63,6 +66,13 @@ class PositionalEmbedding(nn.Module):
     ndims: Tuple[int, ...] = (2, 3)
 
     # ---- identity defaults -------------------------------------------------------------------------------------
+    def prepare(self, x: torch.Tensor, layout: GridLayout) -> GridLayout:
+        """Called by a host once per forward, after the ``token`` hook, with the token sequence ``x (B, N, C)``;
+        returns the layout every other hook of this forward receives. A family whose layer hooks share per-forward
+        data (LaPE's chain of per-layer PEs, with one crop drawn per forward) computes it here and attaches it with
+        :meth:`GridLayout.with_state`. Default: ``layout`` unchanged."""
+        return layout
+
     def forward_tokens(self, x: torch.Tensor, layout: GridLayout) -> torch.Tensor:
         return x
 
@@ -110,6 +120,10 @@ class PositionalEmbedding(nn.Module):
         """
         if torch.compiler.is_compiling():
             return build()
+        if isinstance(key, tuple):  # a layout's per-forward state must not live on in the cache
+            key = tuple(k.without_state() if isinstance(k, GridLayout) else k for k in key)
+        elif isinstance(key, GridLayout):
+            key = key.without_state()
         cache = self.__dict__.setdefault("_cache", {})
         hit = cache.get(key)
         if hit is None:
@@ -184,6 +198,11 @@ class PECombination(PositionalEmbedding):
                     raise TypeError(f"PE {pe.name!r} has parameters but no reset_parameters(); it cannot be "
                                     f"re-initialised after to_empty()")
                 pe.reset_parameters()
+
+    def prepare(self, x, layout):
+        for pe in self.pes:
+            layout = pe.prepare(x, layout)
+        return layout
 
     def forward_tokens(self, x, layout):
         for pe in self.pes:

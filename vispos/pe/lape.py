@@ -60,9 +60,11 @@ class LaPE(PositionalEmbedding):
     Parameters: ``base.*`` (e.g. ``base.pos_embed``) and ``norms[l].weight``, ``norms[l].bias`` (``2·C`` per block).
     Shapes: ``forward_attn_input(x, layout, l)`` with ``x (B, num_prefix + prod(grid), C)``.
 
-    Within one forward pass the chain is carried from layer ``l`` to ``l + 1`` (no ``O(depth²)`` recomputation):
-    the memo is keyed on the layout, the layer and the ``_version`` of every parameter, and reset at layer 0, so it
-    never serves a value computed from older parameters. Under ``torch.compile`` it is recomputed inline.
+    Hosts call :meth:`prepare` once per forward: it computes the whole chain (no ``O(depth²)`` recomputation) and
+    attaches it to the layout that every layer's hook then receives, so the chain travels with the call (gradient
+    checkpointing re-runs a block with its own forward's chain; concurrent forwards share nothing). Without a
+    prepared layout (a direct call) ``ω_{l+1}`` is computed from ``ω_0``. Under ``torch.compile`` it is computed
+    inline at every layer.
     """
 
     name = "lape"
@@ -88,7 +90,6 @@ class LaPE(PositionalEmbedding):
         self.ndims = tuple(base.ndims)
         self.norms = nn.ModuleList(nn.LayerNorm(self.dim, eps=self.eps, device=device, dtype=dtype)
                                    for _ in range(depth))
-        self._memo = None
         self._init_norms()
 
     def reset_parameters(self) -> None:
@@ -103,11 +104,6 @@ class LaPE(PositionalEmbedding):
             else:
                 nn.init.ones_(n.weight)
             nn.init.zeros_(n.bias)
-        self._memo = None
-
-    def _apply(self, fn, *args, **kwargs):
-        self._memo = None
-        return super()._apply(fn, *args, **kwargs)
 
     def omega0(self, layout, batch_size: Optional[int] = None, dtype=None, device=None) -> torch.Tensor:
         """The base PE for every token, ``(1 or B, N, C)`` (prefix rows: the base's own, or zeros)."""
@@ -116,47 +112,41 @@ class LaPE(PositionalEmbedding):
     def _weights(self):
         return [n.weight for n in self.norms], [n.bias for n in self.norms]
 
-    def _version_key(self):
-        return tuple(p._version for p in self.parameters()) + (self.training, torch.is_grad_enabled())
+    def prepare(self, x: torch.Tensor, layout):
+        """The chain ``[ω_1, ..., ω_depth]`` of this forward, computed once (one crop drawn for every layer with a
+        ``crop_aug`` base in training) and attached to the layout the hooks of this forward receive. Under
+        ``torch.compile`` nothing is attached and each layer computes its term inline."""
+        layout = as_layout(layout)
+        if torch.compiler.is_compiling():
+            return layout
+        self.check_layout(layout)
+        check_tokens_3d(x, layout, "lape: x")
+        w0 = self.omega0(layout, x.shape[0], x.dtype, x.device)
+        ws, bs = self._weights()
+        chain, w = [], w0
+        for i in range(self.depth):
+            w = F.layer_norm(w0 if self.sharing else w, (self.dim,), ws[i], bs[i], self.eps)
+            chain.append(w)
+        return layout.with_state(self, (x.shape[0], x.dtype, tuple(chain)))
 
     def layer_pe(self, layout, index: int, batch_size: Optional[int] = None, dtype=None, device=None) -> torch.Tensor:
-        """``ω_{index+1}``, ``(1 or B, N, C)``."""
+        """``ω_{index+1}``, ``(1 or B, N, C)``: from the chain :meth:`prepare` attached to ``layout``, else computed."""
         layout = as_layout(layout)
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < self.depth:
             raise ValueError(f"lape: layer index {index!r} out of range for depth {self.depth}")
+        prepared = layout.state_of(self)
+        if prepared is not None and batch_size in (None, prepared[0]) and dtype in (None, prepared[1]):
+            return prepared[2][index]
+        if getattr(self.base, "crop_aug", False) and self.base.training:
+            if not torch.compiler.is_compiling():
+                raise ValueError("lape over an 'ape' with crop_aug in training draws one crop per forward: call "
+                                 "layout = pe.prepare(x, layout) once per forward and hand that layout to every "
+                                 "layer")
+            raise ValueError("lape over an 'ape' with crop_aug cannot run under torch.compile in training: the "
+                             "crop must be drawn once per forward and shared by all layers; compile in eval mode")
         ws, bs = self._weights()
-        compiling = torch.compiler.is_compiling()
-        random_base = getattr(self.base, "crop_aug", False) and self.base.training
-        if compiling:
-            if random_base:
-                raise ValueError("lape over an 'ape' with crop_aug cannot run under torch.compile in training: the "
-                                 "crop must be drawn once per forward and shared by all layers; compile in eval mode")
-            w0 = self.omega0(layout, batch_size, dtype, device)
-            return lape_chain(w0, ws, bs, index, self.sharing, self.eps)
-        key = (layout, batch_size, dtype, str(device), self._version_key())
-        memo = self._memo
-        if self.sharing:
-            # the memo carries omega_0 itself: drawn once per forward (one crop for every layer), reused by all
-            if index > 0 and memo is not None and memo[0] == key and memo[1] == ("w0", index - 1):
-                w0 = memo[2]
-            elif index > 0 and random_base:
-                raise ValueError("lape over a base with crop_aug in training must be called layer by layer from "
-                                 "layer 0 in each forward pass (the crop is drawn once, at layer 0)")
-            else:
-                w0 = self.omega0(layout, batch_size, dtype, device)
-            self._memo = (key, ("w0", index), w0)
-            return F.layer_norm(w0, (self.dim,), ws[index], bs[index], self.eps)
-        if index > 0 and memo is not None and memo[0] == key and memo[1] == index - 1:
-            prev = memo[2]
-            out = F.layer_norm(prev, (self.dim,), ws[index], bs[index], self.eps)
-        elif index > 0 and random_base:
-            raise ValueError("lape over a base with crop_aug in training must be called layer by layer from layer 0 "
-                             "in each forward pass (the crop is drawn once, at layer 0)")
-        else:
-            w0 = self.omega0(layout, batch_size, dtype, device)
-            out = lape_chain(w0, ws, bs, index, False, self.eps)
-        self._memo = (key, index, out)
-        return out
+        w0 = self.omega0(layout, batch_size, dtype, device)
+        return lape_chain(w0, ws, bs, index, self.sharing, self.eps)
 
     def forward_attn_input(self, x: torch.Tensor, layout, index: int) -> torch.Tensor:
         """``x + ω_{index+1}`` on the normalised attention input ``x (B, num_prefix + prod(grid), C)``."""
