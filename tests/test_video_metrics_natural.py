@@ -1,5 +1,7 @@
 """Video metrics on natural content with known answers: pans and zooms over scikit-image's photographs (exact
 sub-pixel camera paths), with sensor noise and H.264 compression (PyAV)."""
+import json
+
 import numpy as np
 import pytest
 
@@ -8,6 +10,7 @@ pytest.importorskip("skimage")
 
 from natural_clips import h264, loop_phase, noisy, pan, photo, zoom  # noqa: E402
 
+from vispos.cli import main  # noqa: E402
 from vispos.data.video import write_video  # noqa: E402
 from vispos.eval.video_metrics import (  # noqa: E402
     estimate_repetition_frame,
@@ -116,6 +119,19 @@ def _check_slowed(ref_dir, gen, n):
 def test_slowed_clips_read_against_reference(photos, tmp_path):
     ref_dir, gen = _slowed_set(photos, tmp_path, [("astronaut", "pan"), ("rocket", "zoom")])
     _check_slowed(ref_dir, gen, 2)
+    # the same through `vispos eval frames --videos DIR --reference DIR`
+    out = tmp_path / "scored"
+    assert main(["eval", "frames", "--videos", str(gen[3]), "--reference", str(ref_dir), "--train-len", "16",
+                 "--out", str(out), "--n-k", "12", "--norepeat-window", "2", "--scale-free"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert {r["file"]: r["reference"] for r in res["per_video"]} == {"astronaut_pan.mp4": "astronaut_pan.mp4",
+                                                                     "rocket_zoom.mp4": "rocket_zoom.mp4"}
+    for r in res["per_video"]:
+        assert r["speed_vs_reference"] == pytest.approx(1 / 3, abs=0.08)
+        assert r["norepeat_N_k"] == 12 and r["norepeat_window"] == 2 and r["norepeat_scale_free"] is True
+        assert r["norepeat_repetitive"] is False
+    assert res["summary"]["mean_speed_vs_reference"] == pytest.approx(1 / 3, abs=0.08)
+    assert "speed_vs_reference" in (out / "table.md").read_text()
     (gen[2] / "extra.mp4").write_bytes((gen[2] / "rocket_zoom.mp4").read_bytes())
     with pytest.raises(ValueError, match="no reference video"):
         score_folder(gen[2], 16, reference=ref_dir)
@@ -183,3 +199,26 @@ def test_summary_loop_statistics_over_detected_loops_only(photos, tmp_path):
     assert s["mean_loop_period"] == pytest.approx(8.0) and s["median_loop_period"] == pytest.approx(8.0)
     assert s["mean_repetition_frame"] == pytest.approx(8.0) and s["n_static"] == 1
     assert s["static_share"] == 0.25
+
+
+def test_videos_mode_latent_frames_of_a_causal_vae(tmp_path, capsys):
+    """HunyuanVideo: 129 video frames = (129 - 1) / 4 + 1 = 33 latent frames -> RIFLEx k = 4, N_k = 50 latent."""
+    from vispos.eval import frames as FR
+
+    vdir = tmp_path / "v"
+    write_video(vdir / "a.mp4", pan(photo("camera"), np.arange(20)))
+    res = FR.eval_frames(dict(videos=str(vdir), train_len=129, temporal_patch=4, rope_base=256, rope_dim=16,
+                              out=str(tmp_path / "o")), progress=False)
+    assert res["train_len_latent"] == 33
+    assert (res["identified"]["default_k"], res["identified"]["default_N_k"]) == (4, 50)
+    assert res["N_k"] == 200  # a period of 50 latent frames spans 200 video frames
+    res = FR.eval_frames(dict(videos=str(vdir), train_len=33, temporal_patch=4, rope_base=256, rope_dim=16,
+                              out=str(tmp_path / "o2")), progress=False)
+    assert res["train_len_latent"] == 9
+    with pytest.raises(ValueError, match="latent frames"):
+        FR.eval_frames(dict(videos=str(vdir), train_len=130, temporal_patch=4, out=str(tmp_path / "o3")))
+    with pytest.raises(ValueError, match="reference"):
+        FR.eval_frames(dict(videos=str(vdir), train_len=8, reference=str(tmp_path / "nope"),
+                            out=str(tmp_path / "o4")))
+    with pytest.raises(ValueError, match="videos mode only"):
+        FR.check_eval_config(dict(FR.EVAL_DEFAULTS, checkpoint="x.pt", tau=3.0), need_file=False)

@@ -67,9 +67,21 @@ def add_eval_args(p) -> None:
     p.add_argument("--train-len", type=int, help="--videos: training length in frames")
     p.add_argument("--rope-base", type=float, help="--videos: temporal RoPE base of the generating model")
     p.add_argument("--rope-dim", type=int, help="--videos: temporal rotary dim of the generating model")
-    p.add_argument("--temporal-patch", type=int, help="--videos: frames per latent frame")
+    p.add_argument("--temporal-patch", type=int,
+                   help="--videos: the VAE's temporal stride s (latent frames = (frames - 1) / s + 1)")
     p.add_argument("--trajectories", action="store_true", default=None,
                    help="--videos: score object trajectories (objects on a plain background)")
+    p.add_argument("--reference", help="--videos: folder of training-length videos from the same prompts and seeds "
+                                       "(same relative file names): reports speed_vs_reference (slow motion)")
+    p.add_argument("--n-k", type=float, help="--videos: NoRepeat's expected repetition frame N_k (video frames; "
+                                             "default from --rope-base/--rope-dim)")
+    p.add_argument("--norepeat-window", type=int, help="--videos: NoRepeat search window w (frames)")
+    p.add_argument("--tau", type=float, help="--videos: NoRepeat threshold (grey levels, default 10; with "
+                                             "--scale-free a fraction of the typical frame distance, default 0.5)")
+    p.add_argument("--scale-free", action="store_true", default=None,
+                   help="--videos: NoRepeat on D / the video's median frame-to-frame distance")
+    p.add_argument("--static-floor", type=float,
+                   help="--videos: flow displacement (%% of the short side) below which a video is static (0.8)")
     p.add_argument("--device")
     p.add_argument("--threads", type=int)
     p.add_argument("--no-progress", action="store_true")

@@ -70,8 +70,14 @@ EVAL_DEFAULTS: Dict[str, Any] = dict(
     train_len=None,  # --videos mode: frames seen in training
     rope_base=None,  # --videos mode: temporal RoPE base and rotary dim of the generating model, to report k
     rope_dim=None,
-    temporal_patch=1,  # --videos mode: frames per latent frame (k and N_k are in latent frames)
+    temporal_patch=1,  # --videos mode: the VAE's temporal stride s; latent frames = (frames - 1) / s + 1
     trajectories=False,  # --videos mode: fit constant-velocity object trajectories (plain-background videos)
+    reference=None,  # --videos mode: folder of training-length videos from the same prompts/seeds (slow motion)
+    n_k=None,  # --videos mode: NoRepeat's expected repetition frame N_k in video frames (default: from the RoPE)
+    norepeat_window=None,  # --videos mode: NoRepeat's search window w (frames)
+    tau=None,  # --videos mode: NoRepeat threshold (grey levels; with scale_free a fraction, default 0.5)
+    scale_free=False,  # --videos mode: NoRepeat on D / the video's typical frame distance
+    static_floor=0.8,  # --videos mode: optical-flow displacement (% of the short side) below which a video is static
     device="auto",
     threads=0,
 )
@@ -160,4 +166,30 @@ def check_eval_config(cfg: Dict[str, Any], need_file: bool = True) -> Dict[str, 
         if cfg["rope_dim"] is not None:
             check_int(cfg["rope_dim"], "rope_dim", 2)
             check_number(cfg["rope_base"], "rope_base", 0.0, min_open=True)
+        tp = cfg["temporal_patch"]
+        if (cfg["train_len"] - 1) % tp:
+            raise ValueError(f"--train-len {cfg['train_len']} is not a whole number of latent frames for "
+                             f"--temporal-patch {tp}: causal video VAEs (HunyuanVideo, CogVideoX, Wan) keep the first "
+                             f"frame alone, so video frames = {tp} x (latent frames - 1) + 1 (e.g. 129 -> 33 latent)")
+        if cfg["reference"] is not None and not Path(cfg["reference"]).is_dir():
+            raise ValueError(f"--reference must be an existing folder of video files, got {cfg['reference']!r}")
+        if cfg["n_k"] is not None:
+            check_number(cfg["n_k"], "n_k", 0.0, min_open=True)
+        if cfg["norepeat_window"] is not None:
+            check_int(cfg["norepeat_window"], "norepeat_window", 0)
+        check_bool(cfg["scale_free"], "scale_free")
+        if cfg["tau"] is not None:
+            check_number(cfg["tau"], "tau", 0.0)
+        check_number(cfg["static_floor"], "static_floor", 0.0, min_open=True)
+    else:
+        given = [k for k in ("reference", "n_k", "norepeat_window", "tau") if cfg[k] is not None]
+        given += ["scale_free"] if cfg["scale_free"] else []
+        if given:
+            raise ValueError(f"{given} apply to --videos mode only (the generate mode uses the model's N_k)")
     return cfg
+
+
+def latent_frames(frames: int, temporal_patch: int) -> float:
+    """Latent frames of a ``frames``-long video for a causal video VAE of temporal stride ``temporal_patch``:
+    ``(frames - 1) / s + 1`` (HunyuanVideo: 129 -> 33, 33 -> 9); ``frames`` itself for ``s = 1``."""
+    return (frames - 1) / temporal_patch + 1

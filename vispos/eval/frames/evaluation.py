@@ -170,41 +170,63 @@ def _identify(rows, n_max, tinfo, pt, L) -> Dict[str, Any]:
 def score_videos_dir(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """``--videos DIR`` mode: score every video file in the folder (no model). Writes the same outputs.
 
-    With ``rope_base`` / ``rope_dim`` (the generating model's temporal RoPE) NoRepeat uses its default ``N_k`` and
-    the repetition frames found give RIFLEx's ``k`` (:func:`identify_k_from_frames`).
+    With ``rope_base`` / ``rope_dim`` (the generating model's temporal RoPE) NoRepeat uses its default ``N_k`` (or
+    ``n_k``) and the repetition frames found give RIFLEx's ``k`` (:func:`identify_k_from_frames`). Frames and latent
+    frames: ``temporal_patch = s`` is the VAE's temporal stride, latent frames ``= (frames - 1) / s + 1``, a period
+    of ``N`` latent frames spans ``s N`` video frames. With ``reference`` (training-length videos from the same
+    prompts and seeds) every video also gets ``speed_vs_reference``: uniform slow motion (PI, YaRN).
     """
     from .. import video_metrics as M
+    from .config import latent_frames
 
     cfg = check_eval_config(dict(EVAL_DEFAULTS, **cfg))
     out = ensure_writable_dir(cfg["out"], "eval output folder")
     L, tp = cfg["train_len"], cfg["temporal_patch"]
-    N_k = None
-    if cfg["rope_dim"] is not None:
-        N_k = F_.default_k(float(cfg["rope_base"]), cfg["rope_dim"], L / tp)[1] * tp
-    rows, skipped = M.score_folder(cfg["videos"], L, N_k=N_k, fit_trajectories=cfg["trajectories"])
+    L_lat = latent_frames(L, tp)
+    N_k = cfg["n_k"]
+    if N_k is None and cfg["rope_dim"] is not None:
+        N_k = F_.default_k(float(cfg["rope_base"]), cfg["rope_dim"], L_lat)[1] * tp
+    kw = dict(N_k=N_k, window=cfg["norepeat_window"], tau=cfg["tau"], scale_free=cfg["scale_free"],
+              static_floor=cfg["static_floor"], fit_trajectories=cfg["trajectories"])
+    rows, skipped = M.score_folder(cfg["videos"], L, reference=cfg["reference"], **kw)
     if not rows:
         raise ValueError(f"none of the video files in {cfg['videos']!r} could be read: {skipped}")
     for r in rows:
         r["file"] = os.path.relpath(r.pop("path"), cfg["videos"])
-    keys = ["num_frames", "repetition_frame", "selfsim_score", "norepeat_D", "norepeat_repetitive", "motion",
-            "slowdown_ratio", "tail_novelty"] + (["traj_tail_px"] if cfg["trajectories"] else [])
+        if "reference" in r:
+            r["reference"] = os.path.relpath(r["reference"], cfg["reference"])
+    keys = ["num_frames", "repetition_frame", "loop_score", "loop_start", "norepeat_D", "norepeat_repetitive",
+            "motion", "static", "slowdown_ratio"] + (["speed_vs_reference"] if cfg["reference"] else []) + \
+        ["tail_novelty"] + (["traj_tail_px"] if cfg["trajectories"] else [])
     table = markdown_table(["file"] + keys, [[r["file"]] + ["–" if r.get(k) is None else r[k] for k in keys]
                                              for r in rows])
     summary = M.summarize_scores(rows)
     identified = None
     if cfg["rope_dim"] is not None:
         identified = identify_k_from_frames([r.get("repetition_frame") for r in rows], float(cfg["rope_base"]),
-                                            cfg["rope_dim"], tp, train_len=L / tp)
-    head = f"Scored {len(rows)} video files from {str(cfg['videos'])!r}; training length {L} frames.\n"
+                                            cfg["rope_dim"], tp, train_len=L_lat)
+    head = (f"Scored {len(rows)} video files from {str(cfg['videos'])!r}; training length {L} frames"
+            + (f" = {L_lat:g} latent frames (temporal stride {tp})" if tp > 1 else "") + ".\n")
     if skipped:
         head += f"Skipped {len(skipped)} unreadable file(s): {[p for p, _ in skipped]}.\n"
+    head += (f"Loops detected in {summary['n_loops']}/{summary['n']} videos"
+             + (f" (median period {summary['median_loop_period']:g} frames)" if summary["n_loops"] else "")
+             + f"; static: {summary['n_static']}/{summary['n']}")
+    if N_k is not None:
+        head += (f"; NoRepeat at N_k = {N_k:g} frames"
+                 + (", scale-free" if cfg["scale_free"] else "")
+                 + f": {summary['norepeat_share']} non-repetitive of {summary['n_norepeat']}")
+    if cfg["reference"]:
+        v = summary.get("mean_speed_vs_reference")
+        head += f"; mean speed vs reference {'–' if v is None else f'{v:.3f}'}"
+    head += ".\n"
     if identified:
         head += (f"Repetition frame N = {identified['N']} latent frames (median over "
                  f"{identified['videos_with_repetition']}/{identified['videos']} videos that repeat): RIFLEx k = "
                  f"{identified['k']}, N_k = {identified['N_k']}; library default k = {identified.get('default_k')} "
                  f"(N_k = {identified.get('default_N_k')}).\n")
-    res = dict(mode="videos", config=jsonable(cfg), train_len=L, summary=summary, per_video=rows,
-               skipped=skipped, identified=identified, files=dict(table="table.md", json="results.json",
-                                                                  csv="results.csv"))
+    res = dict(mode="videos", config=jsonable(cfg), train_len=L, train_len_latent=L_lat, N_k=N_k,
+               summary=summary, per_video=rows, skipped=skipped, identified=identified,
+               files=dict(table="table.md", json="results.json", csv="results.csv"))
     write_results_folder(out, res, rows, head + "\n" + table)
     return res

@@ -10,7 +10,7 @@ import numpy as np
 from ...utils.io import atomic_savefig, markdown_table
 
 #: Columns of table.md / results.csv and one PNG each (from :func:`vispos.eval.video_metrics.summarize_scores`).
-TABLE_KEYS = ("norepeat_share", "repeat_share", "mean_selfsim_score", "mean_selfsim_period", "mean_motion",
+TABLE_KEYS = ("norepeat_share", "repeat_share", "mean_loop_score", "mean_loop_period", "mean_motion",
               "motion_vs_L", "mean_slowdown_ratio", "mean_tail_novelty", "mean_traj_tail_px")
 PLOT_KEYS = TABLE_KEYS
 
@@ -109,8 +109,9 @@ def table_header(cfg, L, n_max, tinfo, k_used, identified) -> str:
                      f"({identified.get('videos_with_repetition')}/{identified.get('videos')} videos repeat), "
                      f"k = {identified.get('k')}, N_k = {identified.get('N_k')}.")
     lines.append("norepeat_share: share of videos with NoRepeat D > tau (RIFLEx App. D, N_k above); repeat_share: "
-                 "share with a self-similarity loop (score >= 0.5); selfsim_period: mean lag of the strongest "
-                 "self-similarity peak; motion_vs_L: motion / the same rule's motion at the training length; "
-                 "slowdown_ratio: tail motion / head motion; traj_tail_px: object distance to the "
-                 "constant-velocity continuation of the first L frames.")
+                 "share with a self-similarity loop (score >= 0.5 in some suffix of the video); loop_score: mean "
+                 "score of the strongest suffix loop; loop_period: mean period over the videos with a detected loop "
+                 "only; motion: optical-flow speed (% of the short side per frame); motion_vs_L: motion / the same "
+                 "rule's motion at the training length; slowdown_ratio: tail motion / head motion; traj_tail_px: "
+                 "object distance to the constant-velocity continuation of the first L frames.")
     return "\n".join(lines) + "\n\n"
