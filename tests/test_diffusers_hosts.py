@@ -216,3 +216,81 @@ def test_half_precision_cast_wan_takes_riflex_and_undoes_bit_exactly(wan_ref, cl
     model.rope.freqs_cos = model.rope.freqs_cos * 2  # changed after construction: refused, naming the dtype
     with pytest.raises(ValueError, match=str(dtype)):
         vd.apply_rule(model, time=rule, num_frames=FRAMES)
+
+
+def _official_riflex_freqs(dim, theta, k, L_test):
+    """The official RIFLEx patch of get_1d_rotary_pos_embed (thu-ml/RIFLEx), written out: float32 bands, the
+    k-th replaced by 0.9 2pi / L_test (training-free: L_test = L'; fine-tuned: L_test = N_k, fixed)."""
+    freqs = 1.0 / (theta ** (torch.arange(0, dim, 2)[: (dim // 2)].float() / dim))
+    freqs[k - 1] = 0.9 * 2 * torch.pi / L_test
+    return freqs
+
+
+@torch.no_grad()
+def test_finetune_mode_equals_the_official_fine_tuned_riflex_at_every_length():
+    model = _hunyuan_like("HunyuanVideoTransformer3DModel")  # time axis rope_dim 8: bands 256^(-j/4)
+    k, n_k = 3, 40  # a checkpoint fine-tuned at 40 latent frames with k = 3
+    for frames in (12, 40, 70):  # shorter than, at, and beyond the fine-tuning length: theta_k is the same
+        x = torch.zeros(1, 2, frames, 1, 1)
+        with vd.apply_rule(model, time={"name": "riflex", "mode": "finetune", "k": k}, train_frames=n_k) as h:
+            cos, sin = model.rope(x)
+            assert h.last_bands["time"][k - 1].item() == 0.9 * 2 * math.pi / n_k
+        off = torch.outer(torch.arange(frames, dtype=torch.float32), _official_riflex_freqs(8, 256.0, k, n_k))
+        assert torch.equal(cos[:, :8], off.cos().repeat_interleave(2, dim=1))
+        assert torch.equal(sin[:, :8], off.sin().repeat_interleave(2, dim=1))
+    with pytest.raises(ValueError, match="train_frames"):
+        vd.apply_rule(model, time={"name": "riflex", "mode": "finetune", "k": k})
+
+
+@torch.no_grad()
+def test_unchecked_mode_is_the_official_code_without_the_check(wan_ref):
+    """`WAN_COMMUNITY_RIFLEX` style: theta_k = 0.9 2pi / L' even where the checked rule leaves RoPE alone."""
+    frames = 5  # t_dim 8: period of k = 2 is 63 > 5, so the checked rule does nothing here
+    x = torch.zeros(1, 2, frames, 1, 1)
+    ref = wan_ref.rope(x)
+    with vd.apply_rule(wan_ref, time={"name": "riflex", "k": 2}, num_frames=frames):
+        assert _same(wan_ref.rope(x), ref)
+    with vd.apply_rule(wan_ref, time={"name": "riflex", "k": 2, "mode": "unchecked"}, num_frames=frames):
+        cos = wan_ref.rope(x)[0][0, :, 0, :8]
+    theta = torch.tensor(0.9 * 2 * math.pi / frames, dtype=torch.float64)  # Wan builds its bands in float64
+    assert torch.equal(cos[:, 2], (torch.arange(frames, dtype=torch.float64) * theta).cos().float())
+    assert not torch.equal(cos, ref[0][0, :, 0, :8])
+
+
+def _cog15(head_dim=64):
+    torch.manual_seed(0)
+    return diffusers.CogVideoXTransformer3DModel(
+        num_attention_heads=1, attention_head_dim=head_dim, in_channels=2, out_channels=2, time_embed_dim=8,
+        text_embed_dim=8, num_layers=1, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
+        patch_size_t=2, use_rotary_positional_embeddings=True).eval()
+
+
+def _changed_k(bands, model_bands):
+    diff = (bands != model_bands).nonzero().flatten().tolist()
+    assert len(diff) <= 1
+    return diff[0] + 1 if diff else None
+
+
+@torch.no_grad()
+def test_the_same_N_gives_the_same_k_in_the_cli_and_the_api():
+    from vispos.freqs import rope_freqs
+    from vispos.integrations.diffusers.report import riflex_table
+
+    # CogVideoX 1.5 (dim_t 16, patch_size_t 2): N = 44 latent frames. Before, the API read N as 44 positions (k 3)
+    frames = 60
+    cli = riflex_table("cogvideox1.5", frames=frames, N=44)
+    rope = vd.cogvideox_rotary_emb(_cog15(), frames, 4, 4, time={"name": "riflex", "N": 44})
+    plain = vd.cogvideox_rotary_emb(_cog15(), frames, 4, 4)
+    cols = [c for c in range(16) if not torch.equal(rope[0][:, c], plain[0][:, c])]
+    assert cli["k"] == 2 and cols == [2 * (cli["k"] - 1), 2 * cli["k"] - 1]
+    # HunyuanVideo's temporal RoPE (base 256, dim 16), N = 48 latent frames -> k = 4 in both
+    m = _hunyuan_like("HunyuanVideoTransformer3DModel")
+    m.rope.rope_dim = (16, 4, 4)
+    cli = riflex_table("hunyuanvideo", frames=66, N=48)
+    with vd.apply_rule(m, time={"name": "riflex", "N": 48}, num_frames=66) as h:
+        m.rope(torch.zeros(1, 2, 66, 1, 1))
+        assert _changed_k(h.last_bands["time"], rope_freqs(16, 256.0)) == cli["k"] == 4
+    # in video frames (units="pixel") N converts like every other length: 189 = (48 - 1) * 4 + 1
+    with vd.apply_rule(m, time={"name": "riflex", "N": 189}, num_frames=261, units="pixel") as h:
+        m.rope(torch.zeros(1, 2, 66, 1, 1))
+        assert _changed_k(h.last_bands["time"], rope_freqs(16, 256.0)) == 4

@@ -20,7 +20,11 @@ training length ``L`` and the test length ``L'`` of that axis (``s = L'/L``):
            linear in the rotation count ``r_j = L theta_j / 2pi``, ``g_j = clamp((r_j - alpha) / (beta - alpha),
            0, 1)``, no mscale unless ``attn_factor=True``. ``alpha = beta_slow = 1``, ``beta = beta_fast = 32``.
 ``riflex`` RIFLEx: only the intrinsic component ``k`` (1-indexed) changes: ``theta_k' = min(theta_k, gamma 2pi/L')``
-           and only when ``L' > N_k`` (its rounded period); ``gamma = 0.9`` as in the official code.
+           and only when ``L' > N_k`` (its rounded period); ``gamma = 0.9`` as in the official code. Modes
+           (:data:`RIFLEX_MODES`): ``checked`` (that, training-free, default); ``finetune`` (the official fine-tuned
+           checkpoints: ``theta_k' = gamma 2pi/L`` at every length, ``L`` = the length the checkpoint was fine-tuned
+           at, the official ``N_k``); ``unchecked`` (the community's variant: ``theta_k' = gamma 2pi/L'`` at every
+           ``L'``, without the check and without the ``min``, so it also changes the model below ``N_k``).
 ========== ===============================================================================================
 
 For ``pi``, ``ntk``, ``ntk_base`` (without ``factor``) and ``yarn`` the scale is ``max(L'/L, 1)``: a shorter test length leaves the bands unchanged
@@ -37,6 +41,7 @@ import torch
 
 __all__ = [
     "RULES",
+    "RIFLEX_MODES",
     "ScalingRule",
     "as_rule",
     "rope_freqs",
@@ -51,6 +56,7 @@ __all__ = [
 ]
 
 RULES = ("none", "pi", "ntk", "ntk_base", "yarn", "riflex")
+RIFLEX_MODES = ("checked", "finetune", "unchecked")
 
 #: YaRN ramps: ``index`` (official code, HF transformers) and ``paper`` (the paper's equation in r_j).
 YARN_RAMPS = ("index", "paper")
@@ -85,6 +91,9 @@ class ScalingRule:
             ``None`` (default): as the ramp's source does -- on for ``ramp="index"`` (the official code always
             applies it), off for ``ramp="paper"``.
         ramp: YaRN only: ``"index"`` (official code, default) or ``"paper"``; see :data:`YARN_RAMPS`.
+        mode: RIFLEx only, one of :data:`RIFLEX_MODES`: ``"checked"`` (default, training-free), ``"finetune"``
+            (``theta_k = gamma 2pi/train_len`` at every length, for checkpoints fine-tuned at ``train_len``; needs
+            ``k`` or ``N``) or ``"unchecked"`` (``theta_k = gamma 2pi/L'`` at every length, no ``L' > N_k`` check).
     """
 
     name: str = "none"
@@ -98,6 +107,7 @@ class ScalingRule:
     factor: Optional[float] = None
     attn_factor: Optional[bool] = None
     ramp: str = "index"
+    mode: str = "checked"
 
     def __post_init__(self):
         if self.name not in RULES:
@@ -117,6 +127,10 @@ class ScalingRule:
             raise ValueError(f"unknown YaRN ramp {self.ramp!r}; expected one of {YARN_RAMPS}")
         if self.attn_factor is not None and not isinstance(self.attn_factor, bool):
             raise TypeError(f"attn_factor must be None, True or False, got {self.attn_factor!r}")
+        if self.mode not in RIFLEX_MODES:
+            raise ValueError(f"unknown RIFLEx mode {self.mode!r}; expected one of {RIFLEX_MODES}")
+        if self.mode != "checked" and self.name != "riflex":
+            raise ValueError(f"mode={self.mode!r} is a RIFLEx option; rule {self.name!r} takes no mode")
     @property
     def scale(self) -> float:
         """``s = max(L'/L, 1)`` (1 when either length is unknown)."""
@@ -139,6 +153,13 @@ def _require_lengths(rule: "ScalingRule") -> None:
         raise ValueError(f"rule {rule.name!r} needs train_len and test_len, got {rule.train_len}, {rule.test_len}")
     if rule.name == "ntk_base" and rule.factor is None and (rule.train_len is None or rule.test_len is None):
         raise ValueError("rule 'ntk_base' needs factor=, or train_len and test_len")
+    if rule.name == "riflex" and rule.mode == "finetune":
+        if rule.train_len is None:
+            raise ValueError("rule 'riflex' mode 'finetune' needs train_len: the length the checkpoint was "
+                             "fine-tuned at (the official N_k)")
+        if rule.k is None and rule.N is None:
+            raise ValueError("rule 'riflex' mode 'finetune' needs k= (or N=) of the fine-tuned checkpoint")
+        return
     if rule.name == "riflex" and rule.test_len is None:
         raise ValueError("rule 'riflex' needs test_len (L')")
     if rule.name == "riflex" and rule.k is None and rule.N is None and rule.train_len is None:
@@ -239,11 +260,18 @@ def _resolve_k(freqs: List[float], rule: ScalingRule) -> Tuple[int, int]:
     return default_k(freqs, train_len=rule.train_len)
 
 
-def _riflex_list(freqs: List[float], k: int, test_len: float, gamma: float) -> List[float]:
-    L2 = _check_len(test_len, "test_len")
+def _riflex_list(freqs: List[float], k: int, test_len: Optional[float], gamma: float, mode: str = "checked",
+                 train_len: Optional[float] = None) -> List[float]:
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(freqs):
         raise ValueError(f"RIFLEx k={k!r} is out of range 1..{len(freqs)}")
     out = list(freqs)
+    if mode == "finetune":
+        out[k - 1] = gamma * 2 * math.pi / _check_len(train_len, "train_len")
+        return out
+    L2 = _check_len(test_len, "test_len")
+    if mode == "unchecked":
+        out[k - 1] = gamma * 2 * math.pi / L2
+        return out
     N_k = periods(out[k - 1 : k])[0]
     if L2 > N_k:
         out[k - 1] = min(out[k - 1], gamma * 2 * math.pi / L2)
@@ -285,7 +313,7 @@ def apply_rule_list(freqs, rule: Union[None, str, dict, ScalingRule], base: floa
         return [g * x + (1 - g) * x / s for g, x in zip(keep, f)]
     # riflex
     k, _ = _resolve_k(f, rule)
-    return _riflex_list(f, k, rule.test_len, rule.gamma)
+    return _riflex_list(f, k, rule.test_len, rule.gamma, rule.mode, rule.train_len)
 
 
 def yarn_correction_range(train_len: float, base: float, dim: int, alpha: float = 1.0, beta: float = 32.0
@@ -359,17 +387,18 @@ def predicted_loop_length(base: Union[float, torch.Tensor], dim: Optional[int] =
 
 def bands_report(
     freqs, train_len: float, test_len: float, N: Optional[float] = None, k: Optional[int] = None, gamma: float = 0.9,
+    mode: str = "checked",
 ) -> dict:
     """RIFLEx table for any bands (``(n,)`` tensor or list, highest frequency first), e.g. LTX's.
 
     Returns ``components`` (one row per band: ``k`` (1-based), theta, period, cycles over the train and test length,
     adjusted theta), the chosen ``k`` and ``N_k``, how it was chosen, whether the adjustment applies (``L' > N_k``),
-    the adjusted theta and the loop length after it.
+    the adjusted theta and the loop length after it. ``mode`` is a RIFLEx mode (:data:`RIFLEX_MODES`).
     """
     f = _to_list(freqs)
-    rule = ScalingRule("riflex", train_len=train_len, test_len=test_len, N=N, k=k, gamma=gamma)
+    rule = ScalingRule("riflex", train_len=train_len, test_len=test_len, N=N, k=k, gamma=gamma, mode=mode)
     kk, N_k = _resolve_k(f, rule)
-    new = _riflex_list(f, kk, test_len, gamma)
+    new = _riflex_list(f, kk, test_len, gamma, mode, train_len)
     two_pi = 2 * math.pi
     rows = [
         {"k": j + 1, "theta": th, "period": two_pi / th, "cycles_train": train_len * th / two_pi,
@@ -383,7 +412,8 @@ def bands_report(
         "k": kk,
         "N_k": N_k,
         "chosen_by": how,
-        "applied": test_len > N_k,
+        "mode": mode,
+        "applied": new[kk - 1] != f[kk - 1],
         "theta_k": f[kk - 1],
         "adjusted_theta_k": new[kk - 1],
         "loop_length_after": two_pi / new[kk - 1],
@@ -393,14 +423,14 @@ def bands_report(
 
 def riflex_report(
     base: float, dim: int, train_len: float, test_len: float, N: Optional[float] = None, k: Optional[int] = None,
-    gamma: float = 0.9,
+    gamma: float = 0.9, mode: str = "checked",
 ) -> dict:
     """Everything a user computes by hand before applying RIFLEx to one axis of bands ``base^(-2j/dim)``.
 
     :func:`bands_report` plus ``base`` and ``dim``.
     """
     return {"base": base, "dim": dim,
-            **bands_report(rope_freqs_list(dim, base), train_len, test_len, N=N, k=k, gamma=gamma)}
+            **bands_report(rope_freqs_list(dim, base), train_len, test_len, N=N, k=k, gamma=gamma, mode=mode)}
 
 
 def _as_list(x, n: int, name: str) -> list:

@@ -15,8 +15,9 @@ Units. ``num_frames`` / ``train_frames`` are latent frames and ``height`` / ``wi
 (``t*m + 1``) and image pixels, converted with the VAE compression ``(t, s)`` (taken from the pipeline, or
 ``vae_scale=``, or the adapter's default: (4, 8), LTX (8, 32)). They are then converted to RoPE positions the way
 the host patchifies (``F // p_t``, ``H // p``; CogVideoX 1.5: ``ceil(F / p_t)``). A target left as ``None`` is the
-grid the host sees at each call. Lengths already set inside a :class:`~vispos.freqs.ScalingRule`, and RIFLEx
-``N``, are in RoPE positions. RIFLEx ``k`` is 1-indexed from the highest frequency of the axis.
+grid the host sees at each call. Lengths set inside a rule (``train_len``, ``test_len``, RIFLEx ``N``) are in the same
+units and converted the same way, so ``N`` means what it means in ``vispos riflex`` (latent frames by default):
+the same ``N`` picks the same ``k`` in both. RIFLEx ``k`` is 1-indexed from the highest frequency of the axis.
 
 Only the components a rule changes differ from diffusers: with every rule off (``none``, or scale 1) the RoPE
 tensors are bit-identical to diffusers', and :meth:`RuleHandle.remove` restores the host exactly.
@@ -24,6 +25,7 @@ tensors are bit-identical to diffusers', and :meth:`RuleHandle.remove` restores 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import List, Optional, Tuple
 
 import torch
@@ -57,6 +59,24 @@ def detect_host(obj) -> Tuple[Adapter, object, Optional[object]]:
     return adapter, model, pipe
 
 
+def _rule_in_positions(rule, adapter: Adapter, model, axis: int, units: str, factor: int):
+    """The rule with the lengths set inside it (``train_len``, ``test_len``, RIFLEx ``N``), given in ``units`` like
+    every other length, converted to RoPE positions the way the host patchifies."""
+    changes = {}
+    for field in ("train_len", "test_len", "N"):
+        v = getattr(rule, field)
+        if v is None:
+            continue
+        if units == "pixel":
+            if v != int(v):
+                raise ValueError(f"{rule.name} {field}={v} must be a whole number of video frames / pixels")
+            v = to_latent(int(v), units, factor, axis == 0, f"{rule.name} {field}")
+        changes[field] = adapter.positions(model, axis, v)
+        if not changes[field] > 0:
+            raise ValueError(f"{rule.name} {field}={getattr(rule, field)} is less than one RoPE position here")
+    return replace(rule, **changes) if changes else rule
+
+
 def _build_axes(adapter: Adapter, model, pipe, time, space, lengths, units, vae_scale) -> List[Axis]:
     if units not in ("latent", "pixel"):
         raise ValueError(f"units must be 'latent' or 'pixel', got {units!r}")
@@ -70,7 +90,7 @@ def _build_axes(adapter: Adapter, model, pipe, time, space, lengths, units, vae_
         f = t_vae if a == 0 else s_vae
         target = adapter.positions(model, a, to_latent(vals[a], units, f, a == 0, names[a]))
         train = adapter.positions(model, a, to_latent(vals[3 + a], units, f, a == 0, names[3 + a]))
-        rule = rules[a]
+        rule = _rule_in_positions(rules[a], adapter, model, a, units, f)
         if rule.name != "none" and train is None and rule.train_len is None and needs_train(rule):
             raise ValueError(f"rule {rule.name!r} on the {AXES[a]} axis needs its training length: pass "
                              f"{names[3 + a]}= (or k=/N= for riflex, factor= for ntk_base)")

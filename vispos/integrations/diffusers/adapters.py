@@ -85,7 +85,8 @@ class Adapter:
         """RoPE positions of ``latent`` latent frames / pixels on ``axis`` (the host's patchify)."""
         if latent is None:
             return None
-        return float(latent // self.patch(model)[axis])
+        p = self.patch(model)[axis]
+        return float(latent // p) if p > 1 else float(latent)
 
     def check(self, model) -> None:
         """Raise ``ValueError`` naming why a structurally matching ``model`` cannot take a rule (default: none)."""

@@ -75,7 +75,7 @@ def needs_train(rule: ScalingRule) -> bool:
     if rule.name == "ntk_base":
         return rule.factor is None
     if rule.name == "riflex":
-        return rule.k is None and rule.N is None
+        return rule.mode == "finetune" or (rule.k is None and rule.N is None)
     return False
 
 

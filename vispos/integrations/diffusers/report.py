@@ -8,7 +8,15 @@ from ...freqs import bands_report, riflex_report
 from .adapters import ADAPTERS, Released
 from .bands import ltx_bands
 
-__all__ = ["HOSTS", "riflex_table"]
+__all__ = ["HOSTS", "WAN_COMMUNITY_RIFLEX", "riflex_table"]
+
+#: the community's Wan RIFLEx (k = 6 without the ``L' > N_k`` check): ``theta_6 = 0.9 2pi / L'`` at every length.
+#: Below 0.9 N_6 (about 46 latent frames, 181 video frames) it *raises* theta_6, so it changes Wan even at its
+#: training length; the official check would leave RoPE untouched below 205 video frames (52 latent).
+WAN_COMMUNITY_RIFLEX = {"name": "riflex", "k": 6, "mode": "unchecked"}
+
+#: RIFLEx paper: extension that works without training / with light fine-tuning (4x degrades)
+TRAINING_FREE_MAX, FINETUNED_MAX = 2.0, 3.0
 
 #: released checkpoints by name (``--model-class``), each from the adapter of its RoPE layout
 HOSTS: Dict[str, Released] = {name: rel for a in ADAPTERS for name, rel in a.released.items()}
@@ -21,13 +29,18 @@ def _positions(latent: float, p_t: int) -> float:
 def riflex_table(
     model_class: Optional[str] = None, frames: Optional[float] = None, train_frames: Optional[float] = None,
     N: Optional[float] = None, k: Optional[int] = None, base: Optional[float] = None, dim: Optional[int] = None,
-    gamma: float = 0.9, frame_rate: float = 25.0,
+    gamma: float = 0.9, frame_rate: float = 25.0, mode: str = "checked", vae_t: Optional[int] = None,
 ) -> dict:
-    """The RIFLEx report for a host's temporal axis (lengths and ``N`` in latent frames).
+    """The RIFLEx report for a host's temporal axis.
 
-    ``model_class`` is a key of :data:`HOSTS` or ``None`` (then ``base``, ``dim`` and ``train_frames`` are
-    required: plain ``b^(-2j/d)`` bands). ``base``/``dim`` override the host's values. The report's lengths are in
-    temporal RoPE positions (``ceil(F / p_t)``); ``unit`` and ``p_t`` say which.
+    ``frames``, ``train_frames`` and ``N`` are latent frames, as the lengths of
+    :func:`vispos.integrations.diffusers.apply_rule` (default ``units="latent"``): the same ``N`` picks the same
+    ``k`` in both. ``model_class`` is a key of :data:`HOSTS` or ``None`` (then ``base``, ``dim`` and
+    ``train_frames`` are required: plain ``b^(-2j/d)`` bands). ``base``/``dim`` override the host's values (LTX:
+    ``dim`` is the transformer's inner dim, ``dim // 6`` bands). ``mode`` is a RIFLEx mode
+    (:data:`vispos.freqs.RIFLEX_MODES`). The report's lengths are in temporal RoPE positions (``ceil(F / p_t)``);
+    ``unit`` and ``p_t`` say which; ``acts_from_video_frames`` is the first video length the rule changes RoPE at
+    (``None``: every length), ``extension`` the paper's guidance (about 2x training-free, 3x fine-tuned).
     """
     if model_class is None:
         if base is None or dim is None or train_frames is None:
@@ -41,19 +54,32 @@ def riflex_table(
         raise ValueError("the target length (--frames or --pixel-frames) is required")
     b = float(base) if base is not None else float(host.base)
     d = int(dim) if dim is not None else int(host.dim)
+    vt = int(vae_t) if vae_t is not None else host.vae_t
+    source = host.source
+    if model_class is not None and (b != host.base or d != host.dim):
+        source = f"released: {host.source}; here base {b:g}, dim {d}"
     L = float(train_frames) if train_frames is not None else float(host.train)
     p_t = host.p_t
     L_pos, L2_pos = _positions(L, p_t), _positions(float(frames), p_t)
-    N_pos = None if N is None else float(N) / p_t
+    N_pos = None if N is None else _positions(float(N), p_t)
     if host.bands == "ltx":
-        step = host.vae_t / frame_rate * p_t / host.base_num_frames
-        rep = bands_report(ltx_bands(b, d, step), L_pos, L2_pos, N=N_pos, k=k, gamma=gamma)
-        rep.update(base=b, dim=d, frame_rate=frame_rate)
+        step = vt / frame_rate * p_t / host.base_num_frames
+        rep = bands_report(ltx_bands(b, d, step), L_pos, L2_pos, N=N_pos, k=k, gamma=gamma, mode=mode)
+        rep.update(base=b, dim=d, frame_rate=frame_rate, bands_per_axis=d // 6)
     else:
-        rep = riflex_report(b, d, L_pos, L2_pos, N=N_pos, k=k, gamma=gamma)
+        rep = riflex_report(b, d, L_pos, L2_pos, N=N_pos, k=k, gamma=gamma, mode=mode)
+    if mode == "checked":
+        lat = int(rep["N_k"]) * p_t + 1  # the first latent length with ceil(F / p_t) > N_k
+        acts = dict(acts_from_latent_frames=lat, acts_from_video_frames=(lat - 1) * vt + 1)
+    else:
+        acts = dict(acts_from_latent_frames=None, acts_from_video_frames=None)
+    ratio = L2_pos / L_pos
+    limit = FINETUNED_MAX if mode == "finetune" else TRAINING_FREE_MAX
     rep.update(
-        model_class=model_class, source=host.source, p_t=p_t, vae_t=host.vae_t,
+        model_class=model_class, source=source, p_t=p_t, vae_t=vt,
         unit="latent frames" if p_t == 1 else f"temporal RoPE positions (1 position = {p_t} latent frames)",
-        train_frames_latent=L, frames_latent=float(frames),
+        train_frames_latent=L, frames_latent=float(frames), **acts,
+        extension=dict(ratio=ratio, training_free_max=TRAINING_FREE_MAX, finetuned_max=FINETUNED_MAX,
+                       beyond_guidance=ratio > limit),
     )
     return rep
