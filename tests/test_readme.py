@@ -1,7 +1,8 @@
-"""Every ```python block of README.md runs as written (in a temp working dir).
+"""Every ```python block of README.md and of the docs without a test of their own runs as written (in a temp
+working dir, each in a fresh namespace); docs/families.md holds fragments, not programs, and is not run.
 
-Blocks copied from docs/timm.md and docs/diffusers.md are run by tests/test_docs_timm.py and tests/test_diffusers.py
-(which also check that those docs are what README shows), so they are not run twice here.
+Blocks of docs/timm.md and docs/diffusers.md are run by tests/test_docs_timm.py and tests/test_diffusers.py; the
+README examples copied from them must be verbatim copies (so they are tested there) and are not run twice here.
 """
 import os
 import re
@@ -10,26 +11,40 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+TESTED_DOCS = ("timm.md", "diffusers.md")  # each has its own test module
+FRAGMENT_DOCS = ("families.md",)  # its blocks are one-line fragments (no imports, no inputs), not programs
 
 
 def _blocks(path):
-    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+    return re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)
 
 
-README_BLOCKS = _blocks(ROOT / "README.md")
-TESTED_ELSEWHERE = {b for doc in ("timm.md", "diffusers.md") for b in _blocks(ROOT / "docs" / doc)}
-BLOCKS = [b for b in README_BLOCKS if b not in TESTED_ELSEWHERE]
+README_BLOCKS = _blocks(README)
+TESTED_ELSEWHERE = {b for doc in TESTED_DOCS for b in _blocks(ROOT / "docs" / doc)}
+OWN_DOCS = sorted(p for p in (ROOT / "docs").glob("*.md") if p.name not in TESTED_DOCS + FRAGMENT_DOCS)
+BLOCKS = [(f"README.md[block {i}]", b) for i, b in enumerate(README_BLOCKS) if b not in TESTED_ELSEWHERE]
+BLOCKS += [(f"docs/{p.name}[block {i}]", b) for p in OWN_DOCS for i, b in enumerate(_blocks(p))]
 
 
-def test_readme_has_the_two_commands():
-    text = (ROOT / "README.md").read_text()
+def test_readme_is_a_front_page():
+    text = README.read_text(encoding="utf-8")
     assert "make demo" in text and "make test" in text
-    assert BLOCKS, "README has no python examples of its own"
+    assert len(text.encode()) < 25000, f"README.md is {len(text.encode())} bytes; details belong in docs/"
+    assert len(README_BLOCKS) == 3, "the README shows three short examples"
+    assert any(b not in TESTED_ELSEWHERE for b in README_BLOCKS), "README has no python example of its own"
+    for extra in ("video", "plots", "diffusers", "dev"):
+        assert f'.[{extra}]' in text
+    # every doc it links exists
+    for link in re.findall(r"\]\((docs/[^)#]+)", text):
+        assert (ROOT / link).is_file(), link
 
 
-def test_readme_shows_the_tested_doc_snippets():
-    """README's timm / diffusers sections are the docs' tested snippets, verbatim."""
-    assert TESTED_ELSEWHERE and TESTED_ELSEWHERE <= set(README_BLOCKS)
+def test_readme_examples_from_docs_are_verbatim():
+    """The README's timm and diffusers examples are the docs' tested snippets, verbatim."""
+    timm_blocks = set(_blocks(ROOT / "docs" / "timm.md"))
+    diffusers_blocks = set(_blocks(ROOT / "docs" / "diffusers.md"))
+    assert timm_blocks & set(README_BLOCKS) and diffusers_blocks & set(README_BLOCKS)
 
 
 def check_block_runs(code: str, name: str, where) -> None:
@@ -42,6 +57,6 @@ def check_block_runs(code: str, name: str, where) -> None:
         os.chdir(cwd)
 
 
-@pytest.mark.parametrize("i", range(len(BLOCKS)))
-def test_readme_python_block_runs(i, tmp_path):
-    check_block_runs(BLOCKS[i], f"README.md[block {i}]", tmp_path)
+@pytest.mark.parametrize("name,code", BLOCKS, ids=[n for n, _ in BLOCKS])
+def test_python_block_runs(name, code, tmp_path):
+    check_block_runs(code, name, tmp_path)
