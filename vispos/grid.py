@@ -25,6 +25,21 @@ size of that axis, ``size`` the current size):
     ``[j, j+1) / ref`` (the ``"center"`` convention of :func:`vispos.pe.absolute.crop_resample_abs_pe`); the
     official RO-ViT code's TF RoIAlign convention (``"roi_align"``) reads ``+0.5`` further on every axis, a
     constant shift that RoPE ignores.
+``centered``
+    ``2 * (p + 0.5) / denom - 1`` -- DINOv3 / timm ``grid_type='centered'``: cell centres mapped onto ``[-1, 1]``;
+    ``denom`` is the axis' own size (``normalize_coords="separate"``), or the largest / smallest axis of the grid
+    (``"max"`` / ``"min"``: the aspect ratio is kept). No reference size.
+
+Every mode first adds a constant ``offset`` to ``p`` (timm ``grid_offset``; Perception Encoder uses 1).
+
+Two more things a positional scheme decides about coordinates, shared by the RoPE families:
+
+* **axis order** (:func:`axis_order`): which grid axis owns the first channel block / frequency row. ``"ij"``
+  follows the grid (``(h, w)``, ``(t, h, w)``); ``"xy"`` puts ``x`` (width) before ``y`` (height): ``(w, h)`` in
+  2D, ``(t, w, h)`` in 3D (timm ``grid_indexing='xy'``, naver RoPE-ViT, Perception Encoder). A permutation tuple is
+  accepted too.
+* **coordinate augmentation** (:class:`CoordAug`): DINOv3's train-time shift / jitter / rescale of the coordinates,
+  with timm's semantics and random-number order, one draw per forward.
 """
 from __future__ import annotations
 
@@ -41,9 +56,14 @@ __all__ = [
     "grid_coords",
     "axis_positions",
     "check_grid_shape",
+    "NORMALIZE_MODES",
+    "axis_order",
+    "CoordAug",
 ]
 
-COORD_MODES = ("index", "interpolated", "normalized", "cropped")
+COORD_MODES = ("index", "interpolated", "normalized", "cropped", "centered")
+#: denominators of the ``centered`` mode
+NORMALIZE_MODES = ("separate", "max", "min")
 
 Shape = Tuple[int, ...]
 
@@ -183,16 +203,30 @@ def axis_positions(
     crop: Optional[Tuple[float, float]] = None,
     device=None,
     dtype: torch.dtype = torch.float64,
+    offset: float = 0.0,
+    denom: Optional[float] = None,
 ) -> torch.Tensor:
-    """1-D coordinates of one axis, shape ``(size,)``. See the module docstring for the modes."""
+    """1-D coordinates of one axis, shape ``(size,)``. See the module docstring for the modes.
+
+    ``offset`` is added to the index ``p`` first (every mode); ``denom`` is the ``centered`` mode's denominator
+    (default ``size``).
+    """
     if mode not in COORD_MODES:
         raise ValueError(f"unknown coordinate mode {mode!r}; expected one of {COORD_MODES}")
+    offset = _check_offset(offset)
     if positions is not None:
         p = torch.as_tensor(positions, dtype=dtype, device=device)
     else:
         p = torch.arange(size, dtype=dtype, device=device)
+    if offset:
+        p = p + offset
     if mode == "index":
         return p
+    if mode == "centered":
+        d = float(size if denom is None else denom)
+        if not d > 0:
+            raise ValueError(f"centered coordinates need a positive denominator, got {denom!r}")
+        return 2.0 * (p + 0.5) / d - 1.0
     if ref is None:
         raise ValueError(f"coordinate mode {mode!r} needs a reference size (ref_shape), got None")
     ref = float(ref)
@@ -209,6 +243,12 @@ def axis_positions(
     return ref * start + (p + 0.5) * (ref * extent / size) - 0.5
 
 
+def _check_offset(offset) -> float:
+    if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not math.isfinite(offset):
+        raise ValueError(f"grid offset must be a finite number, got {offset!r}")
+    return float(offset)
+
+
 def grid_coords(
     layout: Union[GridLayout, Sequence[int]],
     mode: Union[str, Sequence[str]] = "index",
@@ -216,6 +256,8 @@ def grid_coords(
     crop: Optional[Sequence[Tuple[float, float]]] = None,
     device=None,
     dtype: torch.dtype = torch.float32,
+    offset: Union[float, Sequence[float]] = 0.0,
+    normalize_coords: str = "separate",
 ) -> torch.Tensor:
     """Coordinates of the patch tokens of a grid, shape ``(prod(shape), ndim)``, row-major.
 
@@ -225,6 +267,8 @@ def grid_coords(
         ref_shape: reference grid per axis (the training grid), needed by every mode but ``index``.
         crop: for ``cropped``: ``(start, extent)`` per axis, as fractions of the reference grid.
         dtype: output dtype; computed in float64 and cast once.
+        offset: added to every axis' index before the mode (a number or one per axis; timm ``grid_offset``).
+        normalize_coords: ``centered`` mode denominators, one of :data:`NORMALIZE_MODES`.
 
     Prefix tokens have no coordinates; PE modules give them the identity (RoPE) or their own rows (APE).
     """
@@ -235,10 +279,104 @@ def grid_coords(
     crops = list(crop) if crop is not None else [None] * nd
     if len(crops) != nd:
         raise ValueError(f"crop must give one (start, extent) per axis ({nd} axes), got {crop!r}")
+    offsets = _per_axis(offset, nd, "offset")
+    if normalize_coords not in NORMALIZE_MODES:
+        raise ValueError(f"unknown normalize_coords {normalize_coords!r}; expected one of {NORMALIZE_MODES}")
+    if normalize_coords == "separate":
+        denoms = list(layout.shape)
+    else:
+        denoms = [(max if normalize_coords == "max" else min)(layout.shape)] * nd
     positions = layout.positions or (None,) * nd
     axes = [
-        axis_positions(s, m, r, p, c, device=device)
-        for s, m, r, p, c in zip(layout.shape, modes, refs, positions, crops)
+        axis_positions(s, m, r, p, c, device=device, offset=o, denom=d)
+        for s, m, r, p, c, o, d in zip(layout.shape, modes, refs, positions, crops, offsets, denoms)
     ]
     mesh = torch.meshgrid(*axes, indexing="ij")
     return torch.stack([m.reshape(-1) for m in mesh], dim=-1).to(dtype)
+
+
+def axis_order(order, ndim: int) -> Tuple[int, ...]:
+    """The permutation of grid axes that an axis order names: entry ``i`` is the grid axis of channel block /
+    frequency row ``i``.
+
+    ``"ij"``: the grid's own order (identity). ``"xy"``: width before height -- ``(1, 0)`` in 2D, ``(0, 2, 1)`` in
+    3D (time stays first); 1D grids have one order. A tuple must be a permutation of ``range(ndim)``.
+    """
+    if isinstance(order, str):
+        if order == "ij" or ndim == 1:
+            if order not in ("ij", "xy"):
+                raise ValueError(f"unknown axis order {order!r}; expected 'ij', 'xy' or a permutation tuple")
+            return tuple(range(ndim))
+        if order == "xy":
+            return (1, 0) if ndim == 2 else (0, 2, 1)
+        raise ValueError(f"unknown axis order {order!r}; expected 'ij', 'xy' or a permutation tuple")
+    if isinstance(order, (tuple, list)) and all(isinstance(a, int) and not isinstance(a, bool) for a in order) \
+            and sorted(order) == list(range(ndim)):
+        return tuple(order)
+    raise ValueError(f"axis order must be 'ij', 'xy' or a permutation of {tuple(range(ndim))}, got {order!r}")
+
+
+def _check_aug_factor(value, name: str, low: float) -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
+        what = ">= 0 (coordinate units)" if low == 0 else ">= 1 (a multiplicative factor)"
+        raise ValueError(f"{name} must be a finite number {what} or None, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class CoordAug:
+    """Train-time coordinate augmentation (DINOv3; timm ``shift_coords`` / ``jitter_coords`` / ``rescale_coords``).
+
+    One transform per draw, shared by every token (and, in a host, by every layer of one forward):
+
+    * ``shift``: ``c_a += u_a``, ``u_a ~ U(-shift, shift)`` per axis, in the coordinates' own units;
+    * ``jitter``: ``c_a *= exp(v_a)``, ``v_a ~ U(-ln J, ln J)`` per axis;
+    * ``rescale``: ``c *= exp(w)``, ``w ~ U(-ln R, ln R)`` shared by all axes.
+
+    Draws are made in that order from torch's global generator (or ``generator``), float32, one value per axis in
+    *channel order* (the PE's axis order) -- the random stream of timm's ``_apply_coord_augs``, so a seeded vispos
+    model and a seeded timm model draw the same transform. ``None`` disables a part.
+    """
+
+    shift: Optional[float] = None
+    jitter: Optional[float] = None
+    rescale: Optional[float] = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "shift", _check_aug_factor(self.shift, "shift_coords", 0.0))
+        object.__setattr__(self, "jitter", _check_aug_factor(self.jitter, "jitter_coords", 1.0))
+        object.__setattr__(self, "rescale", _check_aug_factor(self.rescale, "rescale_coords", 1.0))
+
+    @property
+    def active(self) -> bool:
+        return self.shift is not None or self.jitter is not None or self.rescale is not None
+
+    def sample(self, num_axes: int, device=None, generator: Optional[torch.Generator] = None
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One draw: ``(add, mul)`` each ``(num_axes,)`` float32 in channel order; apply as ``(c + add) * mul``."""
+        add = torch.zeros(num_axes, dtype=torch.float32, device=device)
+        mul = torch.ones(num_axes, dtype=torch.float32, device=device)
+        if self.shift is not None:
+            add = torch.empty(num_axes, dtype=torch.float32, device=device).uniform_(
+                -self.shift, self.shift, generator=generator)
+        if self.jitter is not None:
+            m = math.log(self.jitter)
+            mul = mul * torch.empty(num_axes, dtype=torch.float32, device=device).uniform_(
+                -m, m, generator=generator).exp()
+        if self.rescale is not None:
+            m = math.log(self.rescale)
+            mul = mul * torch.empty(1, dtype=torch.float32, device=device).uniform_(-m, m, generator=generator).exp()
+        return add, mul
+
+    @staticmethod
+    def apply(coords: torch.Tensor, draw: Tuple[torch.Tensor, torch.Tensor], order: Sequence[int]) -> torch.Tensor:
+        """``coords (N, ndim)`` in grid-axis order, ``draw`` in channel order ``order`` -> augmented coords."""
+        add, mul = draw
+        inv = [0] * len(order)
+        for ch, a in enumerate(order):
+            inv[a] = ch
+        add = add.to(device=coords.device, dtype=coords.dtype)[inv]
+        mul = mul.to(device=coords.device, dtype=coords.dtype)[inv]
+        return (coords + add[None, :]) * mul[None, :]

@@ -6,9 +6,12 @@ Pure functions:
   area, trilinear for 3D), keeping the prefix rows. Equal to timm ``resample_abs_pos_embed`` in 2D.
 * :func:`build_sincos_2d` -- 2D sin-cos table; ``style="mae"`` (MAE / diffusers: ``[sin w, cos w, sin h, cos h]``)
   or ``style="timm"`` (timm ``build_sincos2d_pos_embed`` defaults: ``[sin h, sin w, cos h, cos w]``).
-* :func:`build_sincos_3d` -- 3D sin-cos table as Latte / CogVideoX: ``D_t = D/4`` for time, ``3D/8`` for each
-  spatial axis, ``[sin t, cos t | sin w, cos w, sin h, cos h]``.
+* :func:`build_sincos_3d` -- 3D sin-cos table. ``style="cogvideox"`` (CogVideoX-2B, diffusers
+  ``get_3d_sincos_pos_embed``): ``D_t = D/4`` for time, ``3D/8`` for each spatial axis,
+  ``[sin t, cos t | sin w, cos w, sin h, cos h]``; ``style="latte"`` (Latte): a full-width MAE 2D spatial table
+  plus a full-width 1D temporal table, added.
 * :func:`sample_crop_boxes` and :func:`crop_resample_abs_pe` -- RO-ViT cropped positional embeddings.
+* :func:`fuzzy_sample_abs_pe` -- ViTAR fuzzy PE: the table sampled at jittered positions (train-time).
 
 Modules: :class:`AbsolutePE` (``ape``) and :class:`SinCosPE` (``ape_sincos``), both on the ``token`` hook:
 ``x = x + table`` after patch embedding.
@@ -33,6 +36,8 @@ __all__ = [
     "build_sincos_2d",
     "build_sincos_3d",
     "CROP_SAMPLINGS",
+    "SINCOS_3D_STYLES",
+    "fuzzy_sample_abs_pe",
     "sample_crop_boxes",
     "crop_resample_abs_pe",
     "AbsolutePE",
@@ -197,6 +202,9 @@ def build_sincos_2d(
     return out.to(dtype)
 
 
+SINCOS_3D_STYLES = ("cogvideox", "latte")
+
+
 def build_sincos_3d(
     grid: Sequence[int],
     dim: int,
@@ -204,21 +212,34 @@ def build_sincos_3d(
     coords: Optional[torch.Tensor] = None,
     device=None,
     dtype: torch.dtype = torch.float32,
+    style: str = "cogvideox",
 ) -> torch.Tensor:
-    """3D sin-cos PE ``(T*H*W, dim)`` as Latte / CogVideoX-2B (diffusers ``get_3d_sincos_pos_embed``).
+    """3D sin-cos PE ``(T*H*W, dim)``.
 
-    Time gets ``D_t = dim/4`` channels, space ``3*dim/4`` as MAE-style 2D sin-cos:
-    ``[sin(t w), cos(t w) | sin(x w'), cos(x w'), sin(y w'), cos(y w')]`` with ``w_i = temperature^(-i/(D_t/2))``
-    and ``w'_i = temperature^(-i/(3 dim/16))``. ``dim`` must be divisible by 16. ``coords (T*H*W, 3)`` (t, row,
-    column) overrides the integer positions (diffusers' interpolation scales divide positions: pass
-    ``grid_coords(...) / scale``).
+    * ``style="cogvideox"`` (CogVideoX-2B, diffusers ``get_3d_sincos_pos_embed``): time gets ``D_t = dim/4``
+      channels, space ``3*dim/4`` as MAE-style 2D sin-cos:
+      ``[sin(t w), cos(t w) | sin(x w'), cos(x w'), sin(y w'), cos(y w')]`` with ``w_i = temperature^(-i/(D_t/2))``
+      and ``w'_i = temperature^(-i/(3 dim/16))``; ``dim`` divisible by 16.
+    * ``style="latte"`` (Latte, diffusers ``LatteTransformer3DModel``): the full-width MAE 2D table of ``(y, x)``
+      plus the full-width 1D table of ``t`` (``get_1d_sincos_pos_embed_from_grid(dim, t)``), added; ``dim``
+      divisible by 4.
+
+    ``coords (T*H*W, 3)`` (t, row, column) overrides the integer positions (diffusers' interpolation scales divide
+    positions; :class:`SinCosPE` has ``interpolation_scale=``).
     """
     grid = _grid(grid, "grid", (3,))
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0 or dim % 16:
-        raise ValueError(f"3D sin-cos needs dim divisible by 16 (D/4 for time, 3D/8 per spatial axis), got {dim!r}")
+    if style not in SINCOS_3D_STYLES:
+        raise ValueError(f"unknown 3D sin-cos style {style!r}; expected one of {SINCOS_3D_STYLES}")
+    need = 16 if style == "cogvideox" else 4
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0 or dim % need:
+        what = "D/4 for time, 3D/8 per spatial axis" if style == "cogvideox" else "a 2D MAE table of full width"
+        raise ValueError(f"3D sin-cos style {style!r} needs dim divisible by {need} ({what}), got {dim!r}")
     c = _coords(grid, coords, 3, device)
-    dt, ds = dim // 4, 3 * dim // 8
     t, y, x = c[:, 0], c[:, 1], c[:, 2]
+    if style == "latte":
+        spatial = torch.cat([build_sincos_1d(x, dim // 2, temperature), build_sincos_1d(y, dim // 2, temperature)], 1)
+        return (spatial + build_sincos_1d(t, dim, temperature)).to(dtype)
+    dt, ds = dim // 4, 3 * dim // 8
     out = torch.cat([build_sincos_1d(t, dt, temperature), build_sincos_1d(x, ds, temperature),
                      build_sincos_1d(y, ds, temperature)], dim=1)
     return out.to(dtype)
@@ -351,6 +372,52 @@ def crop_resample_abs_pe(
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# ViTAR fuzzy positional encoding
+# ---------------------------------------------------------------------------------------------------------------
+def fuzzy_sample_abs_pe(
+    table: torch.Tensor,
+    old_grid: Sequence[int],
+    new_grid: Sequence[int],
+    batch: int,
+    amount: float = 0.5,
+    num_prefix: int = 0,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """ViTAR "fuzzy" PE: sample a learned table at jittered token positions (bilinear, trilinear in 3D).
+
+    Token ``p`` of an axis of ``new`` cells samples the table at the normalised position
+    ``2 (p + 0.5 + u) / new - 1`` (``grid_sample``, ``align_corners=False``, border padding) with
+    ``u ~ U(-amount, amount)`` drawn per sample, token and axis (ViTAR: ``amount = 0.5``). With ``amount = 0`` and
+    ``new_grid == old_grid`` it returns the table. Returns ``(batch, num_prefix + prod(new_grid), C)``; prefix rows
+    are copied unchanged.
+    """
+    old_grid = _grid(old_grid, "old_grid")
+    new_grid = _grid(new_grid, "new_grid")
+    if len(new_grid) != len(old_grid):
+        raise ValueError(f"fuzzy PE: grids {old_grid} and {new_grid} have different ranks")
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0 <= amount < math.inf:
+        raise ValueError(f"fuzzy amount must be a finite number >= 0 (grid cells), got {amount!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    nd, C = len(old_grid), table.shape[-1]
+    if table.dim() != 3 or table.shape[0] != 1 or table.shape[1] != num_prefix + math.prod(old_grid):
+        raise ValueError(f"table must be (1, {num_prefix + math.prod(old_grid)}, C) for grid {old_grid} and "
+                         f"{num_prefix} prefix rows, got {tuple(table.shape)}")
+    orig = table.dtype
+    patch = table[:, num_prefix:].float().reshape(1, *old_grid, C).movedim(-1, 1)  # (1, C, *old)
+    N = math.prod(new_grid)
+    base = grid_coords(new_grid, "index", device=table.device, dtype=torch.float32)  # (N, nd) grid-axis order
+    u = torch.rand(batch, N, nd, generator=generator, dtype=torch.float32).to(table.device) * (2 * amount) - amount
+    size = torch.tensor(new_grid, dtype=torch.float32, device=table.device)
+    norm = 2.0 * (base[None] + 0.5 + u) / size - 1.0  # (B, N, nd)
+    samp = norm.flip(-1).reshape(batch, *([1] * (nd - 1)), N, nd)  # grid_sample wants (x, y[, z]) last
+    out = F.grid_sample(patch.expand(batch, *patch.shape[1:]), samp, mode="bilinear", padding_mode="border",
+                        align_corners=False)  # (B, C, 1.., N)
+    out = out.reshape(batch, C, N).transpose(1, 2).to(orig)
+    return torch.cat([table[:, :num_prefix].expand(batch, -1, -1), out], dim=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # modules
 # ---------------------------------------------------------------------------------------------------------------
 class _TokenPE(PositionalEmbedding):
@@ -387,6 +454,11 @@ class AbsolutePE(_TokenPE):
             ``crop_ratio``) and resize it to the current grid. Off in ``eval()``.
         crop_sampling: pixel convention of the crop read-out: ``"center"`` (default) or ``"roi_align"`` (the
             official RO-ViT code's); see :func:`crop_resample_abs_pe`.
+        fuzzy: ViTAR fuzzy PE during training (2D or 3D): every token samples the table bilinearly at its
+            position plus a uniform offset in ``[-fuzzy, fuzzy]`` cells of the current grid, drawn per sample and
+            token (:func:`fuzzy_sample_abs_pe`; ViTAR uses 0.5). ``0`` (default) is off; always off in ``eval()``,
+            where the table is resampled with ``mode``. Draws come from torch's global generator (seeded runs
+            repeat).
         init_std: truncated-normal std of the table (0.02, as timm).
 
     Parameter ``pos_embed (1, rows, C)``, ``rows = (num_prefix if embed_prefix else 0) + prod(grid)``.
@@ -412,6 +484,7 @@ class AbsolutePE(_TokenPE):
         crop_ratio: Tuple[float, float] = (0.5, 2.0),
         crop_upsample: Optional[Sequence[int]] = None,
         crop_sampling: str = "center",
+        fuzzy: float = 0.0,
         init_std: float = 0.02,
         device=None,
         dtype=None,
@@ -436,6 +509,11 @@ class AbsolutePE(_TokenPE):
             sample_crop_boxes(1, crop_scale, crop_ratio)  # validates the ranges now, before any work
         if crop_sampling not in CROP_SAMPLINGS:
             raise ValueError(f"unknown crop_sampling {crop_sampling!r}; expected one of {CROP_SAMPLINGS}")
+        if isinstance(fuzzy, bool) or not isinstance(fuzzy, (int, float)) or not 0 <= fuzzy < math.inf:
+            raise ValueError(f"fuzzy must be a finite number >= 0 (offset range in grid cells), got {fuzzy!r}")
+        if fuzzy and crop_aug:
+            raise ValueError("ape: choose one train-time augmentation, crop_aug=True or fuzzy > 0, not both")
+        self.fuzzy = float(fuzzy)
         self.dim = dim
         self.num_prefix = num_prefix
         self.embed_prefix = bool(embed_prefix)
@@ -506,6 +584,11 @@ class AbsolutePE(_TokenPE):
                                       size=self.grid)
             t = crop_resample_abs_pe(self.pos_embed, self.grid, layout.shape, boxes, self.table_prefix,
                                      self.crop_upsample, self.crop_sampling)
+        elif self.fuzzy and self.training:
+            if batch_size is None:
+                raise ValueError("ape with fuzzy > 0 needs the batch size in training (one draw per sample)")
+            t = fuzzy_sample_abs_pe(self.pos_embed, self.grid, layout.shape, batch_size, self.fuzzy,
+                                    self.table_prefix)
         else:
             t = self.get_table(layout.shape)
         if dtype is not None:
@@ -516,45 +599,61 @@ class AbsolutePE(_TokenPE):
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, grid={self.grid}, num_prefix={self.num_prefix}, embed_prefix={self.embed_prefix}, "
-                f"mode={self.mode!r}, antialias={self.antialias}, crop_aug={self.crop_aug}")
+                f"mode={self.mode!r}, antialias={self.antialias}, crop_aug={self.crop_aug}"
+                + (f", fuzzy={self.fuzzy:g}" if self.fuzzy else ""))
 
 
 class SinCosPE(_TokenPE):
-    """Fixed sin-cos absolute PE, 2D (MAE / timm) or 3D (Latte / CogVideoX), recomputed at every grid.
+    """Fixed sin-cos absolute PE, 2D (MAE / timm) or 3D (CogVideoX-2B or Latte layout), recomputed at every grid.
 
     Args:
         dim: embedding width (divisible by 4 in 2D, 16 in 3D).
         grid: training grid ``(H, W)`` or ``(T, H, W)`` (the reference for non-index coordinates).
         num_prefix: accepted for symmetry; prefix tokens get zeros (MAE's zero class row), any number of them.
         temperature: frequency base (10000).
-        style: 2D channel order, ``"mae"`` (default) or ``"timm"`` (:func:`build_sincos_2d`); 2D-only.
+        style: 2D channel order, ``"mae"`` (default) or ``"timm"`` (:func:`build_sincos_2d`); 3D layout,
+            ``"cogvideox"`` (default: the ``D/4`` time split) or ``"latte"`` (full-width 2D + 1D tables added)
+            (:func:`build_sincos_3d`).
         coords: coordinate mode at a new grid (:data:`vispos.grid.COORD_MODES`, or one per axis): ``index``
             (positions extend), ``interpolated`` (the grid is squeezed onto the training range), ``normalized``
             (centred, image extent fixed) or ``cropped``.
         ref_shape: reference grid for non-index modes (default ``grid``).
+        interpolation_scale: positions are divided by it after ``coords`` (a number or one per axis), at every
+            grid: diffusers' ``interpolation_scale`` (CogVideoX-2B: ``(temporal, spatial, spatial) =
+            (1, 1.875, 1.875)``; PixArt / SD3 2D tables).
 
     No parameters: the table is a cache per layout and device (float32, cast once to the input dtype).
     """
 
-    _table_attrs = frozenset({"coords", "ref_shape", "temperature", "style"})
+    _table_attrs = frozenset({"coords", "ref_shape", "temperature", "style", "interpolation_scale"})
     name = "ape_sincos"
 
     def __init__(self, dim: int, grid: Sequence[int], num_prefix: int = 0, temperature: float = 10000.0,
-                 style: Optional[str] = None, coords="index", ref_shape=None, device=None, dtype=None):
+                 style: Optional[str] = None, coords="index", ref_shape=None, interpolation_scale=1.0,
+                 device=None, dtype=None):
         super().__init__()
         if grid is None:
             raise ValueError("ape_sincos needs the training grid (grid=(H, W) or (T, H, W)), got None")
         self.grid = _grid(grid, "grid")
         nd = len(self.grid)
-        need = 4 if nd == 2 else 16
+        if style is None:
+            style = "mae" if nd == 2 else "cogvideox"
+        styles = SINCOS_STYLES if nd == 2 else SINCOS_3D_STYLES
+        if style not in styles:
+            other = SINCOS_3D_STYLES if nd == 2 else SINCOS_STYLES
+            why = f" ({style!r} is a {5 - nd}D-only style)" if style in other else ""
+            raise ValueError(f"unknown {nd}-D sin-cos style {style!r}{why}; expected one of {styles}")
+        need = 16 if style == "cogvideox" else 4
         if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0 or dim % need:
-            raise ValueError(f"ape_sincos on a {nd}-D grid needs dim divisible by {need}, got {dim!r}")
-        if style is not None and nd != 2:
-            raise ValueError(f"ape_sincos style= is a 2D-only option (3D uses the Latte/CogVideoX layout), got "
-                             f"style={style!r} with grid {self.grid}")
-        style = "mae" if style is None and nd == 2 else style
-        if nd == 2 and style not in SINCOS_STYLES:
-            raise ValueError(f"unknown sin-cos style {style!r}; expected one of {SINCOS_STYLES}")
+            raise ValueError(f"ape_sincos style {style!r} on a {nd}-D grid needs dim divisible by {need}, "
+                             f"got {dim!r}")
+        scales = list(interpolation_scale) if isinstance(interpolation_scale, (list, tuple)) else \
+            [interpolation_scale] * nd
+        if len(scales) != nd or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not (
+                math.isfinite(v) and v > 0) for v in scales):
+            raise ValueError(f"interpolation_scale must be a positive number or one per axis ({nd}), got "
+                             f"{interpolation_scale!r}")
+        self.interpolation_scale = tuple(float(v) for v in scales)
         modes = [coords] * nd if isinstance(coords, str) else list(coords)
         if len(modes) != nd or any(m not in COORD_MODES for m in modes):
             raise ValueError(f"coords must be one of {COORD_MODES} or one per axis ({nd}), got {coords!r}")
@@ -571,9 +670,11 @@ class SinCosPE(_TokenPE):
     def build_table(self, layout: GridLayout, device=None) -> torch.Tensor:
         """Sin-cos of the layout's patch coordinates, ``(prod(grid), C)`` float32 (uncached)."""
         c = grid_coords(layout, self.coords, self.ref_shape, device=device, dtype=torch.float64)
+        if any(v != 1.0 for v in self.interpolation_scale):
+            c = c / torch.tensor(self.interpolation_scale, dtype=c.dtype, device=c.device)
         if layout.ndim == 2:
             return build_sincos_2d(layout.shape, self.dim, self.temperature, self.style, coords=c, device=device)
-        return build_sincos_3d(layout.shape, self.dim, self.temperature, coords=c, device=device)
+        return build_sincos_3d(layout.shape, self.dim, self.temperature, coords=c, device=device, style=self.style)
 
     def get_table(self, layout, device=None) -> torch.Tensor:
         """Cached :meth:`build_table` (per layout and device)."""
@@ -593,8 +694,10 @@ class SinCosPE(_TokenPE):
         return t[None]
 
     def extra_repr(self) -> str:
+        extra = f", interpolation_scale={self.interpolation_scale}" if any(
+            v != 1.0 for v in self.interpolation_scale) else ""
         return (f"dim={self.dim}, grid={self.grid}, temperature={self.temperature}, style={self.style!r}, "
-                f"coords={self.coords!r}")
+                f"coords={self.coords!r}{extra}")
 
 
 # ---- registry --------------------------------------------------------------------------------------------------
@@ -608,7 +711,7 @@ def build_ape(*, dim=None, grid=None, num_prefix=0, device=None, dtype=None, **k
 
 
 @register_pe("ape_sincos", "absolute", (2, 3), ("token",),
-             "fixed sin-cos APE (MAE 2D, Latte/CogVideoX 3D), recomputed at index/interpolated/normalized coords")
+             "fixed sin-cos APE (MAE/timm 2D, CogVideoX/Latte 3D), recomputed at any coords, fixed position scale")
 def build_ape_sincos(*, dim=None, grid=None, num_prefix=0, device=None, dtype=None, **kwargs):
     return SinCosPE(dim, grid, num_prefix=num_prefix, device=device, dtype=dtype, **kwargs)
 

@@ -4,7 +4,7 @@
   position ``i`` of ``n`` maps to ``c = (i + 1) / (n + eps) · 2π`` -- then a learned depthwise ``3x3`` conv; prefix
   tokens get zeros. Per axis block of ``d`` channels: channel ``2j`` is ``sin(c / t_{2j})``, ``2j+1`` is
   ``cos(c / t_{2j})``, ``t_k = temperature^(2⌊k/2⌋ / d)``. 2D: the ``y`` block then the ``x`` block (``dim/2``
-  each). 3D: ``t`` (``dim/4``), ``y``, ``x`` (``3·dim/8`` each, the Latte/CogVideoX split), Conv3d. Rectangular
+  each). 3D: ``t`` (``dim/4``), ``y``, ``x`` (``3·dim/8`` each, the CogVideoX split), Conv3d. Rectangular
   grids are allowed (the reference code is square-only): each axis is normalised by its own length.
 * **Local** (``value`` hook): per attention layer, a zero-initialised depthwise ``3x3`` (``3x3x3``) conv on the
   patch tokens of V, added to ``attn @ v``; one conv of ``head_dim`` channels shared by the heads (the reference) or

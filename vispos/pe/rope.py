@@ -13,6 +13,19 @@ All three compute, for every patch token, one angle per rotated channel pair, fr
 * :class:`VoPE` (``vope``): axial RoPE on continuous coordinates centred on the image and normalised to the
   reference (training) grid -- vispos' definition, see the class docstring.
 
+Options shared by the rotary families (each reproduces a released timm setting):
+
+* ``axis_order`` (``"ij"`` / ``"xy"`` / a permutation, :func:`vispos.grid.axis_order`): which grid axis owns the
+  first channel block (axial) or frequency row (mixed). timm ``grid_indexing='xy'`` (naver RoPE-ViT, Perception
+  Encoder) is ``"xy"``.
+* ``grid_offset``: added to every integer index before the coordinate mode (Perception Encoder: 1).
+* ``coords="centered"`` + ``normalize_coords`` (``separate`` / ``max`` / ``min``) and ``angle_scale=2*pi``,
+  ``periods=(min, max)``: DINOv3's scheme (:func:`dinov3_options` gives timm ``RotaryEmbeddingDinoV3``'s options).
+* ``shift_coords`` / ``jitter_coords`` / ``rescale_coords`` (:class:`vispos.grid.CoordAug`): train-time coordinate
+  augmentation, off in ``eval()``. One transform is drawn per forward, at the ``token`` hook (these PEs then list
+  ``"token"`` in their hooks; the hook leaves ``x`` unchanged), and shared by every layer, as timm and DINOv3 do.
+  Call :meth:`AxialRoPE.sample_coord_aug` yourself when you drive ``forward_qk`` without a host.
+
 Tables are cached per layout (and device) and rebuilt when the module moves; under ``torch.compile`` they are
 computed in the graph (no cache mutation, so no recompilation on the second call).
 """
@@ -25,12 +38,12 @@ import torch
 from torch import nn
 
 from .. import freqs as F_
-from ..grid import GridLayout, as_layout, check_grid_shape, grid_coords
+from ..grid import NORMALIZE_MODES, CoordAug, GridLayout, as_layout, axis_order, check_grid_shape, grid_coords
 from ..ops.rope import apply_rope_qk, check_pairing, rope_angles, rope_table
 from ..utils.checks import check_int
 from .base import PositionalEmbedding
 
-__all__ = ["PRESETS", "default_axis_dims", "AxialRoPE", "MixedRoPE", "VoPE", "init_mixed_freqs"]
+__all__ = ["PRESETS", "default_axis_dims", "AxialRoPE", "MixedRoPE", "VoPE", "init_mixed_freqs", "dinov3_options"]
 
 #: Per-axis rotary dims and bases of well-known video models (head dims 64 / 128 / 128).
 PRESETS: Dict[str, dict] = {
@@ -82,6 +95,59 @@ class _RoPEBase(PositionalEmbedding):
         """Rotate ``q, k (B, heads, N, head_dim)`` for ``layout``; returns ``(q, k)``."""
         return self.forward_qk(q, k, as_layout(layout), index)
 
+    # ---- coordinate options shared by the rotary families ----------------------------------------------------
+    def _init_coord_options(self, nd: int, order, grid_offset, normalize_coords, shift_coords, jitter_coords,
+                            rescale_coords) -> None:
+        self.axis_order = order
+        self._perm = axis_order(order, nd)
+        offs = list(grid_offset) if isinstance(grid_offset, (list, tuple)) else [grid_offset] * nd
+        if len(offs) != nd:
+            raise ValueError(f"grid_offset must be a number or one per axis ({nd}), got {grid_offset!r}")
+        for o in offs:
+            if isinstance(o, bool) or not isinstance(o, (int, float)) or not math.isfinite(o):
+                raise ValueError(f"grid_offset must be finite numbers, got {grid_offset!r}")
+        self.grid_offset = tuple(float(o) for o in offs)
+        if normalize_coords not in NORMALIZE_MODES:
+            raise ValueError(f"unknown normalize_coords {normalize_coords!r}; expected one of {NORMALIZE_MODES}")
+        self.normalize_coords = normalize_coords
+        self.coord_aug = CoordAug(shift_coords, jitter_coords, rescale_coords)
+        self._aug_draw = None
+        if self.coord_aug.active:
+            self.hooks = frozenset(type(self).hooks | {"token"})
+
+    def _patch_coords(self, layout: GridLayout, device=None) -> torch.Tensor:
+        """Coordinates ``(prod(grid), ndim)`` float64 in grid-axis order (offset and mode applied, no augmentation)."""
+        return grid_coords(layout, self.coords, self.ref_shape, device=device, dtype=torch.float64,
+                           offset=self.grid_offset, normalize_coords=self.normalize_coords)
+
+    @property
+    def augmenting(self) -> bool:
+        """Whether the coordinates are augmented now (training mode and an augmentation configured)."""
+        return self.training and self.coord_aug.active
+
+    def sample_coord_aug(self, device=None, generator: Optional[torch.Generator] = None):
+        """Draw this forward's coordinate transform (training mode only; returns it, or ``None`` in eval).
+
+        Hosts trigger it through the ``token`` hook once per forward; call it yourself before the layers when you
+        use ``forward_qk`` directly.
+        """
+        if not self.augmenting:
+            return None
+        self._aug_draw = self.coord_aug.sample(len(self._perm), device=device, generator=generator)
+        return self._aug_draw
+
+    def forward_tokens(self, x: torch.Tensor, layout) -> torch.Tensor:
+        """The ``token`` hook of an augmenting RoPE: draws this forward's coordinate transform; ``x`` unchanged."""
+        self.sample_coord_aug(device=x.device if isinstance(x, torch.Tensor) else None)
+        return x
+
+    def _augmented(self, coords: torch.Tensor) -> torch.Tensor:
+        if self._aug_draw is None:
+            raise RuntimeError(f"{self.name}: coordinate augmentation is on in training mode but no transform was "
+                               f"drawn for this forward; run the PE's token hook (forward_tokens) or call "
+                               f"sample_coord_aug() once per forward before the attention layers")
+        return CoordAug.apply(coords, self._aug_draw, self._perm)
+
 
 class AxialRoPE(_RoPEBase):
     """Axial RoPE on a 1D, 2D or 3D grid.
@@ -102,6 +168,15 @@ class AxialRoPE(_RoPEBase):
         rules: scaling rule(s): a name / :class:`vispos.freqs.ScalingRule` / dict, for all axes, or one per axis
             (``None`` entries mean ``"none"``).
         preset: ``"cogvideox"``, ``"hunyuanvideo"`` or ``"wan"`` (sets dims and base; see :data:`PRESETS`).
+        axis_order: channel-block order, ``"ij"`` (grid order), ``"xy"`` (width block first; timm
+            ``grid_indexing='xy'``) or a permutation; ``dims``, ``base``, ``coords`` and ``rules`` stay per grid axis.
+        grid_offset: added to the integer index of every axis (or one per axis) before ``coords``.
+        normalize_coords: denominators of ``coords="centered"`` (``separate`` / ``max`` / ``min``).
+        angle_scale: every band is multiplied by it (DINOv3: ``2*pi``, its angles are ``2 pi c / period``).
+        periods: ``(min_period, max_period)``: bands ``1 / period_j`` with periods log-spaced from min to max over
+            each axis' ``d_a / 2`` pairs (DINOv3's alternative to ``base``); ``None``: ``base^(-2j/d_a)``.
+        shift_coords, jitter_coords, rescale_coords: train-time coordinate augmentation
+            (:class:`vispos.grid.CoordAug`), applied after the coordinate mode, in its units.
         device: where :meth:`get_table` / :meth:`build_table` put tables when called without a device
             (``forward_qk`` always builds them on ``q``'s device). The module holds no parameters.
         dtype: the cos/sin tables' dtype (default ``float32``; the angles are computed in float64 and the
@@ -113,7 +188,8 @@ class AxialRoPE(_RoPEBase):
 
     name = "rope_axial"
     _table_attrs = frozenset({"rules", "coords", "ref_shape", "train_shape", "bases", "dims", "pairing",
-                              "table_dtype", "table_device"})
+                              "table_dtype", "table_device", "grid_offset", "normalize_coords", "angle_scale",
+                              "periods", "_perm"})
 
     def __init__(
         self,
@@ -128,6 +204,14 @@ class AxialRoPE(_RoPEBase):
         train_shape: Optional[Sequence[int]] = None,
         rules=None,
         preset: Optional[str] = None,
+        axis_order: Union[str, Sequence[int]] = "ij",
+        grid_offset: Union[float, Sequence[float]] = 0.0,
+        normalize_coords: str = "separate",
+        angle_scale: float = 1.0,
+        periods: Optional[Tuple[float, float]] = None,
+        shift_coords: Optional[float] = None,
+        jitter_coords: Optional[float] = None,
+        rescale_coords: Optional[float] = None,
         device=None,
         dtype=None,
     ):
@@ -185,8 +269,22 @@ class AxialRoPE(_RoPEBase):
         if self.train_shape is not None and len(self.train_shape) != nd:
             raise ValueError(f"train_shape {self.train_shape} has {len(self.train_shape)} axes, RoPE has {nd}")
         self.ref_shape = tuple(ref_shape) if ref_shape is not None else self.train_shape
-        if any(m != "index" for m in modes) and self.ref_shape is None:
+        if any(m not in ("index", "centered") for m in modes) and self.ref_shape is None:
             raise ValueError(f"coordinate mode {coords!r} needs ref_shape= or train_shape=")
+        self._init_coord_options(nd, axis_order, grid_offset, normalize_coords, shift_coords, jitter_coords,
+                                 rescale_coords)
+        if isinstance(angle_scale, bool) or not isinstance(angle_scale, (int, float)) or not (
+                math.isfinite(angle_scale) and angle_scale > 0):
+            raise ValueError(f"angle_scale must be a positive finite number, got {angle_scale!r}")
+        self.angle_scale = float(angle_scale)
+        if periods is not None:
+            ok = isinstance(periods, (tuple, list)) and len(periods) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                for v in periods)
+            if not ok:
+                raise ValueError(f"periods must be (min_period, max_period), two positive numbers, got {periods!r}")
+            periods = (float(periods[0]), float(periods[1]))
+        self.periods = periods
         if isinstance(rules, (list, tuple)):
             if len(rules) != nd:
                 raise ValueError(f"rules must be one rule or one per axis ({nd}), got {len(rules)}")
@@ -222,14 +320,28 @@ class AxialRoPE(_RoPEBase):
             out.append(r.with_lengths(tr, te) if tr is not None else r.with_lengths(None, te))
         return tuple(out)
 
+    def _base_bands(self, a: int):
+        """Axis ``a``'s bands before its rule (Python floats): ``base^(-2j/d)`` or ``1 / period_j``."""
+        d = self.dims[a]
+        if self.periods is None:
+            return F_.rope_freqs_list(d, self.bases[a])
+        lo, hi = self.periods
+        n = d // 2
+        return [1.0 / (lo * (hi / lo) ** (j / (n - 1) if n > 1 else 0.0)) for j in range(n)]
+
     def get_freqs(self, layout=None):
-        """Bands per axis (float64) after the rules, for a layout or grid shape (default the training grid)."""
+        """Bands per grid axis (float64) after the rules and ``angle_scale``, for a layout or grid shape (default
+        the training grid). Index ``a`` is grid axis ``a`` whatever the ``axis_order``."""
         if layout is None:
             layout = self.train_shape
         if layout is None and any(r.name != "none" for r in self.rules):
             raise ValueError("a grid shape is needed to apply scaling rules (no train_shape set)")
         rules = self.rules_for(layout) if layout is not None else self.rules
-        return F_.axis_freqs(self.dims, self.bases, rules)
+        out = []
+        for a, (d, b, r) in enumerate(zip(self.dims, self.bases, rules)):
+            f = F_.apply_rule_list(self._base_bands(a), r, b, d)
+            out.append(torch.tensor([x * self.angle_scale for x in f], dtype=torch.float64))
+        return out
 
     def _attn_factor(self, layout):
         """YaRN attention factor per table column: each axis block gets its own rule's factor (as the diffusers
@@ -237,7 +349,7 @@ class AxialRoPE(_RoPEBase):
         facs = [F_.rule_attention_factor(r) for r in self.rules_for(layout)]
         if all(f == 1.0 for f in facs):
             return 1.0
-        return torch.tensor([f for f, d in zip(facs, self.dims) for _ in range(d // 2)], dtype=torch.float64)
+        return torch.tensor([facs[a] for a in self._perm for _ in range(self.dims[a] // 2)], dtype=torch.float64)
 
     def build_table(self, layout: GridLayout, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(cos, sin)``, each ``(num_prefix + prod(grid), head_dim // 2)`` in the module's ``dtype`` (default
@@ -247,15 +359,22 @@ class AxialRoPE(_RoPEBase):
         """
         self.check_layout(layout)
         device = self.table_device if device is None else device
-        coords = grid_coords(layout, self.coords, self.ref_shape, device=device, dtype=torch.float64)
-        angles = rope_angles(coords, [f.to(device) for f in self.get_freqs(layout)])
+        coords = self._patch_coords(layout, device)
+        if self.augmenting:
+            coords = self._augmented(coords)
+        perm = list(self._perm)
+        freqs = self.get_freqs(layout)
+        angles = rope_angles(coords[:, perm], [freqs[a].to(device) for a in perm])
         width = self.rotary_dim // 2 if self._partial_half else self.head_dim // 2
         return rope_table(angles, layout.num_prefix, width, scale=self._attn_factor(layout), dtype=self.table_dtype)
 
     def get_table(self, layout, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Cached :meth:`build_table` (per layout and device; ``device=None``: the module's ``device``)."""
+        """Cached :meth:`build_table` (per layout and device; ``device=None``: the module's ``device``); rebuilt at
+        every call while augmenting."""
         layout = as_layout(layout)
         device = self.table_device if device is None else device
+        if self.augmenting:
+            return self.build_table(layout, device)
         return self.cached(("table", layout, str(device)), lambda: self.build_table(layout, device))
 
     def forward_qk(self, q, k, layout, index: int = 0):
@@ -269,8 +388,19 @@ class AxialRoPE(_RoPEBase):
         return apply_rope_qk(q, k, cos, sin, self.pairing)
 
     def extra_repr(self) -> str:
+        extra = ""
+        if self._perm != tuple(range(len(self._perm))):
+            extra += f", axis_order={self.axis_order!r}"
+        if any(self.grid_offset):
+            extra += f", grid_offset={self.grid_offset}"
+        if self.angle_scale != 1.0:
+            extra += f", angle_scale={self.angle_scale:g}"
+        if self.periods is not None:
+            extra += f", periods={self.periods}"
+        if self.coord_aug.active:
+            extra += f", coord_aug={self.coord_aug}"
         return (f"head_dim={self.head_dim}, dims={self.dims}, bases={self.bases}, pairing={self.pairing!r}, "
-                f"coords={self.coords!r}, rules={[r.name for r in self.rules]}")
+                f"coords={self.coords!r}, rules={[r.name for r in self.rules]}{extra}")
 
 
 class VoPE(AxialRoPE):
@@ -347,6 +477,10 @@ class MixedRoPE(_RoPEBase):
         ndim: grid rank (2 or 3).
         temperature: magnitude base (10 in the paper).
         coords: coordinate mode (default ``index``: RoPE-ViT extends positions, never interpolates).
+        axis_order: which grid axis each row of ``freqs`` multiplies: ``"ij"`` (row ``a`` = grid axis ``a``),
+            ``"xy"`` (2D: row 0 = x, as timm ``RotaryEmbeddingMixed(grid_indexing='xy')`` stores it) or a
+            permutation. The init gives the same frequencies per grid axis in every order.
+        grid_offset, normalize_coords, shift_coords, jitter_coords, rescale_coords: as :class:`AxialRoPE`.
 
     Parameter ``freqs (ndim, depth, num_heads, head_dim // 2)`` (no weight decay: see :meth:`no_weight_decay`).
     Angles are computed in float64 (never lowered by autocast), cos/sin cast once to float32:
@@ -354,11 +488,14 @@ class MixedRoPE(_RoPEBase):
     """
 
     name = "rope_mixed"
-    _table_attrs = frozenset({"coords", "ref_shape"})
+    _table_attrs = frozenset({"coords", "ref_shape", "grid_offset", "normalize_coords", "_perm"})
 
     def __init__(
         self, head_dim: int, depth: int, num_heads: int, ndim: int = 2, temperature: float = 10.0,
         pairing: str = "interleaved", coords="index", ref_shape=None, train_shape=None, rotate: bool = True,
+        axis_order: Union[str, Sequence[int]] = "ij", grid_offset: Union[float, Sequence[float]] = 0.0,
+        normalize_coords: str = "separate", shift_coords: Optional[float] = None,
+        jitter_coords: Optional[float] = None, rescale_coords: Optional[float] = None,
         device=None, dtype=None,
     ):
         super().__init__()
@@ -376,23 +513,28 @@ class MixedRoPE(_RoPEBase):
         self.train_shape = check_grid_shape(tuple(train_shape), "train_shape") if train_shape is not None else None
         self.ref_shape = tuple(ref_shape) if ref_shape is not None else self.train_shape
         self.rotate = rotate
+        self._init_coord_options(ndim, axis_order, grid_offset, normalize_coords, shift_coords, jitter_coords,
+                                 rescale_coords)
         self.freqs = nn.Parameter(
             init_mixed_freqs(head_dim, depth, num_heads, ndim, temperature, rotate, device=device,
-                             dtype=dtype or torch.float32)
+                             dtype=dtype or torch.float32)[list(self._perm)]
         )
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
             self.freqs.copy_(init_mixed_freqs(self.head_dim, self.depth, self.num_heads, self.ndims[0],
-                                              self.temperature, self.rotate))
+                                              self.temperature, self.rotate)[list(self._perm)])
 
     def no_weight_decay(self):
         return {"freqs"}
 
     def get_coords(self, layout: GridLayout, device=None) -> torch.Tensor:
-        """Patch coordinates ``(prod(grid), ndim)`` float64, cached per layout and device."""
+        """Patch coordinates ``(prod(grid), ndim)`` float64 in ``freqs`` row order (``axis_order``), cached per
+        layout and device; augmented (uncached) while training with a coordinate augmentation."""
+        if self.augmenting:
+            return self._augmented(self._patch_coords(layout, device))[:, list(self._perm)]
         return self.cached(("coords", layout, str(device)),
-                           lambda: grid_coords(layout, self.coords, self.ref_shape, device=device, dtype=torch.float64))
+                           lambda: self._patch_coords(layout, device)[:, list(self._perm)])
 
     def build_table(self, layout: GridLayout, index: int = 0):
         """``(cos, sin)`` each ``(num_heads, num_prefix + prod(grid), head_dim // 2)`` for layer ``index``."""
@@ -415,8 +557,37 @@ class MixedRoPE(_RoPEBase):
         return apply_rope_qk(q, k, cos, sin, self.pairing)
 
     def extra_repr(self) -> str:
+        extra = f", axis_order={self.axis_order!r}" if self._perm != tuple(range(len(self._perm))) else ""
+        if any(self.grid_offset):
+            extra += f", grid_offset={self.grid_offset}"
+        if self.coord_aug.active:
+            extra += f", coord_aug={self.coord_aug}"
         return (f"head_dim={self.head_dim}, depth={self.depth}, num_heads={self.num_heads}, ndim={self.ndims[0]}, "
-                f"pairing={self.pairing!r}")
+                f"pairing={self.pairing!r}{extra}")
+
+
+def dinov3_options(temperature: Optional[float] = 100.0, min_period: Optional[float] = None,
+                   max_period: Optional[float] = None, normalize_coords: str = "separate", grid_offset: float = 0.0,
+                   grid_indexing: str = "ij", rotate_half: bool = True, shift_coords: Optional[float] = None,
+                   jitter_coords: Optional[float] = None, rescale_coords: Optional[float] = None) -> dict:
+    """``rope_axial`` options equal to timm ``RotaryEmbeddingDinoV3`` (DINOv3's ``RopePositionEmbedding``) with
+    these arguments (timm's names and defaults).
+
+    DINOv3 rotates pair ``j`` of each axis by ``2 pi c / period_j`` with ``c`` the ``centered`` coordinate in
+    ``[-1, 1]`` and ``period_j = temperature^(2j/(D/2))`` (or log-spaced from ``min_period`` to ``max_period``):
+    that is ``coords="centered"``, ``angle_scale=2*pi`` and ``base=temperature`` (or ``periods=(min, max)``).
+    """
+    opts = dict(coords="centered", normalize_coords=normalize_coords, grid_offset=float(grid_offset),
+                axis_order=grid_indexing, pairing="half" if rotate_half else "interleaved",
+                angle_scale=2.0 * math.pi, shift_coords=shift_coords, jitter_coords=jitter_coords,
+                rescale_coords=rescale_coords)
+    if min_period is not None and max_period is not None:
+        opts["periods"] = (float(min_period), float(max_period))
+    elif temperature is None:
+        raise ValueError("DINOv3 RoPE needs temperature= or both min_period= and max_period=")
+    else:
+        opts["base"] = float(temperature)
+    return opts
 
 
 # ---- registry --------------------------------------------------------------------------------------------------
