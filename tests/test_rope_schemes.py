@@ -244,3 +244,45 @@ def test_coordaug_rescale_is_shared_and_ranges():
         assert mul.max() <= 2.0 * 3.0 + 1e-6 and mul.min() >= 1 / 6.0 - 1e-6
     assert not CoordAug().active
     assert math.isclose(CoordAug(rescale=2).rescale, 2.0)
+
+
+# ---- options read from timm's modules (what conversion uses) ------------------------------------------------------
+def test_options_from_timm_modules():
+    from vispos.pe.rope import axial_options_from_timm, mixed_options_from_timm
+
+    cases = [RotaryEmbeddingCat(HD, temperature=100.0, in_pixels=False, grid_indexing="xy", grid_offset=1.0,
+                                ref_feat_shape=(4, 4), rotate_half=True),
+             RotaryEmbeddingDinoV3(HD, temperature=100.0, normalize_coords="max", rescale_coords=2.0)]
+    for timm_rope in cases:
+        opts, desc = axial_options_from_timm(timm_rope)
+        assert type(timm_rope).__name__ in desc
+        ours = AxialRoPE(HD, **opts).eval()
+        timm_rope.eval()
+        half = bool(timm_rope.rotate_half)
+        q, k = _qk(15)
+        _close(ours.forward_qk(q, k, GridLayout((3, 5)))[0], _timm_rot(q, timm_rope.get_embed([3, 5]), half))
+    assert AxialRoPE(HD, **axial_options_from_timm(cases[1])[0]).coord_aug.rescale == 2.0
+    with pytest.raises(ValueError, match="in_pixels"):
+        axial_options_from_timm(RotaryEmbeddingCat(HD, in_pixels=True))
+    torch.manual_seed(0)
+    mixed = RotaryEmbeddingMixed(HD * 2, 2, 2, grid_indexing="ij")
+    opts, _ = mixed_options_from_timm(mixed)
+    assert opts["axis_order"] == "ij"
+    with pytest.raises(ValueError, match="RoPE-Mixed"):
+        mixed_options_from_timm(cases[0])
+
+
+def test_param_block_per_family():
+    import vispos
+
+    rel = vispos.build_pe("rel_decomposed", head_dim=8, depth=3, grid=(4, 4))
+    assert {rel.param_block(n) for n, _ in rel.named_parameters()} == {0, 1, 2}
+    peg = vispos.build_pe("peg", dim=8, depth=4, grid=(4, 4), blocks=(0, 2))
+    assert sorted({peg.param_block(n) for n, _ in peg.named_parameters()}) == [0, 2]
+    mixed = vispos.build_pe("rope_mixed", dim=32, num_heads=2, depth=2, grid=(4, 4))
+    assert mixed.param_block("freqs") == mixed.ALL_BLOCKS
+    lape = vispos.build_pe("lape", dim=8, depth=3, grid=(4, 4))
+    blocks = {n: lape.param_block(n) for n, _ in lape.named_parameters()}
+    assert blocks["base.pos_embed"] is None and blocks["norms.2.weight"] == 2
+    combo = vispos.build_pe(["ape", "rel_decomposed"], dim=16, num_heads=2, depth=2, grid=(4, 4))
+    assert {combo.param_block(n) for n, _ in combo.named_parameters()} == {None, 0, 1}

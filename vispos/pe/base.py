@@ -150,6 +150,26 @@ class PositionalEmbedding(nn.Module):
     def members(self) -> Sequence["PositionalEmbedding"]:
         return (self,)
 
+    #: what :meth:`param_block` returns for a parameter shared by every block (e.g. RoPE-Mixed's ``freqs``)
+    ALL_BLOCKS = "all"
+
+    def param_block(self, name: str):
+        """The block a parameter of this PE belongs to, for layer-wise lr decay: an int (a per-block table such as a
+        rel-pos table or a LaPE norm goes with that block), ``None`` (acts before the blocks: the stem, e.g. an APE
+        table) or :data:`ALL_BLOCKS` (one tensor used by every block; timm leaves such a parameter ungrouped, i.e.
+        at the full learning rate, as it does EVA's ``rope.freqs``). ``name`` is relative to this module.
+        Default: ``None`` for every parameter; families with per-block parameters override it."""
+        return None
+
+    @staticmethod
+    def _indexed_block(name: str, container: str, blocks=None):
+        """``int`` block of ``"<container>.<j>.*"`` (``blocks[j]`` if given), else ``None``."""
+        parts = name.split(".")
+        if len(parts) >= 2 and parts[0] == container and parts[1].isdigit():
+            j = int(parts[1])
+            return blocks[j] if blocks is not None else j
+        return None
+
     def extra_repr(self) -> str:
         return f"hooks={sorted(self.hooks)}"
 
@@ -188,6 +208,13 @@ class PECombination(PositionalEmbedding):
 
     def members(self):
         return tuple(self.pes)
+
+    def param_block(self, name: str):
+        """Delegates to the member that owns ``pes.<k>.<name>``."""
+        parts = name.split(".")
+        if len(parts) < 3 or parts[0] != "pes" or not parts[1].isdigit():
+            raise ValueError(f"{name!r} is not a parameter of a member of this combination (pes.<k>.<name>)")
+        return self.pes[int(parts[1])].param_block(".".join(parts[2:]))
 
     def reset_parameters(self) -> None:
         """Re-initialise every member that has parameters, in member order (the order they were built in), so a

@@ -129,6 +129,10 @@ class PEG(PositionalEmbedding):
         )
         self.reset_parameters()
 
+    def param_block(self, name: str):
+        """``convs.<j>.*`` belongs to the block it follows (``blocks[j]``)."""
+        return self._indexed_block(name, "convs", self._blocks)
+
     def reset_parameters(self) -> None:
         std = peg_init_std(self.kernel_size, self.ndims[0])
         for c in self.convs:

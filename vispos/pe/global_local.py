@@ -158,6 +158,10 @@ class GlobalLocalPE(PositionalEmbedding):
         )
         self.reset_parameters()
 
+    def param_block(self, name: str):
+        """``local_convs.<i>.*`` belongs to block ``i``; the global conv acts on the tokens (stem)."""
+        return self._indexed_block(name, "local_convs")
+
     def reset_parameters(self) -> None:
         """Global conv: PyTorch's default conv init (as ResFormer); local convs: zeros."""
         self.global_conv.reset_parameters()

@@ -92,6 +92,12 @@ class LaPE(PositionalEmbedding):
                                    for _ in range(depth))
         self._init_norms()
 
+    def param_block(self, name: str):
+        """``norms.<l>.*`` belongs to block ``l``; the base PE's parameters to whatever the base says."""
+        if name.startswith("base."):
+            return self.base.param_block(name[len("base."):])
+        return self._indexed_block(name, "norms")
+
     def reset_parameters(self) -> None:
         """Re-initialise the base PE and the per-layer norms (e.g. after ``to_empty`` from the meta device)."""
         self.base.reset_parameters()

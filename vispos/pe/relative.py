@@ -165,6 +165,10 @@ class DecomposedRelPos(PositionalEmbedding):
         self.layers = nn.ModuleList(layers)
         self.reset_parameters()
 
+    def param_block(self, name: str):
+        """``layers.<i>.rel_pos_*`` belongs to block ``i`` (as timm's SAM / MViTv2 ``blocks.<i>.attn.rel_pos_*``)."""
+        return self._indexed_block(name, "layers")
+
     def no_weight_decay(self):
         """Relative-position tables are excluded from weight decay (as timm's MViTv2 / SAM)."""
         return {n for n, _ in self.named_parameters() if "rel_pos" in n}

@@ -528,6 +528,10 @@ class MixedRoPE(_RoPEBase):
     def no_weight_decay(self):
         return {"freqs"}
 
+    def param_block(self, name: str):
+        """``freqs`` holds every layer's frequencies in one tensor: :data:`ALL_BLOCKS`."""
+        return self.ALL_BLOCKS if name == "freqs" else None
+
     def get_coords(self, layout: GridLayout, device=None) -> torch.Tensor:
         """Patch coordinates ``(prod(grid), ndim)`` float64 in ``freqs`` row order (``axis_order``), cached per
         layout and device; augmented (uncached) while training with a coordinate augmentation."""
@@ -588,6 +592,58 @@ def dinov3_options(temperature: Optional[float] = 100.0, min_period: Optional[fl
     else:
         opts["base"] = float(temperature)
     return opts
+
+
+def _timm_aug(rope) -> dict:
+    return {k: getattr(rope, k, None) for k in ("shift_coords", "jitter_coords", "rescale_coords")
+            if getattr(rope, k, None) is not None}
+
+
+def axial_options_from_timm(rope) -> Tuple[dict, str]:
+    """``rope_axial`` options that reproduce a timm axial rotary module exactly, and a description.
+
+    Handles ``RotaryEmbeddingCat`` / ``RotaryEmbedding`` with index coordinates (EVA-02, naver RoPE-ViT, Perception
+    Encoder, the ``_rope_reg`` models: base, pairing, ``grid_indexing``, ``grid_offset``, ``ref_feat_shape``) and
+    ``RotaryEmbeddingDinoV3`` (every ``normalize_coords``, periods, offset, indexing), with their train-time
+    coordinate augmentation. Raises ``ValueError`` naming the setting for what vispos cannot reproduce (pixel-band
+    RoPE, ``in_pixels=True``; multimodal ``RotaryEmbeddingMRope``; anything else).
+    """
+    kind = type(rope).__name__
+    if kind == "RotaryEmbeddingDinoV3":
+        opts = dinov3_options(temperature=rope.temperature, min_period=rope.min_period, max_period=rope.max_period,
+                              normalize_coords=rope.normalize_coords, grid_offset=float(rope.grid_offset),
+                              grid_indexing=rope.grid_indexing, rotate_half=bool(rope.rotate_half),
+                              **_timm_aug(rope))
+        return {k: v for k, v in opts.items() if v is not None}, "timm RotaryEmbeddingDinoV3"
+    if kind in ("RotaryEmbeddingCat", "RotaryEmbedding"):
+        grid_type = getattr(rope, "grid_type", "pixel" if rope.in_pixels else "index")
+        if rope.in_pixels or grid_type != "index":
+            raise ValueError(f"timm {kind} with in_pixels={rope.in_pixels}, grid_type={grid_type!r} (pixel-frequency "
+                             f"bands) has no rope_axial equivalent")
+        opts = dict(base=float(rope.temperature), pairing="half" if rope.rotate_half else "interleaved",
+                    axis_order=getattr(rope, "grid_indexing", "ij"), grid_offset=float(getattr(rope, "grid_offset", 0)),
+                    **_timm_aug(rope))
+        if rope.ref_feat_shape is not None:
+            opts.update(coords="interpolated", ref_shape=tuple(int(s) for s in rope.ref_feat_shape))
+        else:
+            opts.update(coords="index")
+        return opts, f"timm {kind}"
+    raise ValueError(f"timm {kind} has no rope_axial equivalent (supported: RotaryEmbeddingCat with index "
+                     f"coordinates, RotaryEmbeddingDinoV3)")
+
+
+def mixed_options_from_timm(rope) -> Tuple[dict, str]:
+    """``rope_mixed`` options for a timm ``RotaryEmbeddingMixed``: its ``grid_indexing`` becomes ``axis_order``, so
+    timm's ``freqs`` is copied as stored (row ``i`` multiplies grid axis ``axis_order[i]`` in both); temperature
+    and coordinate augmentation carried over. ``ValueError`` for any other module."""
+    kind = type(rope).__name__
+    if kind != "RotaryEmbeddingMixed":
+        raise ValueError(f"timm {kind} is not RoPE-Mixed; rope_mixed reproduces RotaryEmbeddingMixed only")
+    return dict(axis_order=rope.grid_indexing, temperature=float(rope.temperature), **_timm_aug(rope)), \
+        f"timm RotaryEmbeddingMixed (grid_indexing={rope.grid_indexing!r})"
+
+
+__all__ += ["axial_options_from_timm", "mixed_options_from_timm"]
 
 
 # ---- registry --------------------------------------------------------------------------------------------------
