@@ -286,3 +286,18 @@ def test_param_block_per_family():
     assert blocks["base.pos_embed"] is None and blocks["norms.2.weight"] == 2
     combo = vispos.build_pe(["ape", "rel_decomposed"], dim=16, num_heads=2, depth=2, grid=(4, 4))
     assert {combo.param_block(n) for n, _ in combo.named_parameters()} == {None, 0, 1}
+
+
+def test_augmentation_draw_belongs_to_its_forward_layout():
+    """Two forwards drawn before either is recomputed (activation checkpointing): each keeps its own draw."""
+    rope = AxialRoPE(HD, **dinov3_options(**AUG)).train()
+    q, k = (t.float() for t in _qk(16))
+    x = torch.zeros(1, 16, 4)
+    lay_a, lay_b = GridLayout((4, 4)), GridLayout((4, 4))  # equal, but two forwards' objects
+    torch.manual_seed(0)
+    rope.forward_tokens(x, lay_a)
+    first = rope.forward_qk(q, k, lay_a)[0]
+    torch.manual_seed(1)
+    rope.forward_tokens(x, lay_b)
+    assert torch.equal(rope.forward_qk(q, k, lay_a)[0], first)  # recomputing forward A: A's draw
+    assert (rope.forward_qk(q, k, lay_b)[0] - first).abs().max() > 1e-3

@@ -111,7 +111,8 @@ class _RoPEBase(PositionalEmbedding):
             raise ValueError(f"unknown normalize_coords {normalize_coords!r}; expected one of {NORMALIZE_MODES}")
         self.normalize_coords = normalize_coords
         self.coord_aug = CoordAug(shift_coords, jitter_coords, rescale_coords)
-        self._aug_draw = None
+        self._aug_draw = None  # the latest draw: used for a layout object that has no draw of its own
+        self._aug_draws = {}  # id(layout) -> (weakref to the layout, draw): one draw per forward's layout object
         if self.coord_aug.active:
             self.hooks = frozenset(type(self).hooks | {"token"})
 
@@ -125,28 +126,45 @@ class _RoPEBase(PositionalEmbedding):
         """Whether the coordinates are augmented now (training mode and an augmentation configured)."""
         return self.training and self.coord_aug.active
 
-    def sample_coord_aug(self, device=None, generator: Optional[torch.Generator] = None):
+    def sample_coord_aug(self, layout=None, device=None, generator: Optional[torch.Generator] = None):
         """Draw this forward's coordinate transform (training mode only; returns it, or ``None`` in eval).
 
-        Hosts trigger it through the ``token`` hook once per forward; call it yourself before the layers when you
-        use ``forward_qk`` directly.
+        With ``layout`` (the host's per-forward :class:`~vispos.grid.GridLayout` object) the draw belongs to that
+        object: every hook call given the same object -- all layers of one forward, and their recomputation under
+        activation checkpointing -- uses it, even if another forward has drawn since. A layout object without a
+        draw of its own (e.g. a new but equal ``GridLayout``) uses the latest draw. Hosts trigger it through the ``token`` hook once per forward;
+        call it yourself before the layers when you use ``forward_qk`` directly.
         """
         if not self.augmenting:
             return None
-        self._aug_draw = self.coord_aug.sample(len(self._perm), device=device, generator=generator)
-        return self._aug_draw
+        draw = self.coord_aug.sample(len(self._perm), device=device, generator=generator)
+        self._aug_draw = draw
+        if layout is None:
+            return draw
+        import weakref
+
+        draws = {k: v for k, v in self._aug_draws.items() if v[0]() is not None}  # drop finished forwards
+        try:
+            ref = weakref.ref(layout)
+        except TypeError:  # a plain grid tuple: no identity to bind to
+            return draw
+        draws[id(layout)] = (ref, draw)
+        self.__dict__["_aug_draws"] = draws
+        return draw
 
     def forward_tokens(self, x: torch.Tensor, layout) -> torch.Tensor:
         """The ``token`` hook of an augmenting RoPE: draws this forward's coordinate transform; ``x`` unchanged."""
-        self.sample_coord_aug(device=x.device if isinstance(x, torch.Tensor) else None)
+        self.sample_coord_aug(layout, device=x.device if isinstance(x, torch.Tensor) else None)
         return x
 
-    def _augmented(self, coords: torch.Tensor) -> torch.Tensor:
-        if self._aug_draw is None:
+    def _augmented(self, coords: torch.Tensor, layout=None) -> torch.Tensor:
+        hit = self._aug_draws.get(id(layout)) if layout is not None else None
+        draw = hit[1] if hit is not None and hit[0]() is layout else self._aug_draw
+        if draw is None:
             raise RuntimeError(f"{self.name}: coordinate augmentation is on in training mode but no transform was "
                                f"drawn for this forward; run the PE's token hook (forward_tokens) or call "
                                f"sample_coord_aug() once per forward before the attention layers")
-        return CoordAug.apply(coords, self._aug_draw, self._perm)
+        return CoordAug.apply(coords, draw, self._perm)
 
 
 class AxialRoPE(_RoPEBase):
@@ -361,7 +379,7 @@ class AxialRoPE(_RoPEBase):
         device = self.table_device if device is None else device
         coords = self._patch_coords(layout, device)
         if self.augmenting:
-            coords = self._augmented(coords)
+            coords = self._augmented(coords, layout)
         perm = list(self._perm)
         freqs = self.get_freqs(layout)
         angles = rope_angles(coords[:, perm], [freqs[a].to(device) for a in perm])
@@ -536,7 +554,7 @@ class MixedRoPE(_RoPEBase):
         """Patch coordinates ``(prod(grid), ndim)`` float64 in ``freqs`` row order (``axis_order``), cached per
         layout and device; augmented (uncached) while training with a coordinate augmentation."""
         if self.augmenting:
-            return self._augmented(self._patch_coords(layout, device))[:, list(self._perm)]
+            return self._augmented(self._patch_coords(layout, device), layout)[:, list(self._perm)]
         return self.cached(("coords", layout, str(device)),
                            lambda: self._patch_coords(layout, device)[:, list(self._perm)])
 
