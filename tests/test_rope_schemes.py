@@ -158,16 +158,14 @@ AUG = dict(shift_coords=0.5, jitter_coords=1.5, rescale_coords=2.0)
 def test_dinov3_augmentation_equals_timm_seeded(aug):
     timm_rope = RotaryEmbeddingDinoV3(HD, temperature=100.0, **aug).train()
     ours = AxialRoPE(HD, **dinov3_options(**aug)).train()
-    assert "token" in ours.hooks
     shape = (3, 5)
     q, k = _qk(15)
     for seed in (0, 1):
         torch.manual_seed(seed)
         emb = timm_rope.get_embed(list(shape))
         torch.manual_seed(seed)
-        x = torch.zeros(1, 15, 4)
-        assert ours.forward_tokens(x, GridLayout(shape)) is x  # the hook only draws
-        oq, _ = ours.forward_qk(q, k, GridLayout(shape))
+        lay = ours.prepare(torch.zeros(1, 15, 4), GridLayout(shape))  # the per-forward draw rides on the layout
+        oq, _ = ours.forward_qk(q, k, lay)
         _close(oq, _timm_rot(q, emb, True), 1e-5)
 
 
@@ -202,15 +200,14 @@ def test_augmentation_off_in_eval_and_seeded_in_train():
     rope = AxialRoPE(HD, **dinov3_options(**AUG))
     x = torch.zeros(1, 17, 4)
     rope.eval()
-    rope.forward_tokens(x, lay)
+    assert rope.prepare(x, lay) is lay
     ref = plain.forward_qk(q, k, lay)[0]
     assert torch.equal(rope.forward_qk(q, k, lay)[0], ref)  # eval: no augmentation
     rope.train()
     outs = []
     for seed in (0, 0, 1):
         torch.manual_seed(seed)
-        rope.forward_tokens(x, lay)
-        outs.append(rope.forward_qk(q, k, lay)[0])
+        outs.append(rope.forward_qk(q, k, rope.prepare(x, lay))[0])
     assert torch.equal(outs[0], outs[1])  # deterministic under a seed
     assert (outs[0] - outs[2]).abs().max() > 1e-3  # a new draw per forward
     assert (outs[0] - ref).abs().max() > 1e-3
@@ -295,9 +292,10 @@ def test_augmentation_draw_belongs_to_its_forward_layout():
     x = torch.zeros(1, 16, 4)
     lay_a, lay_b = GridLayout((4, 4)), GridLayout((4, 4))  # equal, but two forwards' objects
     torch.manual_seed(0)
-    rope.forward_tokens(x, lay_a)
+    lay_a = rope.prepare(x, lay_a)
     first = rope.forward_qk(q, k, lay_a)[0]
     torch.manual_seed(1)
-    rope.forward_tokens(x, lay_b)
+    lay_b = rope.prepare(x, lay_b)
     assert torch.equal(rope.forward_qk(q, k, lay_a)[0], first)  # recomputing forward A: A's draw
     assert (rope.forward_qk(q, k, lay_b)[0] - first).abs().max() > 1e-3
+    assert torch.equal(rope.forward_qk(q, k, GridLayout((4, 4)))[0], rope.forward_qk(q, k, lay_b)[0])  # latest

@@ -22,9 +22,9 @@ Options shared by the rotary families (each reproduces a released timm setting):
 * ``coords="centered"`` + ``normalize_coords`` (``separate`` / ``max`` / ``min``) and ``angle_scale=2*pi``,
   ``periods=(min, max)``: DINOv3's scheme (:func:`dinov3_options` gives timm ``RotaryEmbeddingDinoV3``'s options).
 * ``shift_coords`` / ``jitter_coords`` / ``rescale_coords`` (:class:`vispos.grid.CoordAug`): train-time coordinate
-  augmentation, off in ``eval()``. One transform is drawn per forward, at the ``token`` hook (these PEs then list
-  ``"token"`` in their hooks; the hook leaves ``x`` unchanged), and shared by every layer, as timm and DINOv3 do.
-  Call :meth:`AxialRoPE.sample_coord_aug` yourself when you drive ``forward_qk`` without a host.
+  augmentation, off in ``eval()``. One transform is drawn per forward in :meth:`~vispos.pe.base.PositionalEmbedding.prepare`
+  and rides on the layout to every layer, as timm and DINOv3 share one draw. Call ``sample_coord_aug()`` (or
+  ``prepare``) yourself when you drive ``forward_qk`` without a host.
 
 Tables are cached per layout (and device) and rebuilt when the module moves; under ``torch.compile`` they are
 computed in the graph (no cache mutation, so no recompilation on the second call).
@@ -111,10 +111,7 @@ class _RoPEBase(PositionalEmbedding):
             raise ValueError(f"unknown normalize_coords {normalize_coords!r}; expected one of {NORMALIZE_MODES}")
         self.normalize_coords = normalize_coords
         self.coord_aug = CoordAug(shift_coords, jitter_coords, rescale_coords)
-        self._aug_draw = None  # the latest draw: used for a layout object that has no draw of its own
-        self._aug_draws = {}  # id(layout) -> (weakref to the layout, draw): one draw per forward's layout object
-        if self.coord_aug.active:
-            self.hooks = frozenset(type(self).hooks | {"token"})
+        self._aug_draw = None  # the latest draw: used for a layout that carries none
 
     def _patch_coords(self, layout: GridLayout, device=None) -> torch.Tensor:
         """Coordinates ``(prod(grid), ndim)`` float64 in grid-axis order (offset and mode applied, no augmentation)."""
@@ -126,44 +123,31 @@ class _RoPEBase(PositionalEmbedding):
         """Whether the coordinates are augmented now (training mode and an augmentation configured)."""
         return self.training and self.coord_aug.active
 
-    def sample_coord_aug(self, layout=None, device=None, generator: Optional[torch.Generator] = None):
-        """Draw this forward's coordinate transform (training mode only; returns it, or ``None`` in eval).
-
-        With ``layout`` (the host's per-forward :class:`~vispos.grid.GridLayout` object) the draw belongs to that
-        object: every hook call given the same object -- all layers of one forward, and their recomputation under
-        activation checkpointing -- uses it, even if another forward has drawn since. A layout object without a
-        draw of its own (e.g. a new but equal ``GridLayout``) uses the latest draw. Hosts trigger it through the ``token`` hook once per forward;
-        call it yourself before the layers when you use ``forward_qk`` directly.
-        """
+    def sample_coord_aug(self, device=None, generator: Optional[torch.Generator] = None):
+        """Draw a coordinate transform (training mode only; returns it, or ``None`` in eval) and keep it as the
+        latest draw, used by layouts that carry none (direct use of ``forward_qk`` without a host)."""
         if not self.augmenting:
             return None
-        draw = self.coord_aug.sample(len(self._perm), device=device, generator=generator)
-        self._aug_draw = draw
-        if layout is None:
-            return draw
-        import weakref
+        self._aug_draw = self.coord_aug.sample(len(self._perm), device=device, generator=generator)
+        return self._aug_draw
 
-        draws = {k: v for k, v in self._aug_draws.items() if v[0]() is not None}  # drop finished forwards
-        try:
-            ref = weakref.ref(layout)
-        except TypeError:  # a plain grid tuple: no identity to bind to
-            return draw
-        draws[id(layout)] = (ref, draw)
-        self.__dict__["_aug_draws"] = draws
-        return draw
-
-    def forward_tokens(self, x: torch.Tensor, layout) -> torch.Tensor:
-        """The ``token`` hook of an augmenting RoPE: draws this forward's coordinate transform; ``x`` unchanged."""
-        self.sample_coord_aug(layout, device=x.device if isinstance(x, torch.Tensor) else None)
-        return x
+    def prepare(self, x: torch.Tensor, layout: GridLayout) -> GridLayout:
+        """Per forward (hosts call it once, before the blocks): while augmenting, draw this forward's coordinate
+        transform and attach it to the layout every layer receives, so all layers of the forward -- and their
+        recomputation under activation checkpointing, even after later forwards -- share it. Else unchanged."""
+        if not self.augmenting:
+            return layout
+        draw = self.sample_coord_aug(device=x.device if isinstance(x, torch.Tensor) else None)
+        return layout.with_state(self, draw)
 
     def _augmented(self, coords: torch.Tensor, layout=None) -> torch.Tensor:
-        hit = self._aug_draws.get(id(layout)) if layout is not None else None
-        draw = hit[1] if hit is not None and hit[0]() is layout else self._aug_draw
+        draw = layout.state_of(self) if isinstance(layout, GridLayout) else None
+        if draw is None:
+            draw = self._aug_draw
         if draw is None:
             raise RuntimeError(f"{self.name}: coordinate augmentation is on in training mode but no transform was "
-                               f"drawn for this forward; run the PE's token hook (forward_tokens) or call "
-                               f"sample_coord_aug() once per forward before the attention layers")
+                               f"drawn for this forward; call layout = pe.prepare(x, layout) once per forward (as "
+                               f"hosts do) or pe.sample_coord_aug() before the attention layers")
         return CoordAug.apply(coords, draw, self._perm)
 
 
