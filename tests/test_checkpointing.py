@@ -194,3 +194,16 @@ def test_vit_forward_intermediates_equals_timm(kw):
     assert flat_a[1] == flat_b[1]
     for u, v in zip(flat_a[0], flat_b[0]):
         torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("host", sorted(HOSTS))
+def test_installed_model_pickles(host):
+    """The hook subclasses are reachable by name (``vispos.integrations.timm.hooks.Vispos<Class>``)."""
+    import pickle
+
+    model = _timm(host, ["ape", "rope_axial"]).eval()
+    assert type(model).__module__ == "vispos.integrations.timm.hooks"
+    twin = pickle.loads(pickle.dumps(model))
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(twin.forward_features(x), model.forward_features(x), rtol=0, atol=0)

@@ -1,0 +1,63 @@
+"""timm integration: any timm ViT / EVA with any vispos PE, pretrained checkpoints included.
+
+Three ways in:
+
+* :func:`create_model` -- ``vispos.create_model("vit_small_patch16_224", pe="rope_axial")`` builds the timm model and
+  installs the PE.
+* ``timm.create_model("vispos_<timm name>", pe=...)`` -- after ``import vispos`` every entrypoint of timm's
+  ``vision_transformer``, ``deit`` and ``eva`` modules has a ``vispos_`` twin (``timm.list_models(module="vispos")``)
+  that takes ``pe=`` / ``pe_kwargs=`` and goes through timm's own pretrained-config machinery (tags such as
+  ``vispos_vit_base_patch16_224.augreg_in21k``, ``pretrained_cfg_overlay=dict(file=...)``).
+* :func:`install_pe` -- put a PE into a timm model you already have (e.g. one loaded with pretrained weights); the
+  timm PE is converted where a conversion exists.
+
+How the PE reaches the model (no state-dict key of timm changes; the PE's parameters appear under ``pe.``):
+
+* the model's class is swapped for a subclass whose ``_pos_embed`` builds the :class:`~vispos.grid.GridLayout`
+  from the patch grid (``(H, W)`` from the NHWC patch embedding with ``dynamic_img_size=True``, else
+  ``patch_embed.grid_size``) after concatenating the prefix tokens (class, distillation, registers), applies
+  the PE's ``token`` hook and ``prepare`` step;
+* each attention's class is swapped for a subclass that runs the ``attn_input``, ``bias``, ``qk`` and ``value``
+  hooks around SDPA (:func:`vispos.attention.attend`), with the same projections as timm's;
+* each block's class is swapped for a subclass that runs the ``block`` hook after the block.
+
+The layout travels with the call: each forward hands a :class:`PECall` (the model's PE and the layout of these
+tokens) to every block and attention as an argument -- EVA's ``rope=`` (timm's own EVA loops pass it on, under
+gradient checkpointing too), a ViT's ``attn_mask=`` (the ViT forwards run the block loop themselves) -- so a
+checkpointed block is recomputed with its own forward's layout, and threads or ``nn.DataParallel`` replicas share
+no per-forward state. The PE is registered once, at ``model.pe``. timm's own PE is removed (``pos_embed`` / EVA
+``rope`` become ``None``): the vispos PE is the model's only PE. A learned APE is kept by asking for it, e.g.
+``pe=["ape", "rope_axial"]``.
+
+Conversion (:func:`install_pe` with ``convert=True``, implied by ``pretrained=True`` / ``checkpoint_path=``):
+``pos_embed`` goes to the PE's ``ape`` member (prefix rows added as zeros or dropped to match ``embed_prefix``),
+EVA's RoPE-Mixed ``rope.freqs`` to ``rope_mixed`` (``ours = timm.flip(0)``), EVA's axial RoPE settings (base,
+pairing, reference grid) become the defaults of ``rope_axial`` / ``vope``, and new PE parameters default to the
+identity where the family offers it (``peg`` ``zero_init=True``). One ``INFO`` log line per converted, dropped or
+new key (logger ``vispos.integrations.timm``).
+"""
+from .convert import load_timm_checkpoint
+from .factory import (
+    ENTRYPOINT_PREFIX,
+    SUPPORTED_TIMM_MODULES,
+    create_model,
+    install_pe,
+    register_timm_entrypoints,
+    timm_entrypoint_name,
+)
+from .hooks import HOSTS, SUPPORTED, PECall, TimmHost, find_host
+
+__all__ = [
+    "ENTRYPOINT_PREFIX",
+    "HOSTS",
+    "PECall",
+    "SUPPORTED",
+    "SUPPORTED_TIMM_MODULES",
+    "TimmHost",
+    "create_model",
+    "find_host",
+    "install_pe",
+    "load_timm_checkpoint",
+    "register_timm_entrypoints",
+    "timm_entrypoint_name",
+]
