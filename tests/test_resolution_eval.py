@@ -124,8 +124,10 @@ def test_results_files_complete(tmp_path):
     assert [float(r["top1"]) for r in rows] == [r["top1"] for r in data["rows"]]
     table = (out / "table.md").read_text()
     lines = [ln for ln in table.splitlines() if ln.startswith("|")]
-    assert lines[0] == "| PE | 16* | 24 | 16x32 |" and len(lines) == 4
+    # accuracy table, then the change from the training size in points (same layout)
+    assert lines[0] == lines[4] == "| PE | 16* | 24 | 16x32 |" and len(lines) == 8
     assert all(len(ln.split("|")) == 6 for ln in lines)
+    assert lines[6].startswith("| ape | 0 | ") and "Change from the training size" in table
     assert table == res["table"]
     with Image.open(out / "accuracy_vs_resolution.png") as im:
         im.load()

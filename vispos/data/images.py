@@ -19,6 +19,18 @@ Tasks (``TASKS``):
     Is the red square A left of the blue square B, and is it above it? Label ``2 * above + left``. Both squares
     (side 0.1-0.16) are anywhere in the image, separated by at least 0.2 of the image along *both* axes, so the
     answer never depends on a pixel. Only relative position matters.
+``landolt`` (4 classes, chance 1/4) -- relative geometry at the object's own scale
+    Where is the gap of a Landolt ring (right, below, left, above its centre)? One ring (outer radius 0.1-0.45 of
+    the image, inner radius 0.6 of it, gap 0.4 of the radius wide, random colour) anywhere in the image, and one
+    gap-less ring of another colour as a distractor. Position and size are random, so every offset that decides the
+    label is a fraction of the ring, seen at a 4.5x range of scales in training: the task resizes the way
+    photographs do, which ``absolute`` (fixed fractions of the image) does not.
+``photos`` (12 classes, chance 1/12) -- natural images
+    Which of 12 scikit-image sample photographs (bundled with scikit-image, no download) does a crop come from?
+    Each photo's long side is split into a training region (first 60 %) and a test region (last 40 %), so test
+    crops never overlap training crops. Training crops are random-resized crops (area fraction ``rrc_scale`` of the
+    largest crop, aspect 3/4-4/3, random flip); test crops are square, 0.875 of the largest crop, at a random place
+    in the test region. Resampled from the photo (antialiased) at the requested size. Needs ``scikit-image``.
 ``shape`` (4 classes, chance 1/4) -- control
     Which shape is it: filled square, disc, frame (hollow square) or plus? One object (size 0.3-0.45 of the
     image, random colour) anywhere in the image: translation invariant, every PE (and none) should solve it.
@@ -42,6 +54,12 @@ from ..utils.seeding import mix_seed
 
 __all__ = [
     "TASKS",
+    "SCENE_TASKS",
+    "DEFAULT_RRC_SCALE",
+    "load_photo",
+    "photo_region",
+    "photo_crop",
+    "photo_box",
     "TaskInfo",
     "parse_size",
     "scene",
@@ -79,10 +97,23 @@ TASKS = {
     "shape": TaskInfo(
         "shape", ("square", "disc", "frame", "plus"),
         "which shape (translation-invariant control)"),
+    "landolt": TaskInfo(
+        "landolt", ("gap_right", "gap_below", "gap_left", "gap_above"),
+        "where is the gap of a Landolt ring of random size and place (relative geometry at the object's scale)"),
+    "photos": TaskInfo(
+        "photos", ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "hubble_deep_field",
+                   "immunohistochemistry", "retina", "moon", "brick", "grass"),
+        "which scikit-image sample photo a crop comes from (natural images; disjoint train/test regions)"),
 }
 
-# object kinds
+#: Tasks drawn as scenes of objects (:func:`scene`); the others are crops of photographs.
+SCENE_TASKS = ("absolute", "quadrant", "relative", "shape", "landolt")
+DEFAULT_RRC_SCALE = (0.25, 1.0)
+
+# object kinds; _RING + d is a Landolt ring with its gap in direction d (0 right, 1 below, 2 left, 3 above),
+# _RING + 4 a ring without a gap
 _BOX, _DISC, _FRAME, _PLUS = 0, 1, 2, 3
+_RING = 4
 _RED = (0.95, 0.15, 0.15)
 _GREEN = (0.15, 0.85, 0.2)
 _BLUE = (0.2, 0.35, 0.95)
@@ -152,6 +183,8 @@ def scene(task: str, seed: int, index: int) -> Tuple[torch.Tensor, torch.Tensor,
         order, later on top; ``alpha`` 0 marks an unused slot), background ``(3,)`` in ``[0, 1]``, label ``int``.
     """
     info = _check_task(task)
+    if task not in SCENE_TASKS:
+        raise ValueError(f"task {task!r} is not drawn from a scene; render it with SyntheticPositionDataset")
     label = task_label(task, seed, index)
     g = _gen(seed, index)
     shade = _u(g, 0.0, 0.2)
@@ -193,6 +226,13 @@ def scene(task: str, seed: int, index: int) -> Tuple[torch.Tensor, torch.Tensor,
             ya, yb = yb, ya
         put(0, _BOX, xa, ya, ha, _RED)
         put(1, _BOX, xb, yb, hb, _BLUE)
+    elif task == "landolt":
+        r = _u(g, 0.1, 0.45)
+        cx, cy = _u(g, r, 1 - r), _u(g, r, 1 - r)
+        ci, cj = g.sample(range(len(_PALETTE)), 2)
+        rd = _u(g, 0.1, 0.3)
+        put(0, _RING + 4, _u(g, rd, 1 - rd), _u(g, rd, 1 - rd), rd, _PALETTE[cj])
+        put(1, _RING + label, cx, cy, r, _PALETTE[ci])
     elif task == "shape":
         half = _u(g, 0.15, 0.225)
         color = _PALETTE[g.randrange(len(_PALETTE))]
@@ -216,6 +256,13 @@ def _box(cx, cy, hx, hy, h, w) -> torch.Tensor:
     return _overlap(cy - hy, cy + hy, h)[:, :, None] * _overlap(cx - hx, cx + hx, w)[:, None, :]
 
 
+def _disc(x, y, r, h, w) -> torch.Tensor:
+    ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h
+    xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w
+    d = torch.sqrt((ys[None, :, None] - y[:, None, None]) ** 2 + (xs[None, None, :] - x[:, None, None]) ** 2)
+    return ((r[:, None, None] - d) * math.sqrt(h * w) + 0.5).clamp(0, 1)
+
+
 def _coverage(kind, cx, cy, half, h, w) -> torch.Tensor:
     """Area coverage ``(B, H, W)`` in ``[0, 1]`` of one object per sample (each kind computed for its samples)."""
     out = torch.zeros(kind.shape[0], h, w)
@@ -231,10 +278,16 @@ def _coverage(kind, cx, cy, half, h, w) -> torch.Tensor:
             t = r / 3
             cov = (_box(x, y, r, t, h, w) + _box(x, y, t, r, h, w) - _box(x, y, t, t, h, w)).clamp(0, 1)
         elif k == _DISC:
-            ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h
-            xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w
-            d = torch.sqrt((ys[None, :, None] - y[:, None, None]) ** 2 + (xs[None, None, :] - x[:, None, None]) ** 2)
-            cov = ((r[:, None, None] - d) * math.sqrt(h * w) + 0.5).clamp(0, 1)
+            cov = _disc(x, y, r, h, w)
+        elif _RING <= k <= _RING + 4:
+            cov = (_disc(x, y, r, h, w) - _disc(x, y, 0.6 * r, h, w)).clamp(0, 1)
+            if k < _RING + 4:
+                t = 0.2 * r  # half-width of the gap
+                zero = torch.zeros_like(r)
+                dx, dy = [(0.7, 0.0), (0.0, 0.7), (-0.7, 0.0), (0.0, -0.7)][k - _RING]
+                hx = torch.where(zero + dx != 0, 0.35 * r, t)
+                hy = torch.where(zero + dy != 0, 0.35 * r, t)
+                cov = cov * (1 - _box(x + dx * r, y + dy * r, hx, hy, h, w))
         else:  # pragma: no cover - scenes only hold the four kinds
             raise ValueError(f"unknown object kind {k}")
         out[sel] = cov
@@ -254,8 +307,110 @@ def render_scenes(objects: torch.Tensor, background: torch.Tensor, size) -> torc
     return (img - 0.5) / 0.5
 
 
-def render(task: str, seed: int, index: int, size) -> Tuple[torch.Tensor, int]:
-    """One sample: image ``(3, H, W)`` (normalised) and its label."""
+# ---- natural images: crops of scikit-image's sample photographs ----------------------------------------------------
+_PHOTO_SHORT_SIDE = 384
+_PHOTO_CACHE: dict = {}
+_TRAIN_SHARE = 0.6  # of each photo's long side; the rest is the test region
+
+
+def load_photo(name: str) -> torch.Tensor:
+    """A scikit-image sample photograph (shipped with the package, no download) as float32 ``(3, H, W)`` in
+    ``[0, 1]``, antialiased to a short side of 384 px. Grey photos are repeated to RGB."""
+    if name not in TASKS["photos"].classes:
+        raise ValueError(f"unknown photo {name!r}; the photos task uses {list(TASKS['photos'].classes)}")
+    if name not in _PHOTO_CACHE:
+        try:
+            import skimage.data
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError("the 'photos' task needs scikit-image: pip install scikit-image") from e
+        import numpy as np
+
+        im = np.asarray(getattr(skimage.data, name)())
+        if im.ndim == 2:
+            im = np.stack([im] * 3, axis=-1)
+        t = torch.from_numpy(np.ascontiguousarray(im[..., :3])).permute(2, 0, 1).float() / 255.0
+        h, w = t.shape[1:]
+        sc = _PHOTO_SHORT_SIDE / min(h, w)
+        t = torch.nn.functional.interpolate(t[None], size=(round(h * sc), round(w * sc)), mode="bilinear",
+                                            antialias=True, align_corners=False)[0].clamp(0, 1)
+        _PHOTO_CACHE[name] = t.contiguous()
+    return _PHOTO_CACHE[name]
+
+
+def photo_region(shape, split: str) -> Tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)`` of the ``split`` region of a photo of ``shape (C, H, W)``: the long side is cut at
+    60 %; ``train`` is the first part, ``test`` the rest (disjoint)."""
+    _, h, w = shape
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    long_h = h >= w
+    n = h if long_h else w
+    cut = round(_TRAIN_SHARE * n)
+    a, b = (0, cut) if split == "train" else (cut, n)
+    return (a, b, 0, w) if long_h else (0, h, a, b)
+
+
+def _max_crop(shape) -> float:
+    """The largest crop side (pixels): 0.9 of the test region's short side, the same for both splits."""
+    y0, y1, x0, x1 = photo_region(shape, "test")
+    return 0.9 * min(y1 - y0, x1 - x0)
+
+
+def photo_crop(seed: int, index: int, size, split: str = "train",
+               rrc_scale: Tuple[float, float] = DEFAULT_RRC_SCALE) -> Tuple[torch.Tensor, int]:
+    """Sample ``index`` of the ``photos`` task: a crop of photo ``label`` from its ``split`` region, resampled to
+    ``size`` (antialiased bilinear), normalised ``(v - 0.5) / 0.5``. ``train``: a random-resized crop, area
+    ``U(rrc_scale)`` x the largest crop, aspect log-uniform in [3/4, 4/3], random horizontal flip; ``test``: a
+    square crop of 0.875 x the largest crop side. The position is uniform inside the region."""
+    h, w = parse_size(size)
+    label, (top, left, ch, cw), flip = photo_box(seed, index, split, rrc_scale)
+    img = load_photo(TASKS["photos"].classes[label])
+    crop = img[None, :, top:top + ch, left:left + cw]
+    out = torch.nn.functional.interpolate(crop, size=(h, w), mode="bilinear", antialias=True,
+                                          align_corners=False)[0].clamp(0, 1)
+    if flip:
+        out = out.flip(-1)
+    return (out - 0.5) / 0.5, label
+
+
+def photo_box(seed: int, index: int, split: str = "train", rrc_scale: Tuple[float, float] = DEFAULT_RRC_SCALE):
+    """``(label, (top, left, height, width), flip)`` of sample ``index`` of the ``photos`` task (see
+    :func:`photo_crop`), in the pixels of :func:`load_photo`'s image."""
+    _check_index(seed, index)
+    rrc_scale = _check_rrc_scale(rrc_scale)
+    label = task_label("photos", seed, index)
+    shape = load_photo(TASKS["photos"].classes[label]).shape
+    y0, y1, x0, x1 = photo_region(shape, split)
+    g = _gen(seed, index, 0x9407, 0 if split == "train" else 1)
+    smax = _max_crop(shape)
+    if split == "train":
+        side = math.sqrt(_u(g, *rrc_scale)) * smax
+        ar = math.exp(_u(g, math.log(3 / 4), math.log(4 / 3)))
+        ch, cw = side / math.sqrt(ar), side * math.sqrt(ar)
+    else:
+        ch = cw = 0.875 * smax
+    ch, cw = max(1, min(round(ch), y1 - y0)), max(1, min(round(cw), x1 - x0))
+    top = y0 + int(g.random() * (y1 - y0 - ch + 1))
+    left = x0 + int(g.random() * (x1 - x0 - cw + 1))
+    flip = split == "train" and g.random() < 0.5
+    return label, (top, left, ch, cw), flip
+
+
+def _check_rrc_scale(rrc_scale) -> Tuple[float, float]:
+    ok = isinstance(rrc_scale, (tuple, list)) and len(rrc_scale) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in rrc_scale)
+    if not ok or not 0 < rrc_scale[0] <= rrc_scale[1] <= 1:
+        raise ValueError(f"rrc_scale must be two numbers (lo, hi) with 0 < lo <= hi <= 1 (area fractions), "
+                         f"got {rrc_scale!r}")
+    return float(rrc_scale[0]), float(rrc_scale[1])
+
+
+def render(task: str, seed: int, index: int, size, split: str = "train",
+           rrc_scale: Tuple[float, float] = DEFAULT_RRC_SCALE) -> Tuple[torch.Tensor, int]:
+    """One sample: image ``(3, H, W)`` (normalised) and its label. ``split`` / ``rrc_scale`` apply to ``photos``."""
+    _check_task(task)
+    if task == "photos":
+        return photo_crop(seed, index, size, split, _check_rrc_scale(rrc_scale))
     objs, bg, label = scene(task, seed, index)
     return render_scenes(objs[None], bg[None], size)[0], label
 
@@ -273,8 +428,13 @@ class SyntheticPositionDataset(Dataset):
     multi-resolution batches). :meth:`get_batch` renders many samples at once (fast path for training loops).
     """
 
-    def __init__(self, task: str, size, length: int, seed: int = 0):
+    def __init__(self, task: str, size, length: int, seed: int = 0, split: str = "train",
+                 rrc_scale: Tuple[float, float] = DEFAULT_RRC_SCALE):
         self.info = _check_task(task)
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        self.split = split
+        self.rrc_scale = _check_rrc_scale(rrc_scale)
         self.task = task
         self.size = parse_size(size)
         if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
@@ -311,7 +471,7 @@ class SyntheticPositionDataset(Dataset):
             i, size = item
         else:
             i, size = item, self.size
-        return render(self.task, self.seed, self._check(i), size)
+        return render(self.task, self.seed, self._check(i), size, self.split, self.rrc_scale)
 
     def labels(self) -> List[int]:
         """All labels, without rendering."""
@@ -322,6 +482,10 @@ class SyntheticPositionDataset(Dataset):
         idx = [self._check(int(i)) for i in indices]
         if not idx:
             raise ValueError("get_batch needs at least one index")
+        if self.task not in SCENE_TASKS:
+            items = [photo_crop(self.seed, i, self.size if size is None else size, self.split, self.rrc_scale)
+                     for i in idx]
+            return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.long)
         scenes = [scene(self.task, self.seed, i) for i in idx]
         objs = torch.stack([s[0] for s in scenes])
         bg = torch.stack([s[1] for s in scenes])
@@ -330,7 +494,7 @@ class SyntheticPositionDataset(Dataset):
 
     def __repr__(self) -> str:
         return (f"SyntheticPositionDataset(task={self.task!r}, size={self.size}, length={self.length}, "
-                f"seed={self.seed})")
+                f"seed={self.seed}, split={self.split!r})")
 
 
 SizeLike = Union[int, str, Tuple[int, int]]

@@ -51,16 +51,16 @@ from .config import (
 )
 from .data import Data, ResizeCenterCrop, make_eval_transform, plan_data, train_batch, train_step_plan
 from .evaluation import evaluate
-from .experiment import run_experiment
+from .experiment import resolve_sizes, run_experiment
 from .models import build_model, checkpoint_train_size, patch_size_of
-from .results import make_result, result_row, results_table, summarize, write_results
+from .results import deltas, make_result, result_row, results_table, summarize, write_results
 from .training import checkpoint_path, train_variant
 
 __all__ = [
     "DEFAULTS", "IMAGENET_MEAN", "IMAGENET_STD", "TRAJECTORY_KEYS", "VARIANT_KEYS", "Variant", "parse_sizes",
     "parse_variants", "load_config", "size_label", "build_model", "checkpoint_train_size", "patch_size_of", "Data",
     "ResizeCenterCrop", "make_eval_transform", "plan_data", "train_batch", "train_step_plan", "evaluate",
-    "train_variant", "checkpoint_path", "result_row", "make_result", "summarize", "results_table", "write_results",
-    "run_experiment", "add_eval_args", "add_train_args", "add_demo_args", "run_eval", "run_train", "run_demo",
+    "train_variant", "checkpoint_path", "result_row", "make_result", "summarize", "deltas", "results_table", "write_results",
+    "run_experiment", "resolve_sizes", "add_eval_args", "add_train_args", "add_demo_args", "run_eval", "run_train", "run_demo",
     "demo_config_path",
 ]

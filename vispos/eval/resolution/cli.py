@@ -20,6 +20,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", help=f"built-in task: {', '.join(sorted(TASKS))} (default {DEFAULTS['task']})")
     p.add_argument("--data", help="ImageFolder root for evaluation (default: the built-in task)")
     p.add_argument("--sizes", help=f"test sizes, e.g. '16,24,32x48' (default {DEFAULTS['sizes']})")
+    p.add_argument("--size-ratios", help="test sizes as ratios of --train-size, rounded to patch multiples, e.g. "
+                                         "'0.43,1,1.7,2.3,3' or 'paper' (overrides --sizes)")
     p.add_argument("--train-size", help="training size: the models' img_size (APE tables, RoPE reference grids); "
                                         "marked in the table")
     p.add_argument("--eval-samples", type=int, help="synthetic evaluation samples")
@@ -46,6 +48,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     _add_common(p)
     p.add_argument("--train-data", help="ImageFolder root for training (default: the built-in task)")
     p.add_argument("--train-sizes", help="multi-resolution training: a random one of these sizes per batch")
+    p.add_argument("--rrc-scale", help="training random-resized-crop area range 'lo,hi' (ImageFolder and the "
+                                       "photos task; default 0.25,1)")
     p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", type=int, help="global batch size (split over torchrun ranks)")
     p.add_argument("--lr", type=float)

@@ -33,8 +33,11 @@ DEFAULTS: Dict[str, Any] = dict(
     mean=list(IMAGENET_MEAN),       # ImageFolder normalisation (synthetic data is normalised as (v - .5) / .5)
     std=list(IMAGENET_STD),
     num_workers=0,
+    rrc_scale=[0.25, 1.0],          # training random-resized-crop area range (ImageFolder and the photos task)
     # sweep
     sizes="16,24,32,48,64,96",
+    size_ratios=None,               # test sizes as ratios of train_size (overrides sizes), e.g. the papers'
+                                    # 0.43,1,1.7,2.3,3 (224 -> 96, 384, 512, 640); rounded to patch multiples
     train_size=None,                # size the models are trained at / were trained at (their img_size: learned
                                     # APE tables and RoPE reference grids are built for it); eval default: timm's
     # training
@@ -61,7 +64,11 @@ VARIANT_KEYS = ("name", "pe", "pe_kwargs", "model", "model_kwargs", "checkpoint"
 # configuration keys that change a training trajectory: a checkpoint is resumed only if they all match
 TRAJECTORY_KEYS = ("task", "train_data", "data_seed", "train_size", "train_sizes", "steps", "batch_size", "lr",
                     "weight_decay", "warmup_steps", "grad_clip", "label_smoothing", "crop_pct", "interpolation",
-                    "mean", "std")
+                    "mean", "std", "rrc_scale")
+
+#: The papers' test/train size ratios at ImageNet's 224 px: 96 (ResFormer), 224, 384 (RoPE-ViT, CPVT),
+#: 512 (RoPE-ViT, CPVT), 640 (ResFormer).
+PAPER_RATIOS = (0.43, 1.0, 1.7, 2.3, 3.0)
 
 
 # ---- parsing -----------------------------------------------------------------------------------------------------
@@ -78,6 +85,36 @@ def parse_sizes(sizes) -> List[Tuple[int, int]]:
     out = [parse_size(s) for s in items]
     if len(set(out)) != len(out):
         raise ValueError(f"sizes must not repeat, got {sizes!r}")
+    return out
+
+
+def parse_ratios(ratios) -> Optional[List[float]]:
+    """``"0.43,1,1.7"`` / ``[0.43, 1, 1.7]`` / ``"paper"`` (:data:`PAPER_RATIOS`) -> a list of positive floats."""
+    if ratios is None:
+        return None
+    if isinstance(ratios, str):
+        if ratios.strip() == "paper":
+            return list(PAPER_RATIOS)
+        try:
+            ratios = [float(v) for v in ratios.replace(" ", "").split(",") if v]
+        except ValueError:
+            raise ValueError(f"size_ratios must be like '0.43,1,1.7,2.3,3' or 'paper', got {ratios!r}") from None
+    if not isinstance(ratios, (list, tuple)) or not ratios or not all(
+            isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in ratios):
+        raise ValueError(f"size_ratios must be positive numbers like '0.43,1,1.7,2.3,3', got {ratios!r}")
+    if 1 not in [float(r) for r in ratios]:
+        raise ValueError(f"size_ratios must include 1 (the training size: deltas are measured from it), got {ratios}")
+    return [float(r) for r in ratios]
+
+
+def sizes_from_ratios(ratios, train_size, multiple: int) -> List[List[int]]:
+    """``round(r * side / multiple) * multiple`` per side (at least one multiple); repeated sizes are an error."""
+    out = []
+    for r in ratios:
+        out.append([max(multiple, int(round(r * v / multiple)) * multiple) for v in train_size])
+    if len({tuple(s) for s in out}) != len(out):
+        raise ValueError(f"size_ratios {ratios} at train_size {train_size} give repeated sizes {out} in multiples "
+                         f"of the patch size {multiple}; use a larger train_size")
     return out
 
 
@@ -227,6 +264,16 @@ def load_config(config_path=None, args: Optional[argparse.Namespace] = None, **o
     cfg["model_kwargs"] = _parse_mapping(cfg.get("model_kwargs"), "model_kwargs") or {}
     cfg["pe_kwargs"] = _parse_mapping(cfg.get("pe_kwargs"), "pe_kwargs")
     cfg["sizes"] = [list(s) for s in parse_sizes(cfg["sizes"])]
+    cfg["size_ratios"] = parse_ratios(cfg.get("size_ratios"))
+    rr = cfg.get("rrc_scale")
+    if isinstance(rr, str):
+        try:
+            rr = [float(v) for v in rr.split(",")]
+        except ValueError:
+            raise ValueError(f"rrc_scale must be like '0.25,1' (area fractions lo,hi), got {rr!r}") from None
+    from ...data.images import _check_rrc_scale
+
+    cfg["rrc_scale"] = list(_check_rrc_scale(rr))
     cfg["train_size"] = None if cfg.get("train_size") is None else list(parse_size(cfg["train_size"]))
     if cfg.get("train_sizes") is not None:
         cfg["train_sizes"] = [list(s) for s in parse_sizes(cfg["train_sizes"])]

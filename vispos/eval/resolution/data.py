@@ -91,7 +91,8 @@ class _TrainImages(torch.utils.data.Dataset):
         path, label = self.folder.samples[i]
         img = self.folder.loader(path)
         mode = ResizeCenterCrop(size, 1.0, self.cfg["interpolation"]).interpolation
-        aug = self.T.Compose([self.T.RandomResizedCrop(tuple(size), scale=(0.25, 1.0), interpolation=mode),
+        aug = self.T.Compose([self.T.RandomResizedCrop(tuple(size), scale=tuple(self.cfg["rrc_scale"]),
+                                                       interpolation=mode),
                               self.T.RandomHorizontalFlip()])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -170,7 +171,8 @@ def train_step_plan(cfg, data: Data, seed: int, step: int) -> Tuple[List[int], T
 
 def train_batch(cfg, data: Data, seed: int, idx: List[int], size, step: int):
     if data.train_folder is None:
-        ds = SyntheticPositionDataset(cfg["task"], size, data.train_len, train_seed(cfg, seed))
+        ds = SyntheticPositionDataset(cfg["task"], size, data.train_len, train_seed(cfg, seed), split="train",
+                                      rrc_scale=tuple(cfg["rrc_scale"]))
         return ds.get_batch(idx)
     items = _TrainImages(data.train_folder, cfg)
     pairs = [items[(i, size, torch_seed(seed, 5, step, i))] for i in idx]

@@ -28,7 +28,7 @@ def evaluate(model: torch.nn.Module, cfg: Dict[str, Any], data: Data, size, *, d
     idx = shard_indices(range(data.eval_len), rank, world)
     bs = cfg["eval_batch_size"]
     if data.eval_folder is None:
-        ds = SyntheticPositionDataset(cfg["task"], hw, data.eval_len, eval_seed(cfg))
+        ds = SyntheticPositionDataset(cfg["task"], hw, data.eval_len, eval_seed(cfg), split="test")
         batches = (ds.get_batch(idx[i:i + bs]) for i in range(0, len(idx), bs))
     else:
         import copy

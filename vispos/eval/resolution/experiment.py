@@ -10,7 +10,7 @@ import torch
 
 from ...utils.io import atomic_write_json, ensure_writable_dir
 from . import evaluation
-from .config import VARIANT_KEYS, parse_variants, size_label
+from .config import VARIANT_KEYS, parse_variants, size_label, sizes_from_ratios
 from .data import plan_data
 from .models import build_model, checkpoint_train_size, patch_size_of
 from .results import make_result, result_row, write_results
@@ -40,6 +40,7 @@ def run_experiment(cfg: Dict[str, Any], train: bool, *, callback=None, progress:
             log.info("train_size not given: using %s, recorded in the checkpoints", size_label(found))
             cfg = {**cfg, "train_size": found}
     data = plan_data(cfg, train)
+    cfg = resolve_sizes(cfg, variants, data.num_classes)
     sizes = [tuple(s) for s in cfg["sizes"]]
     check_sizes = list(sizes)
     if train:
@@ -104,6 +105,20 @@ def run_experiment(cfg: Dict[str, Any], train: bool, *, callback=None, progress:
         return result
     finally:
         cleanup_distributed(info)
+
+
+def resolve_sizes(cfg: Dict[str, Any], variants=None, num_classes: int = 2) -> Dict[str, Any]:
+    """``cfg`` with ``sizes`` computed from ``size_ratios`` (if given): ``round(ratio * train_size / p) * p`` per
+    side, ``p`` the patch size of the first variant's model. Returns ``cfg`` unchanged without ``size_ratios``."""
+    if not cfg.get("size_ratios"):
+        return cfg
+    if cfg.get("train_size") is None:
+        raise ValueError("size_ratios needs train_size (the test sizes are ratios of it)")
+    variants = parse_variants(cfg) if variants is None else variants
+    m = build_model(variants[0], num_classes, cfg["train_size"])
+    ph, pw = patch_size_of(m)
+    del m
+    return {**cfg, "sizes": sizes_from_ratios(cfg["size_ratios"], cfg["train_size"], max(ph, pw))}
 
 
 def eval_fingerprint(cfg: Dict[str, Any], variants) -> str:

@@ -33,6 +33,7 @@ def make_result(cfg, data: "Data", variants: Sequence[Variant], rows: List[Dict[
         variants=[asdict(v) for v in variants], world_size=world_size, rows=rows,
         wall_time_s=None if wall_time_s is None else round(wall_time_s, 2))
     result["summary"] = summarize(result)
+    result["deltas"] = deltas(result)
     result["table"] = results_table(result)
     return result
 
@@ -49,6 +50,31 @@ def summarize(result) -> Dict[str, Dict[str, Dict[str, float]]]:
             std = math.sqrt(sum((x - mean) ** 2 for x in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
             summ[v][s] = dict(mean=mean, std=std, n_seeds=len(vals))
     return summ
+
+
+def _mean_std(vals: List[float]) -> Dict[str, float]:
+    mean = sum(vals) / len(vals)
+    std = math.sqrt(sum((x - mean) ** 2 for x in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return dict(mean=mean, std=std, n_seeds=len(vals))
+
+
+def deltas(result) -> Optional[Dict[str, Dict[str, Dict[str, float]]]]:
+    """Per variant and size: top-1 at that size minus top-1 at the training size, in points (mean / std over
+    seeds, paired by seed). ``None`` when the training size is not among the test sizes."""
+    ts = result.get("train_size")
+    if ts is None or ts not in result["sizes"]:
+        return None
+    acc: Dict[str, Dict[Any, Dict[str, float]]] = {}
+    for r in result["rows"]:
+        acc.setdefault(r["variant"], {}).setdefault(r["seed"], {})[r["size"]] = r["top1"]
+    out: Dict[str, Dict[str, Dict[str, float]]] = {}
+    for v, by_seed in acc.items():
+        out[v] = {}
+        for s in result["sizes"]:
+            vals = [100 * (per[s] - per[ts]) for per in by_seed.values() if s in per and ts in per]
+            if vals:
+                out[v][s] = _mean_std(vals)
+    return out
 
 
 def results_table(result) -> str:
@@ -73,7 +99,25 @@ def results_table(result) -> str:
         notes.append(f"`*` training size ({ts} px)" + (f"; multi-resolution training over "
                                                        f"{', '.join(result['train_sizes'])}" if
                                                        result.get("train_sizes") else "") + ".")
-    return markdown_table(header, rows) + "\n" + " ".join(notes) + "\n"
+    text = markdown_table(header, rows) + "\n" + " ".join(notes) + "\n"
+    d = result.get("deltas")
+    if d:
+        drows = []
+        for v, per in d.items():
+            cells = [v]
+            for s in result["sizes"]:
+                e = per.get(s)
+                if e is None or s == ts:
+                    cells.append("" if e is None else "0")
+                elif e["n_seeds"] > 1:
+                    cells.append(f"{e['mean']:+.1f} ± {e['std']:.1f}")
+                else:
+                    cells.append(f"{e['mean']:+.1f}")
+            drows.append(cells)
+        n = max(e["n_seeds"] for per in d.values() for e in per.values())
+        text += ("\nChange from the training size, in points (top-1 at the size minus top-1 at " + str(ts)
+                 + f" px, paired by seed; mean ± std over {n} seed(s)):\n\n" + markdown_table(header, drows))
+    return text
 
 
 def write_results(out, result: Dict[str, Any], cfg: Dict[str, Any]) -> None:
