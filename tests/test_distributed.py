@@ -44,7 +44,7 @@ def test_torchrun_two_processes_match_one(tmp_path):
            "train", "resolution", "--config", str(cfg_file)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("| PE |") == 1  # one table: rank 0 writes and prints
+    assert proc.stdout.count("Top-1 accuracy (%)") == 1  # one table: rank 0 writes and prints
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     assert two["world_size"] == 2 and one["world_size"] == 1
     # every sample counted once (13 is odd: a padded DistributedSampler would count 14)

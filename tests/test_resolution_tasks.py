@@ -158,3 +158,17 @@ def test_imagefolder_training_uses_rrc_scale(tmp_path):
     span_a = (a[:, 1].amax((1, 2)) - a[:, 1].amin((1, 2))).min()
     span_b = (b[:, 1].amax((1, 2)) - b[:, 1].amin((1, 2))).max()
     assert float(span_a) > 2 * float(span_b)
+
+
+def test_demo_configs_use_the_protocol():
+    from pathlib import Path
+
+    from vispos.eval.resolution import demo_config_path, resolve_sizes
+
+    expect = {"cpu": [12, 28, 48, 64, 84], "gpu": [48, 112, 192, 256, 336]}
+    for scale, sizes in expect.items():
+        cfg = resolve_sizes(load_config(demo_config_path(scale)))
+        assert cfg["task"] == "photos" and len(cfg["seeds"]) >= 3 and cfg["rrc_scale"] == [0.25, 1.0]
+        assert [s[0] for s in cfg["sizes"]] == sizes
+    adversarial = load_config(Path(demo_config_path("cpu")).parent / "absolute_cpu.yaml")
+    assert adversarial["task"] == "absolute"
