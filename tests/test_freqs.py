@@ -113,3 +113,13 @@ def test_rule_errors_name_values():
         apply_rule(rope_freqs(8), ScalingRule("riflex", k=9, test_len=100), 1e4, 8)
     with pytest.raises(TypeError):
         F.as_rule(3)
+
+
+def test_apply_rule_checks_and_uses_base():
+    """``base`` is validated for every rule, and YaRN's index ramp places its correction range with it."""
+    f = rope_freqs(16, 256)
+    for bad in (-1.0, 0, None, "256"):
+        with pytest.raises((ValueError, TypeError), match="base"):
+            apply_rule(f, "none", bad, 16)
+    rule = ScalingRule("yarn", train_len=33, test_len=66)
+    assert not torch.equal(apply_rule(f, rule, 256, 16), apply_rule(f, rule, 1e4, 16))

@@ -39,6 +39,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .utils.checks import check_int, check_positive
+
 __all__ = [
     "RULES",
     "RIFLEX_MODES",
@@ -60,16 +62,6 @@ RIFLEX_MODES = ("checked", "finetune", "unchecked")
 
 #: YaRN ramps: ``index`` (official code, HF transformers) and ``paper`` (the paper's equation in r_j).
 YARN_RAMPS = ("index", "paper")
-
-
-def _check_len(value, name: str) -> Optional[float]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a positive number, got {value!r}")
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -112,9 +104,9 @@ class ScalingRule:
     def __post_init__(self):
         if self.name not in RULES:
             raise ValueError(f"unknown scaling rule {self.name!r}; expected one of {RULES}")
-        _check_len(self.train_len, "train_len")
-        _check_len(self.test_len, "test_len")
-        _check_len(self.N, "N")
+        check_positive(self.train_len, "train_len", allow_none=True)
+        check_positive(self.test_len, "test_len", allow_none=True)
+        check_positive(self.N, "N", allow_none=True)
         if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
             raise ValueError(f"RIFLEx k is 1-indexed and must be an int >= 1, got {self.k!r}")
         if not 0 < self.gamma <= 1:
@@ -122,7 +114,7 @@ class ScalingRule:
         if not self.beta > self.alpha:
             raise ValueError(f"YaRN needs beta > alpha, got alpha={self.alpha}, beta={self.beta}")
         if self.factor is not None:
-            _check_len(self.factor, "factor")
+            check_positive(self.factor, "factor")
         if self.ramp not in YARN_RAMPS:
             raise ValueError(f"unknown YaRN ramp {self.ramp!r}; expected one of {YARN_RAMPS}")
         if self.attn_factor is not None and not isinstance(self.attn_factor, bool):
@@ -179,14 +171,6 @@ def as_rule(rule: Union[None, str, dict, ScalingRule], **kwargs) -> ScalingRule:
     raise TypeError(f"a scaling rule must be a name in {RULES}, a dict or a ScalingRule, got {type(rule).__name__}")
 
 
-def _check_dim(dim) -> int:
-    if isinstance(dim, bool) or not isinstance(dim, int):
-        raise TypeError(f"rotary dim must be an int, got {dim!r}")
-    if dim <= 0 or dim % 2:
-        raise ValueError(f"rotary dim must be a positive even int, got {dim}")
-    return dim
-
-
 def _to_list(freqs) -> List[float]:
     if isinstance(freqs, torch.Tensor):
         if freqs.dim() != 1:
@@ -198,8 +182,8 @@ def _to_list(freqs) -> List[float]:
 def rope_freqs_list(dim: int, base: float = 10000.0) -> List[float]:
     """Pure-Python bands ``base^(-2j/dim)`` (float64). Rules run on Python floats, so under ``torch.compile`` the
     frequencies are trace-time constants: no graph break, no recompilation."""
-    _check_dim(dim)
-    base = _check_len(base, "base")
+    check_int(dim, "rotary dim", 2, multiple_of=2)
+    base = check_positive(base, "base")
     return [base ** (-2.0 * j / dim) for j in range(dim // 2)]
 
 
@@ -228,7 +212,7 @@ def identify_k(base: Union[float, torch.Tensor], dim: Optional[int] = None, N: f
     ``k = argmin_j |N_j - N|`` with ``N_j = round(2pi / theta_j)``, 1-indexed as in the paper; returns ``(k, N_k)``.
     ``base`` may also be a frequency tensor (then ``dim`` is ignored).
     """
-    N = _check_len(N, "N")
+    N = check_positive(N, "N")
     per = periods(_freqs_of(base, dim))
     diffs = [abs(p - N) for p in per]
     k = diffs.index(min(diffs)) + 1
@@ -240,7 +224,7 @@ def default_k(base: Union[float, torch.Tensor], dim: Optional[int] = None, train
 
     Returns ``(k, N_k)``, 1-indexed. Raises ``ValueError`` if no period reaches ``train_len``.
     """
-    L = _check_len(train_len, "train_len")
+    L = check_positive(train_len, "train_len")
     per = periods(_freqs_of(base, dim))
     cands = [(p, j) for j, p in enumerate(per) if p >= L]
     if not cands:
@@ -266,9 +250,9 @@ def _riflex_list(freqs: List[float], k: int, test_len: Optional[float], gamma: f
         raise ValueError(f"RIFLEx k={k!r} is out of range 1..{len(freqs)}")
     out = list(freqs)
     if mode == "finetune":
-        out[k - 1] = gamma * 2 * math.pi / _check_len(train_len, "train_len")
+        out[k - 1] = gamma * 2 * math.pi / check_positive(train_len, "train_len")
         return out
-    L2 = _check_len(test_len, "test_len")
+    L2 = check_positive(test_len, "test_len")
     if mode == "unchecked":
         out[k - 1] = gamma * 2 * math.pi / L2
         return out
@@ -286,7 +270,8 @@ def riflex_freqs(freqs, k: int, test_len: float, gamma: float = 0.9) -> torch.Te
 def apply_rule_list(freqs, rule: Union[None, str, dict, ScalingRule], base: float, dim: int) -> List[float]:
     """:func:`apply_rule` on Python floats (the implementation; compile-friendly)."""
     rule = as_rule(rule)
-    dim = _check_dim(dim)
+    dim = check_int(dim, "rotary dim", 2, multiple_of=2)
+    base = check_positive(base, "base")
     _require_lengths(rule)
     f = _to_list(freqs)
     if len(f) != dim // 2:
@@ -324,9 +309,9 @@ def yarn_correction_range(train_len: float, base: float, dim: int, alpha: float 
     over ``L``; ``low = max(floor(c(beta)), 0)``, ``high = min(ceil(c(alpha)), dim - 1)`` (jquesnelle/yarn
     ``find_correction_range``; the upper clamp ``dim - 1`` is the official one, in rotary-dim units).
     """
-    L = _check_len(train_len, "train_len")
-    base = _check_len(base, "base")
-    dim = _check_dim(dim)
+    L = check_positive(train_len, "train_len")
+    base = check_positive(base, "base")
+    dim = check_int(dim, "rotary dim", 2, multiple_of=2)
 
     def corr(r):
         return dim * math.log(L / (r * 2 * math.pi)) / (2 * math.log(base))
@@ -343,7 +328,7 @@ def yarn_keep_list(rule: "ScalingRule", base: float, dim: int, freqs=None) -> Li
     (default the standard bands of ``base``).
     """
     rule = as_rule(rule)
-    dim = _check_dim(dim)
+    dim = check_int(dim, "rotary dim", 2, multiple_of=2)
     if rule.train_len is None:
         raise ValueError("YaRN needs train_len (L) to place its ramp")
     if rule.ramp == "paper":
@@ -357,7 +342,12 @@ def yarn_keep_list(rule: "ScalingRule", base: float, dim: int, freqs=None) -> Li
 
 
 def apply_rule(freqs, rule: Union[None, str, dict, ScalingRule], base: float, dim: int) -> torch.Tensor:
-    """Rescale the bands ``freqs`` (``(dim//2,)``, built with ``base``) of one axis by ``rule``. Float64 out."""
+    """Rescale the bands ``freqs`` (``(dim//2,)``, built with ``base``) of one axis by ``rule``. Float64 out.
+
+    ``base`` is checked (a positive number) and used where a rule needs it: YaRN's ``ramp="index"`` places its
+    correction range with it (:func:`yarn_correction_range`); the other rules act on the given bands alone (the NTK
+    rules as the factor ``lam^(-2j/d)`` that rebuilding with base ``lam * base`` would put on standard bands).
+    """
     device = freqs.device if isinstance(freqs, torch.Tensor) else None
     return torch.tensor(apply_rule_list(freqs, rule, base, dim), dtype=torch.float64, device=device)
 

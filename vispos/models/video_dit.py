@@ -39,6 +39,7 @@ import math
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
+from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -48,6 +49,7 @@ from ..grid import GridLayout
 from ..pe.base import PositionalEmbedding
 from ..pe.rope import AxialRoPE, MixedRoPE
 from ..registry import build_pe
+from ..utils.checks import check_int
 
 __all__ = ["VideoDiT", "timestep_embedding", "ATTENTION_MODES", "SubLayoutPE"]
 
@@ -126,7 +128,6 @@ class DiTBlock(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor, layout: GridLayout, pe: Optional[PositionalEmbedding],
                 sub_pe: Optional[PositionalEmbedding]) -> torch.Tensor:
         """``x (B, T'H'W', C)``, ``c (B, C)``, ``layout`` the 3D token grid -> ``(B, T'H'W', C)``."""
-        B, N, C = x.shape
         sh1, sc1, g1, sh2, sc2, g2 = self.adaLN(c).chunk(6, dim=-1)
         h = _modulate(self.norm1(x), sh1, sc1)
         if pe is not None and "attn_input" in pe.hooks:
@@ -134,13 +135,14 @@ class DiTBlock(nn.Module):
         T, H, W = layout.shape
         if self.kind == "full":
             a = self.attn(h, layout, sub_pe, self.index)
-        elif self.kind == "spatial":
-            hs = h.reshape(B * T, H * W, C)
-            a = self.attn(hs, GridLayout((1, H, W)), sub_pe, self.index).reshape(B, N, C)
-        else:  # temporal
-            ht = h.reshape(B, T, H * W, C).transpose(1, 2).reshape(B * H * W, T, C)
+        elif self.kind == "spatial":  # each frame attends within itself
+            hs = rearrange(h, "b (t s) c -> (b t) s c", t=T)
+            a = self.attn(hs, GridLayout((1, H, W)), sub_pe, self.index)
+            a = rearrange(a, "(b t) s c -> b (t s) c", t=T)
+        else:  # temporal: each spatial position attends over time
+            ht = rearrange(h, "b (t s) c -> (b s) t c", t=T)
             a = self.attn(ht, GridLayout((T, 1, 1)), sub_pe, self.index)
-            a = a.reshape(B, H * W, T, C).transpose(1, 2).reshape(B, N, C)
+            a = rearrange(a, "(b s) t c -> b (t s) c", s=H * W)
         x = x + g1[:, None] * a
         x = x + g2[:, None] * self.mlp(_modulate(self.norm2(x), sh2, sc2))
         return x
@@ -157,12 +159,6 @@ def _triple(v, name: str) -> Tuple[int, int, int]:
             raise ValueError(f"{name} must contain positive ints (t, h, w), got {v!r}")
         out.append(int(s))
     return tuple(out)
-
-
-def _pos_int(v, name: str, minimum: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
-    return v
 
 
 class VideoDiT(nn.Module):
@@ -200,11 +196,11 @@ class VideoDiT(nn.Module):
         qk_norm: bool = False,
     ):
         super().__init__()
-        _pos_int(in_channels, "in_channels")
-        _pos_int(dim, "dim")
-        _pos_int(depth, "depth")
-        _pos_int(num_heads, "num_heads")
-        _pos_int(num_classes, "num_classes", 0)
+        check_int(in_channels, "in_channels", 1)
+        check_int(dim, "dim", 1)
+        check_int(depth, "depth", 1)
+        check_int(num_heads, "num_heads", 1)
+        check_int(num_classes, "num_classes", 0)
         if dim % num_heads:
             raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
         if attention not in ATTENTION_MODES:
@@ -278,17 +274,14 @@ class VideoDiT(nn.Module):
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, T, H, W) -> (B, T'H'W', dim)`` tokens, row-major over ``(t, h, w)``."""
-        return self.x_embed(x).flatten(2).transpose(1, 2)
+        return rearrange(self.x_embed(x), "b c t h w -> b (t h w) c")
 
     def unpatchify(self, tokens: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
         """``(B, T'H'W', pt·ph·pw·C) -> (B, C, T, H, W)``."""
-        B = tokens.shape[0]
         T, H, W = grid
         pt, ph, pw = self.patch
-        C = self.in_channels
-        x = tokens.reshape(B, T, H, W, pt, ph, pw, C)
-        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
-        return x.reshape(B, C, T * pt, H * ph, W * pw)
+        return rearrange(tokens, "b (t h w) (pt ph pw c) -> b c (t pt) (h ph) (w pw)", t=T, h=H, w=W, pt=pt,
+                         ph=ph, pw=pw)
 
     # ---- forward ------------------------------------------------------------------------------------------------
     def _check_inputs(self, x, t, y):

@@ -86,9 +86,10 @@ def check_number(value, name: str, minimum: Optional[float] = None, maximum: Opt
     return value
 
 
-def check_positive(value, name: str) -> float:
-    """A finite number ``> 0``, returned as a float."""
-    return float(check_number(value, name, 0, min_open=True))
+def check_positive(value, name: str, *, allow_none: bool = False) -> Optional[float]:
+    """A finite number ``> 0``, returned as a float (``None`` passes if ``allow_none``)."""
+    v = check_number(value, name, 0, min_open=True, allow_none=allow_none)
+    return None if v is None else float(v)
 
 
 def check_bool(value, name: str) -> bool:
