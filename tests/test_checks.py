@@ -2,10 +2,11 @@
 import math
 
 import pytest
+import torch
 
 from vispos.eval.common import lr_at, parse_list
 from vispos.utils import checks as C
-from vispos.utils.seeding import mix_seed, torch_seed
+from vispos.utils.seeding import generator, mix_seed, torch_seed
 
 
 def test_check_int_names_value_and_expected_form():
@@ -84,3 +85,9 @@ def test_parse_list_and_seeds():
     assert mix_seed(1, 2) == mix_seed(1, 2) != mix_seed(1, 3) != mix_seed(2, 1)
     assert 0 <= mix_seed(7, 9) < 2 ** 63 and 0 <= torch_seed(7, 9) < 2 ** 31
     assert torch_seed(7, 9) == mix_seed(7, 9) & 0x7FFFFFFF
+
+
+def test_generator_is_a_seeded_cpu_generator():
+    """The evaluations' generators: the same stream as ``torch.Generator().manual_seed(seed)``."""
+    assert torch.equal(torch.rand(5, generator=generator(7)), torch.rand(5, generator=torch.Generator().manual_seed(7)))
+    assert not torch.equal(torch.rand(5, generator=generator(7)), torch.rand(5, generator=generator(8)))

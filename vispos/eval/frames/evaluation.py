@@ -11,6 +11,7 @@ import torch
 from ... import freqs as F_
 from ...models.video_dit import VideoDiT
 from ...utils.io import ensure_writable_dir, markdown_table
+from ...utils.seeding import generator
 from ..common import jsonable, write_results_folder
 from .config import EVAL_DEFAULTS, check_eval_config
 from .data import to_uint8_frames
@@ -127,7 +128,7 @@ def eval_frames(cfg: Dict[str, Any], model: Optional[VideoDiT] = None, train_cfg
                 k_used = kw["k"]
             model.set_temporal_rule(rule, **kw)
             for s, n in lengths:
-                gen = torch.Generator().manual_seed(cfg["seed"] * 100003 + n)  # the same noise for every rule
+                gen = generator(cfg["seed"] * 100003 + n)  # the same noise for every rule
                 noise = torch.randn(cfg["num_samples"], C, n, H, W, generator=gen)
                 vids = []
                 for b in range(0, cfg["num_samples"], cfg["batch_size"]):

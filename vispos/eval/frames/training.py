@@ -12,6 +12,7 @@ import torch
 
 from ...utils.dist import resolve_device
 from ...utils.io import atomic_torch_save, atomic_write_json, ensure_writable_dir
+from ...utils.seeding import generator
 from ..common import lr_at
 from .config import MODEL_KEYS, TRAIN_DEFAULTS, check_train_config
 from .data import build_dataset, item_video
@@ -68,7 +69,7 @@ def train_video(cfg: Dict[str, Any], resume: bool = False, progress: bool = True
         opt = torch.optim.AdamW([dict(params=decay, weight_decay=cfg["weight_decay"]),
                                  dict(params=no_decay, weight_decay=0.0)], lr=cfg["lr"], betas=(0.9, 0.999))
         ema = copy.deepcopy(model).requires_grad_(False) if cfg["ema"] > 0 else None
-        gen = torch.Generator().manual_seed(cfg["seed"])
+        gen = generator(cfg["seed"])
         step, losses = 0, []
         if resume:
             ck = torch.load(ckpt_path, map_location=dev, weights_only=False)

@@ -9,7 +9,7 @@ from typing import Any, List, Tuple
 import torch
 
 from ...data.images import TASKS, SyntheticPositionDataset, parse_size
-from ...utils.seeding import mix_seed, torch_seed
+from ...utils.seeding import generator, mix_seed, torch_seed
 from .config import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -157,7 +157,7 @@ def train_step_plan(cfg, data: Data, seed: int, step: int) -> Tuple[List[int], T
     else:
         per_epoch = data.train_len // b
         epoch, pos = divmod(step, per_epoch)
-        g = torch.Generator().manual_seed(mix_seed(seed, 3, epoch))
+        g = generator(mix_seed(seed, 3, epoch))
         perm = torch.randperm(data.train_len, generator=g)
         idx = perm[pos * b:(pos + 1) * b].tolist()
     sizes = cfg.get("train_sizes")
