@@ -43,7 +43,8 @@ from ..ops.rope import apply_rope_qk, check_pairing, rope_angles, rope_table
 from ..utils.checks import check_int
 from .base import PositionalEmbedding
 
-__all__ = ["PRESETS", "default_axis_dims", "AxialRoPE", "MixedRoPE", "VoPE", "init_mixed_freqs", "dinov3_options"]
+__all__ = ["PRESETS", "default_axis_dims", "AxialRoPE", "MixedRoPE", "VoPE", "init_mixed_freqs", "dinov3_options",
+           "ALLOCATIONS", "allocation_axes", "allocation_angles", "diagonal_coords", "p_rope_keep"]
 
 #: Per-axis rotary dims and bases of well-known video models (head dims 64 / 128 / 128).
 PRESETS: Dict[str, dict] = {
@@ -86,6 +87,92 @@ def _check_qk(q, k, head_dim, layout: GridLayout, who: str) -> None:
         if t.shape[-1] != head_dim:
             raise ValueError(f"{who}: {name} has head dim {t.shape[-1]}, this RoPE was built for {head_dim}")
         layout.check_tokens(t.shape[-2], f"{who}: {name}")
+
+
+# ---- 3D frequency allocations (which channel pairs carry which axis, at which frequency) ----------------------
+#: ``chunked``: per-axis blocks with their own bands (vispos default, CogVideoX / Hunyuan / Wan). The others use one
+#: band set ``base^(-2j/R)`` over all ``R/2`` pairs of the rotary dim and assign each pair to an axis:
+#: ``mrope`` (Qwen2-VL M-RoPE: contiguous sections t, h, w), ``mrope_interleaved`` (Qwen3-VL: h, w interleaved
+#: over the first pairs, t on the rest), ``videorope`` (VideoRoPE: h, w alternating on the highest frequencies, t on
+#: the lowest; diagonal layout; temporal stride 2), ``hope`` (HoPE: VideoRoPE's layout with the temporal pairs
+#: unrotated; dynamic temporal scaling), ``headwise`` (each head rotates all its pairs with one axis).
+ALLOCATIONS = ("chunked", "mrope", "mrope_interleaved", "videorope", "hope", "headwise")
+
+
+def allocation_axes(allocation: str, dims: Sequence[int]) -> Tuple[int, ...]:
+    """The axis (0 = t, 1 = h, 2 = w) of every rotated pair ``j = 0..sum(dims)/2 - 1``; ``dims`` = per-axis
+    rotary dims ``(d_t, d_h, d_w)`` (sections ``d_a / 2`` pairs each).
+
+    * ``chunked`` / ``mrope``: ``[t] * s_t + [h] * s_h + [w] * s_w`` (Qwen2-VL ``mrope_section``).
+    * ``mrope_interleaved``: pair ``j`` is h if ``j % 3 == 1 and j < 3 s_h``, w if ``j % 3 == 2 and j < 3 s_w``,
+      t otherwise (Qwen3-VL ``recomposition_frequencies``).
+    * ``videorope`` / ``hope``: pairs ``0..s_h+s_w-1`` alternate h (even), w (odd); the last ``s_t`` pairs (lowest
+      frequencies) are t (VideoRoPE ``apply_m_modify_multimodal_rotary_pos_emb``).
+    """
+    if allocation not in ALLOCATIONS or allocation == "headwise":
+        raise ValueError(f"allocation_axes takes one of {ALLOCATIONS[:-1]}, got {allocation!r}")
+    if len(dims) != 3:
+        raise ValueError(f"3D allocations need three per-axis dims (t, h, w), got {tuple(dims)}")
+    st, sh, sw = (d // 2 for d in dims)
+    n = st + sh + sw
+    if allocation in ("chunked", "mrope"):
+        return (0,) * st + (1,) * sh + (2,) * sw
+    if allocation == "mrope_interleaved":
+        if sh != sw:
+            raise ValueError(f"interleaved M-RoPE needs equal h and w sections, got dims {tuple(dims)}")
+        return tuple(1 if (j % 3 == 1 and j < 3 * sh) else 2 if (j % 3 == 2 and j < 3 * sw) else 0
+                     for j in range(n))
+    return tuple(1 if j % 2 == 0 else 2 for j in range(sh + sw)) + (0,) * st
+
+
+def diagonal_coords(coords: torch.Tensor, shape: Sequence[int], stride: float) -> torch.Tensor:
+    """VideoRoPE / HoPE diagonal layout of ``(t, h, w)`` coordinates ``(N, 3)``: ``t' = stride t``,
+    ``h' = h - (H - 1) // 2 + t'``, ``w' = w - (W - 1) // 2 + t'`` (the official ``get_t_scale_rope_index``
+    without the text offset, a constant that RoPE ignores between patches)."""
+    t = coords[:, 0] * stride
+    h = coords[:, 1] - (shape[1] - 1) // 2 + t
+    w = coords[:, 2] - (shape[2] - 1) // 2 + t
+    return torch.stack([t, h, w], dim=-1)
+
+
+def allocation_angles(allocation: str, coords: torch.Tensor, shape: Sequence[int], dims: Sequence[int],
+                      base: float, temporal_stride: float = 1.0, num_heads: Optional[int] = None,
+                      keep: Optional[Sequence[bool]] = None) -> torch.Tensor:
+    """Angles of a non-``chunked`` allocation: ``(N, R/2)``, or ``(num_heads, N, R/2)`` for ``headwise``.
+
+    ``coords (N, 3)`` float64 ``(t, h, w)``; bands ``theta_j = base^(-2j/R)``, ``R = sum(dims)``; pair ``j`` turns
+    by ``theta_j`` times its axis' coordinate (t scaled by ``temporal_stride``; diagonal layout for ``videorope`` /
+    ``hope``); ``hope``'s temporal pairs get angle 0. ``headwise``: head ``h`` uses axis ``h * 3 // num_heads``
+    (contiguous groups t, h, w) on every pair. ``keep`` (p-RoPE): pairs with ``False`` get angle 0.
+    """
+    R = sum(dims)
+    theta = torch.tensor(F_.rope_freqs_list(R, base), dtype=torch.float64, device=coords.device)
+    c = coords.to(torch.float64)
+    if allocation in ("videorope", "hope"):
+        c = diagonal_coords(c, shape, temporal_stride)
+    else:
+        c = torch.cat([c[:, :1] * temporal_stride, c[:, 1:]], dim=-1)
+    if keep is not None:
+        theta = theta * torch.tensor([1.0 if k else 0.0 for k in keep], dtype=torch.float64, device=c.device)
+    if allocation == "headwise":
+        if num_heads is None or num_heads < 3:
+            raise ValueError(f"headwise allocation needs num_heads >= 3 (one group per axis), got {num_heads!r}")
+        axes = [h * 3 // num_heads for h in range(num_heads)]
+        return torch.stack([c[:, a, None] * theta[None, :] for a in axes], dim=0)
+    axes = torch.tensor(allocation_axes(allocation, dims), device=c.device)
+    ang = c[:, axes] * theta[None, :]
+    if allocation == "hope":
+        ang = ang * (axes != 0).to(ang.dtype)[None, :]
+    return ang
+
+
+def p_rope_keep(n: int, p: float) -> Tuple[bool, ...]:
+    """p-RoPE (Barbero et al., "Round and round we go"): keep the ``round(p n)`` highest of ``n`` bands (band ``j``
+    sorted highest first); the rest become angle 0 (no rotation). ``p = 1`` is RoPE, ``p = 0`` NoPE."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+        raise ValueError(f"p_rope must be a fraction in [0, 1] of the bands kept, got {p!r}")
+    k = round(p * n)
+    return tuple(j < k for j in range(n))
 
 
 class _RoPEBase(PositionalEmbedding):
@@ -184,6 +271,17 @@ class AxialRoPE(_RoPEBase):
         dtype: the cos/sin tables' dtype (default ``float32``; the angles are computed in float64 and the
             trigonometry in the angles' precision either way). ``float64`` tables make the rotation itself run
             in float64; low-precision tables (``bfloat16``) trade accuracy for memory.
+        allocation: which pairs carry which axis (:data:`ALLOCATIONS`; 3D only except ``chunked``): ``chunked``
+            (default: per-axis blocks, own bands), ``mrope``, ``mrope_interleaved``, ``videorope``, ``hope``,
+            ``headwise`` (see :func:`allocation_axes`, :func:`allocation_angles`). The non-chunked ones use one
+            band set ``base^(-2j/R)`` (one base) and accept no scaling rules.
+        temporal_stride: multiplies the t coordinate (VideoRoPE's temporal spacing; default 2 for ``videorope``,
+            1 otherwise).
+        temporal_scales: HoPE's dynamic temporal scaling: in training each forward draws its stride from this
+            list (e.g. ``(0.5, 0.75, 1, 1.25, 1.5)``, the official set); ``eval()`` uses ``temporal_stride``.
+        num_heads: heads of the host (``headwise`` only: head ``h`` rotates with axis ``h * 3 // num_heads``).
+        p_rope: p-RoPE, the fraction of bands kept (the highest of each axis for ``chunked``, of the shared band
+            set otherwise); the rest are left unrotated. ``None`` keeps all.
 
     Shapes: ``forward_qk(q, k, layout)`` with ``q, k (B, heads, num_prefix + prod(grid), head_dim)``.
     """
@@ -191,7 +289,7 @@ class AxialRoPE(_RoPEBase):
     name = "rope_axial"
     _table_attrs = frozenset({"rules", "coords", "ref_shape", "train_shape", "bases", "dims", "pairing",
                               "table_dtype", "table_device", "grid_offset", "normalize_coords", "angle_scale",
-                              "periods", "_perm"})
+                              "periods", "_perm", "allocation", "temporal_stride", "p_rope"})
 
     def __init__(
         self,
@@ -214,6 +312,11 @@ class AxialRoPE(_RoPEBase):
         shift_coords: Optional[float] = None,
         jitter_coords: Optional[float] = None,
         rescale_coords: Optional[float] = None,
+        allocation: str = "chunked",
+        temporal_stride: Optional[float] = None,
+        temporal_scales: Optional[Sequence[float]] = None,
+        num_heads: Optional[int] = None,
+        p_rope: Optional[float] = None,
         device=None,
         dtype=None,
     ):
@@ -297,6 +400,71 @@ class AxialRoPE(_RoPEBase):
             raise TypeError(f"dtype must be a floating torch.dtype (the RoPE tables' dtype), got {dtype!r}")
         self.table_dtype = torch.float32 if dtype is None else dtype
         self.table_device = None if device is None else torch.device(device)
+        self._init_allocation(allocation, temporal_stride, temporal_scales, num_heads, p_rope)
+
+    def _init_allocation(self, allocation, temporal_stride, temporal_scales, num_heads, p_rope) -> None:
+        """Validate and store the 3D allocation options (see the class docstring)."""
+        if allocation not in ALLOCATIONS:
+            raise ValueError(f"unknown allocation {allocation!r}; expected one of {ALLOCATIONS}")
+        nd = len(self.dims)
+        if allocation != "chunked":
+            if nd != 3:
+                raise ValueError(f"allocation {allocation!r} is for 3D (t, h, w) grids, got dims {self.dims}")
+            if len(set(self.bases)) != 1:
+                raise ValueError(f"allocation {allocation!r} uses one band set: give one base, got {self.bases}")
+            if any(r.name != "none" for r in self.rules):
+                raise ValueError(f"allocation {allocation!r} takes no scaling rules (they are defined per axis "
+                                 f"block), got {[r.name for r in self.rules]}")
+            allocation_axes(allocation if allocation != "headwise" else "mrope", self.dims)  # validates the dims
+        if allocation == "headwise" and (isinstance(num_heads, bool) or not isinstance(num_heads, int)
+                                         or num_heads < 3):
+            raise ValueError(f"allocation 'headwise' needs num_heads >= 3 (one group per axis), got {num_heads!r}")
+        if temporal_stride is None:
+            temporal_stride = 2.0 if allocation == "videorope" else 1.0
+        if isinstance(temporal_stride, bool) or not isinstance(temporal_stride, (int, float)) or \
+                not temporal_stride > 0:
+            raise ValueError(f"temporal_stride must be a positive number, got {temporal_stride!r}")
+        if (temporal_stride != 1.0 or temporal_scales) and allocation == "chunked" and nd != 3:
+            raise ValueError(f"temporal_stride / temporal_scales need a 3D grid, got dims {self.dims}")
+        if temporal_scales is not None:
+            temporal_scales = tuple(temporal_scales)
+            if not temporal_scales or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0
+                                          for v in temporal_scales):
+                raise ValueError(f"temporal_scales must be a non-empty list of positive numbers, got "
+                                 f"{temporal_scales!r}")
+        if p_rope is not None:
+            p_rope_keep(1, p_rope)  # validates
+        if allocation != "chunked" and (self._perm != tuple(range(nd)) or self.periods is not None or
+                                        self.angle_scale != 1.0):
+            raise ValueError(f"allocation {allocation!r} defines its own pair order and bands: use the default "
+                             f"axis_order, periods and angle_scale")
+        self._dts_owner = object()  # key of the per-forward HoPE stride on the layout
+        self.allocation = allocation
+        self.temporal_stride = float(temporal_stride)
+        self.temporal_scales = temporal_scales
+        self.num_heads = num_heads
+        self.p_rope = p_rope
+
+    def _draw_stride(self) -> float:
+        i = int(torch.randint(len(self.temporal_scales), (1,)))
+        return float(self.temporal_scales[i])
+
+    def prepare(self, x: torch.Tensor, layout: GridLayout) -> GridLayout:
+        """As :meth:`_RoPEBase.prepare`, plus HoPE's dynamic temporal scaling: in training, one stride from
+        ``temporal_scales`` is drawn per forward and carried on the layout, so every layer of the forward (and its
+        recomputation under activation checkpointing) uses it."""
+        layout = super().prepare(x, layout)
+        if self.temporal_scales is not None and self.training:
+            layout = as_layout(layout).with_state(self._dts_owner, self._draw_stride())
+        return layout
+
+    def _stride(self, layout=None) -> float:
+        """The temporal stride of this forward: the draw the layout carries (see :meth:`prepare`) in training with
+        ``temporal_scales`` -- a fresh draw per call when used without a host's ``prepare`` -- else the fixed one."""
+        if self.temporal_scales is not None and self.training:
+            v = layout.state_of(self._dts_owner) if isinstance(layout, GridLayout) else None
+            return self._draw_stride() if v is None else v
+        return self.temporal_stride
 
     # ---- frequencies and tables ---------------------------------------------------------------------------------
     @staticmethod
@@ -359,30 +527,46 @@ class AxialRoPE(_RoPEBase):
 
         With ``pairing="half"`` and a partial rotary dim ``R < head_dim`` the tables are ``R // 2`` wide.
         """
+        return self._build_table(layout, device, self.temporal_stride)
+
+    def _build_table(self, layout: GridLayout, device, stride: float):
         self.check_layout(layout)
         device = self.table_device if device is None else device
         coords = self._patch_coords(layout, device)
         if self.augmenting:
             coords = self._augmented(coords, layout)
+        width = self.rotary_dim // 2 if self._partial_half else self.head_dim // 2
+        if self.allocation != "chunked":
+            keep = p_rope_keep(self.rotary_dim // 2, self.p_rope) if self.p_rope is not None else None
+            angles = allocation_angles(self.allocation, coords, layout.shape, self.dims, self.bases[0], stride,
+                                       self.num_heads, keep)
+            return rope_table(angles, layout.num_prefix, width, dtype=self.table_dtype)
         perm = list(self._perm)
         freqs = self.get_freqs(layout)
+        if self.p_rope is not None:
+            freqs = [f * torch.tensor(p_rope_keep(f.numel(), self.p_rope), dtype=f.dtype, device=f.device)
+                     for f in freqs]
+        if stride != 1.0:  # grid axis 0 is t
+            coords = torch.cat([coords[:, :1] * stride, coords[:, 1:]], dim=-1)
         angles = rope_angles(coords[:, perm], [freqs[a].to(device) for a in perm])
-        width = self.rotary_dim // 2 if self._partial_half else self.head_dim // 2
         return rope_table(angles, layout.num_prefix, width, scale=self._attn_factor(layout), dtype=self.table_dtype)
 
-    def get_table(self, layout, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Cached :meth:`build_table` (per layout and device; ``device=None``: the module's ``device``); rebuilt at
-        every call while augmenting."""
+    def get_table(self, layout, device=None, stride: Optional[float] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Cached :meth:`build_table` (per layout, device and temporal stride; ``device=None``: the module's
+        ``device``); rebuilt at every call while augmenting."""
         layout = as_layout(layout)
         device = self.table_device if device is None else device
+        stride = self.temporal_stride if stride is None else stride
         if self.augmenting:
-            return self.build_table(layout, device)
-        return self.cached(("table", layout, str(device)), lambda: self.build_table(layout, device))
+            return self._build_table(layout, device, stride)
+        return self.cached(("table", layout, str(device), stride), lambda: self._build_table(layout, device, stride))
 
     def forward_qk(self, q, k, layout, index: int = 0):
         layout = as_layout(layout)
         _check_qk(q, k, self.head_dim, layout, self.name)
-        cos, sin = self.get_table(layout, q.device)
+        if self.allocation == "headwise" and q.shape[1] != self.num_heads:
+            raise ValueError(f"rope_axial (headwise): q has {q.shape[1]} heads, built for {self.num_heads}")
+        cos, sin = self.get_table(layout, q.device, self._stride(layout))
         if self._partial_half:
             R = self.rotary_dim
             qr, kr = apply_rope_qk(q[..., :R], k[..., :R], cos, sin, "half")
@@ -672,6 +856,8 @@ def _ndim(grid, ndim):
              "axial RoPE: per-axis rotary blocks, any coordinates and scaling rule (RoPE-ViT, EVA-02, video DiTs)")
 def build_rope_axial(*, dim=None, num_heads=None, grid=None, head_dim=None, ndim=None, device=None, dtype=None,
                      **kwargs):
+    if kwargs.get("allocation") == "headwise":
+        kwargs.setdefault("num_heads", num_heads)
     return AxialRoPE(_head_dim(dim, num_heads, head_dim), ndim=_ndim(grid, ndim), train_shape=grid,
                      device=device, dtype=dtype, **kwargs)
 
