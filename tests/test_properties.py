@@ -293,7 +293,40 @@ PURE = {
     "glpe": _pure_glpe,
     "lape": _pure_lape,
     "rel_decomposed": _pure_rel_decomposed,
+    "alibi": lambda pe, layout, g: _pure_alibi(pe, layout, g),
+    "lie_rope": lambda pe, layout, g: _pure_generator_rope(pe, layout, g),
+    "comrope": lambda pe, layout, g: _pure_generator_rope(pe, layout, g),
 }
+
+
+def _pure_alibi(pe, layout, g):
+    """-m_h * (sum_a |dp_a|) between grid tokens, zero for prefix tokens."""
+    from vispos.pe.alibi import alibi_slopes
+
+    q = torch.randn(1, g["heads"], layout.num_tokens, g["head_dim"])
+    c = grid_coords(layout.shape, dtype=torch.float64)
+    d = (c[:, None] - c[None]).abs().sum(-1)
+    want = torch.zeros(1, g["heads"], layout.num_tokens, layout.num_tokens)
+    P = layout.num_prefix
+    for h, m in enumerate(alibi_slopes(g["heads"])):
+        want[0, h, P:, P:] = (-m * d).float()
+    return pe.attn_bias(q, layout, 0).dense(), want
+
+
+def _pure_generator_rope(pe, layout, g):
+    """Per token: the dense block-diagonal ``exp(sum_i p_i A_i)`` (``torch.block_diag`` of the generators)."""
+    q = torch.randn(1, g["heads"], layout.num_tokens, g["head_dim"])
+    i = DEPTH - 1
+    A = pe.generators(i).double()  # (ndim, H, nb, b, b)
+    c = grid_coords(layout.shape, dtype=torch.float64)
+    P = layout.num_prefix
+    want = q.clone()
+    for h in range(g["heads"]):
+        gens = [torch.block_diag(*A[a, h]) for a in range(A.shape[0])]  # (D, D) per axis
+        for n in range(c.shape[0]):
+            R = torch.linalg.matrix_exp(sum(c[n, a] * gens[a] for a in range(len(gens))))
+            want[0, h, P + n] = (R @ q[0, h, P + n].double()).float()
+    return pe.forward_qk(q, q, layout, i)[0], want
 
 
 @pytest.mark.parametrize("name", PE_NAMES)
