@@ -84,3 +84,14 @@ def test_alibi_errors_and_registry():
     pe = vispos.build_pe("alibi", dim=64, num_heads=4, grid=(2, 4, 4), axis_scale=(2.0, 1.0, 1.0))
     assert pe.ndims == (3,) and pe.axis_scale == (2.0, 1.0, 1.0)
     assert dict(pe.state_dict()) == {}
+
+
+def test_manhattan_with_pooled_keys():
+    pe = ALiBi(2, 2)
+    q_lay, k_lay = GridLayout((4, 4), 1), GridLayout((2, 2), 1)
+    b = pe.attn_bias(torch.zeros(1, 2, 17, 8), q_lay, k_layout=k_lay)
+    assert [f.shape[-1] for f in b.factors] == [2, 2]
+    dense = b.dense()
+    assert dense.shape == (1, 2, 17, 5)
+    # query (3, 1) against key (1, 0): |3 - 1| + |1 - 0| = 3
+    assert dense[0, 1, 1 + 3 * 4 + 1, 1 + 1 * 2 + 0].item() == pytest.approx(-alibi_slopes(2)[1] * 3, rel=1e-6)
