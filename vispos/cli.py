@@ -11,6 +11,8 @@ import logging
 import sys
 from typing import List, Optional
 
+from .utils.extras import MissingExtraError
+
 # (command words) -> (module, suffix, help)
 COMMANDS = {
     ("list",): ("vispos.cli", "list", "list the PE families, scaling rules and pairings"),
@@ -20,11 +22,24 @@ COMMANDS = {
     ("demo", "all"): ("vispos.cli", "demo_all", "every demo above, one after the other"),
     ("eval", "resolution"): ("vispos.eval.resolution", "eval", "accuracy vs test resolution per model/PE"),
     ("train", "resolution"): ("vispos.eval.resolution", "train", "train PE variants from scratch for the sweep"),
+    ("eval", "pretrained"): ("vispos.eval.pretrained", "pretrained",
+                             "a pretrained timm model at many sizes under training-free PE variants (timm transforms)"),
     ("eval", "frames"): ("vispos.eval.frames", "eval", "frame extrapolation: repetition, motion vs length per rule"),
     ("train", "video"): ("vispos.eval.frames", "train", "train a VideoDiT (rectified flow) on synthetic or real video"),
     ("riflex",): ("vispos.integrations.riflex_cli", "riflex", "RIFLEx table: periods, cycles, k, N_k for a model"),
     ("bench",): ("vispos.bench", "bench", "benchmarks against timm and the eager reference"),
 }
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Adds ``(default: X)`` to an option's help unless the help already names its default or it has none (``None``,
+    ``False``: values that come from a config or are off)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: {action.default})" if text else f"default: {action.default}"
 
 
 def add_list_args(p: argparse.ArgumentParser) -> None:
@@ -50,20 +65,35 @@ def run_list(args) -> int:
 
 
 def add_demo_all_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="results", help="results root folder (default: results)")
-    p.add_argument("--scale", default="cpu", choices=["cpu", "gpu"], help="demo size")
+    p.add_argument("--out", default="results", help="results root folder: <out>/rope, <out>/resolution, <out>/video "
+                                                   "(default: results)")
+    p.add_argument("--scale", default="cpu", choices=["cpu", "gpu"], help="demo size (default: cpu)")
+    p.add_argument("--threads", type=int, help="torch CPU threads for the resolution and video demos (default: "
+                                               "their configs')")
+    p.add_argument("--device", help="auto | cpu | cuda for the resolution and video demos (default: their configs')")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
 def run_demo_all(args) -> int:
+    """Each demo in turn; stops at the first that fails and returns its exit code."""
     from pathlib import Path
 
-    rc = 0
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     for words in (("demo", "rope"), ("demo", "resolution"), ("demo", "video")):
-        mod, suffix, _ = COMMANDS[words]
-        sub = build_parser()
-        ns = sub.parse_args(list(words) + ["--out", str(Path(args.out) / words[1]), "--scale", args.scale])
-        rc = rc or ns._run(ns)
-    return rc
+        argv = list(words) + ["--out", str(Path(args.out) / words[1]), "--scale", args.scale]
+        if words != ("demo", "rope"):
+            if args.threads is not None:
+                argv += ["--threads", str(args.threads)]
+            if args.device is not None:
+                argv += ["--device", args.device]
+            if args.no_progress:
+                argv.append("--no-progress")
+        ns = build_parser().parse_args(argv)
+        rc = int(ns._run(ns) or 0)
+        if rc:
+            return rc
+    return 0
 
 
 def _resolve(words):
@@ -73,8 +103,11 @@ def _resolve(words):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="vispos", description="Positional embeddings for images and video.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--version", action="version", version=f"vispos {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups = {}
     for words, (_, _, help_) in COMMANDS.items():
@@ -107,7 +140,8 @@ class _Lazy:
         if words is None:
             return self.parser.parse_args(argv)
         add, run = _resolve(words)
-        p = argparse.ArgumentParser(prog="vispos " + " ".join(words), description=COMMANDS[words][2])
+        p = argparse.ArgumentParser(prog="vispos " + " ".join(words), description=COMMANDS[words][2],
+                                    formatter_class=DefaultsHelpFormatter)
         p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
         add(p)
         generic = not any(a.dest == "config" for a in p._actions)
@@ -161,6 +195,19 @@ def _config_tokens(parser: argparse.ArgumentParser, argv: List[str]) -> List[str
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run a command; a closed output pipe (``vispos list --json | head``) ends it quietly."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # the reader went away: point stdout at devnull so the interpreter's final flush does not raise again
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     try:
@@ -177,7 +224,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(ns._run(ns) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError, MissingExtraError) as e:
         if getattr(ns, "verbose", False):
             raise
         print(f"vispos: error: {e}", file=sys.stderr)

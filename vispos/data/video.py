@@ -20,7 +20,8 @@ Writing and reading
 -------------------
 :func:`write_video` encodes MP4 with PyAV (libx264, yuv420p, ``crf`` quality; mpeg4 when PyAV's ffmpeg lacks
 libx264) and :func:`write_gif` writes a looping GIF with PIL; both write atomically (encode in memory, temp file,
-rename). :func:`read_video` decodes any file with decord. yuv420p needs even sizes: odd heights/widths are padded
+rename). :func:`read_video` decodes any file with decord (with PyAV when decord is not installed, one warning;
+with neither, a ``MissingExtraError`` naming ``pip install 'vispos[video]'``). yuv420p needs even sizes: odd heights/widths are padded
 by repeating the last row/column (logged), so a read-back video can be one pixel larger than what was written.
 """
 from __future__ import annotations
@@ -48,6 +49,7 @@ __all__ = [
     "write_video",
     "write_gif",
     "read_video",
+    "video_backend",
     "to_uint8",
     "to_float",
     "video_grid",
@@ -481,11 +483,53 @@ def _first_line(e: BaseException) -> str:
     return s.splitlines()[0] if s else repr(e)
 
 
+class _PyAVReader:
+    """PyAV reader, used when decord is not installed (slower: frames are decoded in order)."""
+
+    def __init__(self, path: Path):
+        import av
+
+        self.path = path
+        try:
+            with av.open(str(path)) as container:
+                if not container.streams.video:
+                    raise VideoReadError(f"{str(path)!r} has no video stream")
+                self.n = sum(1 for _ in container.decode(video=0))
+        except av.error.FFmpegError as e:
+            raise VideoReadError(f"cannot open video {str(path)!r} with PyAV: {_first_line(e)}") from e
+
+    def __len__(self) -> int:
+        return self.n
+
+    def get(self, indices: Sequence[int]) -> np.ndarray:
+        return _pyav_frames(self.path, indices)
+
+
+_warned_no_decord = []
+
+
+def video_backend() -> str:
+    """``"decord"`` when it is installed, else ``"pyav"`` (one warning), else :class:`MissingExtraError` with the
+    install line. GIFs are always read with PIL."""
+    from ..utils.extras import have, require
+
+    if have("decord"):
+        return "decord"
+    require("av", "video", "reading video files (decord or PyAV)")
+    if not _warned_no_decord:
+        _warned_no_decord.append(True)
+        logger.warning("decord is not installed: reading videos with PyAV (slower); pip install 'vispos[video]' "
+                       "for decord")
+    return "pyav"
+
+
 def _open_reader(path: PathLike):
     p = Path(path)
     if not p.is_file():
         raise VideoReadError(f"video file {str(p)!r} does not exist")
-    return _GifReader(p) if p.suffix.lower() == ".gif" else _DecordReader(p)
+    if p.suffix.lower() == ".gif":
+        return _GifReader(p)
+    return _DecordReader(p) if video_backend() == "decord" else _PyAVReader(p)
 
 
 def _decode(reader, indices: Sequence[int], path) -> np.ndarray:
@@ -499,7 +543,8 @@ def _decode(reader, indices: Sequence[int], path) -> np.ndarray:
 
 def read_video(path: PathLike) -> np.ndarray:
     """Decode every frame of a video file with decord (GIFs with PIL, which decord cannot read; frame widths that
-    hit decord bug dmlc/decord#336 with PyAV, logged): uint8 ``(T, H, W, 3)``.
+    hit decord bug dmlc/decord#336 with PyAV, logged; PyAV for everything when decord is not installed, see
+    :func:`video_backend`): uint8 ``(T, H, W, 3)``.
 
     Raises :class:`VideoReadError` (a ``ValueError``) naming the file when it is missing, unreadable or truncated.
     """

@@ -18,6 +18,9 @@ tokens with identical content ``q = k = 1`` is the kernel
 
 Rows: every rule of :data:`vispos.freqs.RULES` at its defaults (``yarn``: the official ramp over band indices),
 plus ``yarn (paper ramp)``. The kernel omits YaRN's cos/sin factor ``mscale`` (a constant on every score).
+
+A test length at or below the training length is accepted: every rule then leaves the bands unchanged (nothing to
+extend), the kernels are drawn over ``[0, max(L, L'))`` and the table says so.
 """
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ def explore(base: float = 256.0, dim: int = 16, train_len: int = 33, test_len: i
             raise ValueError(f"{name} must be an int >= 2, got {v!r}")
     f = rope_freqs(dim, base)
     k, N_k = default_k(f, train_len=train_len)
-    offsets = torch.arange(test_len, dtype=torch.float64)
+    offsets = torch.arange(max(train_len, test_len), dtype=torch.float64)
     rows: List[dict] = []
     kernels = {}
     variants = [(name, ScalingRule(name, train_len=train_len, test_len=test_len)) for name in RULES]
@@ -68,6 +71,9 @@ def explore(base: float = 256.0, dim: int = 16, train_len: int = 33, test_len: i
             loop=2 * math.pi / float(g[k - 1]), K_1=float(K[1]), K_L=float(K[train_len - 1]),
             K_Lp=float(K[test_len - 1]),
         ))
+    if test_len <= train_len:
+        log.warning("test length %d <= training length %d: no rule changes the frequencies (nothing to extend)",
+                    test_len, train_len)
     return dict(base=base, dim=dim, train_len=train_len, test_len=test_len, k=k, N_k=N_k,
                 offsets=offsets.tolist(), kernels=kernels, rows=rows)
 
@@ -78,7 +84,11 @@ def _table(res: Dict) -> str:
             f"K({L - 1})", f"K({L2 - 1})"]
     body = [[r["rule"], ",".join(map(str, r["changed"])) or "-", ",".join(map(str, r["new_loops"])) or "-",
              r["top_ratio"], r["loop"], r["K_1"], r["K_L"], r["K_Lp"]] for r in res["rows"]]
-    return markdown_table(head, body)
+    note = ""
+    if L2 <= L:
+        note = (f"\nTest length {L2} <= training length {L}: every rule is the identity here (the rules only act "
+                f"when a sequence is longer than the training length).\n")
+    return markdown_table(head, body) + note
 
 
 def add_demo_args(p) -> None:
@@ -93,15 +103,27 @@ def add_demo_args(p) -> None:
 def run_demo(args) -> int:
     out = ensure_writable_dir(args.out)
     res = explore(args.base, args.dim, args.train_len, args.test_len)
-    import matplotlib
+    table = _table(res)
+    atomic_write_text(out / "table.md", table)
+    atomic_write_json(out / "results.json", res)
+    print(table)
+    from .plots import matplotlib_or_hint
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    if matplotlib_or_hint(out / "rope_kernel.png") is None:
+        print(f"wrote {out / 'table.md'}, {out / 'results.json'}")
+        return 0
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig = Figure(figsize=(8, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
     for name, K in res["kernels"].items():
         ax.plot(res["offsets"], K, label=name, lw=1.5)
     ax.axvline(res["train_len"] - 1, color="k", ls="--", lw=1)
+    if res["test_len"] != res["train_len"]:
+        ax.axvline(res["test_len"] - 1, color="grey", ls=":", lw=1)
+        ax.text(res["test_len"] - 1, 0.9, " test length", va="top", fontsize=8)
     ax.text(res["train_len"] - 1, 1.0, " train length", va="top", fontsize=8)
     ax.set_xlabel("relative offset (tokens / frames)")
     ax.set_ylabel("score kernel K(offset)")
@@ -110,11 +132,6 @@ def run_demo(args) -> int:
     ax.legend(ncol=3, fontsize=8)
     fig.tight_layout()
     atomic_savefig(fig, out / "rope_kernel.png", dpi=120)
-    plt.close(fig)
-    table = _table(res)
-    atomic_write_text(out / "table.md", table)
-    atomic_write_json(out / "results.json", res)
-    print(table)
     print(f"wrote {out / 'rope_kernel.png'}, {out / 'table.md'}, {out / 'results.json'}")
     return 0
 
