@@ -446,7 +446,7 @@ def evaluate_pretrained(cfg: Dict[str, Any], *, progress: bool = True) -> Dict[s
 
 
 def run_pretrained(args) -> int:
-    from ..utils.outdir import DEFAULT_ROOT, results_folder, timestamped_out
+    from ..utils.outdir import DEFAULT_ROOT, check_out, results_folder, timestamped_out
 
     cfg = {k: v for k, v in vars(args).items() if not k.startswith("_") and k not in ("verbose", "config")}
     if cfg.get("threads") is not None:
@@ -455,10 +455,6 @@ def run_pretrained(args) -> int:
         torch.set_num_threads(cfg["threads"])
     out = cfg.get("out") or timestamped_out(Path(DEFAULT_ROOT) / "eval-pretrained", cfg["model"])
     cfg["out"] = str(out)
-    from .plots import size_axis  # noqa: F401  (fail early on a bad install)
-
-    from ..utils.outdir import check_out
-
     check_out(out, overwrite=bool(cfg.get("overwrite")), owned=OWNED)  # refuse before any work
     res = evaluate_pretrained(cfg, progress=not cfg.get("no_progress"))
     with results_folder(out, overwrite=bool(cfg.get("overwrite")), owned=OWNED) as folder:

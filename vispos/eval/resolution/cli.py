@@ -79,13 +79,13 @@ def _print_table(result, cfg) -> int:
 
 
 def demo_config_path(scale: str) -> Path:
-    """``configs/resolution/demo_<scale>.yaml`` of the source tree."""
+    """``resolution/demo_<scale>.yaml`` of the shipped configs (the checkout's ``configs/`` or, installed, the
+    package data ``vispos/configs/``: :func:`vispos.utils.resources.config_path`)."""
+    from ...utils.resources import config_path
+
     if scale not in ("cpu", "gpu"):
         raise ValueError(f"scale must be 'cpu' or 'gpu', got {scale!r}")
-    p = Path(__file__).resolve().parents[3] / "configs" / "resolution" / f"demo_{scale}.yaml"
-    if not p.is_file():
-        raise ValueError(f"demo config {str(p)!r} not found (the demo runs from a source checkout); pass --config")
-    return p
+    return config_path("resolution", f"demo_{scale}.yaml")
 
 
 def add_demo_args(p: argparse.ArgumentParser) -> None:
