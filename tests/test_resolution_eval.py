@@ -82,28 +82,37 @@ def test_eval_imagefolder_matches_hand_count(tmp_path):
         assert r["top1"] == pytest.approx(2 / 9) and r["top5"] == pytest.approx(6 / 9)
 
 
-def test_eval_imagefolder_matches_per_image_loop(tmp_path):
-    """Batched, sharded eval == an independent per-image loop (torchvision Resize(int) + CenterCrop), any model."""
-    from torchvision import transforms as T
+@pytest.mark.parametrize("model, kw, mean", [
+    ("vit_tiny_patch16_224.augreg_in21k", {}, (0.5, 0.5, 0.5)),  # augreg: mean = std = 0.5, crop 0.9
+    ("eva02_tiny_patch14_224.mim_in22k", {"ref_feat_shape": (2, 2)}, (0.48145466, 0.4578275, 0.40821073)),  # CLIP
+])
+def test_eval_imagefolder_is_timms_validation(tmp_path, model, kw, mean):
+    """The ImageFolder path evaluates exactly as timm's validate.py: the model's resolved data config, timm's
+    create_transform at each test size, timm's dataset -- counted here with timm's own functions."""
+    import timm
+    from timm.data import create_dataset, create_transform, resolve_data_config
 
     root = _folder(tmp_path / "data", [3, 2, 2, 1, 2], size=(36, 52))
-    cfg = _cfg(tmp_path, data=str(root), pe="rope_axial", sizes="16,24")
+    cfg = _cfg(tmp_path, model=model, model_kwargs=dict(TINY, **kw), data=str(root), pe="timm", sizes="16,24x40")
     torch.manual_seed(3)
     v = R.parse_variants(cfg)[0]
-    model = R.build_model(v, 5, cfg["train_size"]).eval()
+    m = R.build_model(v, 5, cfg["train_size"]).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.3)
     ckpt = tmp_path / "m.pt"
-    torch.save({"model": model.state_dict(), "step": 1}, ckpt)
+    torch.save({"model": m.state_dict(), "step": 1}, ckpt)
     res = R.run_experiment(dict(cfg, checkpoint=str(ckpt)), train=False, progress=False)
-    from torchvision.datasets import ImageFolder
-
-    for size, row in zip((16, 24), res["rows"]):
-        tf = T.Compose([T.Resize(math.floor(size / 0.875), interpolation=T.InterpolationMode.BICUBIC),
-                        T.CenterCrop(size), T.ToTensor(), T.Normalize(R.IMAGENET_MEAN, R.IMAGENET_STD)])
+    dc = resolve_data_config(model=timm.create_model(model, num_classes=5, **dict(TINY, **kw)))
+    assert dc["mean"] == pytest.approx(mean) and dc["crop_pct"] == 0.9
+    assert res["data_config"]["mean"] == pytest.approx(list(mean))
+    for (h, w), row in zip(((16, 16), (24, 40)), res["rows"]):
+        tf = create_transform(**{**dc, "input_size": (3, h, w)})
         correct = 0
-        for x, y in ImageFolder(str(root), transform=tf):
+        for x, y in create_dataset("", root=str(root), transform=tf):
             with torch.no_grad():
-                correct += int(model(x[None]).argmax(-1).item() == y)
-        assert row["size"] == str(size) and row["n"] == 10 and row["correct1"] == correct
+                correct += int(m(x[None]).argmax(-1).item() == y)
+        assert row["n"] == 10 and row["correct1"] == correct, (h, w)
 
 
 def test_results_files_complete(tmp_path):
@@ -124,14 +133,20 @@ def test_results_files_complete(tmp_path):
     assert [float(r["top1"]) for r in rows] == [r["top1"] for r in data["rows"]]
     table = (out / "table.md").read_text()
     lines = [ln for ln in table.splitlines() if ln.startswith("|")]
-    # accuracy table, then the change from the training size in points (same layout)
-    assert lines[0] == lines[4] == "| PE | 16* | 24 | 16x32 |" and len(lines) == 8
+    # accuracy table, then the change from the training size in points (same layout); columns by pixel count
+    assert lines[0] == lines[4] == "| PE | 16* | 16x32 | 24 |" and len(lines) == 8
     assert all(len(ln.split("|")) == 6 for ln in lines)
     assert lines[6].startswith("| ape | 0 | ") and "Change from the training size" in table
     assert table == res["table"]
     with Image.open(out / "accuracy_vs_resolution.png") as im:
         im.load()
         assert im.size[0] > 100 and im.size[1] > 100
+    with open(out / "summary.csv") as f:  # the loss log: one row per step, variant and seed
+        log_rows = list(csv.DictReader(f))
+    assert len(log_rows) == 2 * cfg["steps"] and {r["variant"] for r in log_rows} == {"ape", "rope_axial"}
+    assert all(math.isfinite(float(r["loss"])) for r in log_rows)
+    env = data["environment"]
+    assert env["torch"] == torch.__version__ and env["seeds"] == [0] and env["cpu"]["cores"] >= 1
     cfg_back = R.load_config(out / "config.yaml")
     assert cfg_back["sizes"] == [[16, 16], [24, 24], [16, 32]] and cfg_back["pe"] == "ape,rope_axial"
     # the checkpoints evaluate to the same numbers through `eval`

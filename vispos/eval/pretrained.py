@@ -359,7 +359,14 @@ def load_pretrained(model: str, *, checkpoint=None, pretrained: bool = False, nu
         kw["img_size"] = parse_size(tuple(train_size) if isinstance(train_size, list) else train_size)
     m = timm.create_model(model, pretrained=pretrained, num_classes=nc, **kw)
     if ckpt is not None:
-        load_timm_checkpoint(m, str(ckpt), strict=True)
+        try:
+            load_timm_checkpoint(m, str(ckpt), strict=True)
+        except RuntimeError as e:  # missing / unexpected keys or shape mismatches: say which and what to pass
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            detail = "; ".join(lines[:3])
+            raise ValueError(f"checkpoint {str(ckpt)!r} does not fit {model} with {nc} classes and "
+                             f"{kw}: {detail} (check --num-classes, the classifier head rows, --model-kwargs and "
+                             f"--train-size)") from None
     return m.eval(), (None if ckpt is None else str(ckpt)), nc
 
 

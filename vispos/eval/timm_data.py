@@ -144,6 +144,8 @@ def image_dataset(root, class_map=None, split: str = "validation", transform=Non
         ds = create_dataset("", root=str(p), split=split, is_training=False, class_map=cmap or "",
                             transform=transform)
     except (AssertionError, FileNotFoundError, RuntimeError) as e:
+        if "Found 0 images" in str(e):
+            raise ValueError(f"data folder {str(p)!r} holds no images in class sub-folders ({e})") from None
         raise ValueError(f"data folder {str(p)!r} cannot be read as an ImageFolder: {e}") from None
     if len(ds) == 0:
         raise ValueError(f"data folder {str(p)!r} holds no images")

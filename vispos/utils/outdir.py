@@ -20,7 +20,6 @@ import fnmatch
 import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Union
@@ -100,21 +99,22 @@ def _missing_chain(p: Path) -> List[Path]:
 
 @contextlib.contextmanager
 def results_folder(path: PathLike, *, resume: bool = False, overwrite: bool = False, owned: Sequence[str] = (),
-                   what: str = "output folder") -> Iterator[Path]:
-    """Check ``path`` with :func:`check_out`, create it, check it is writable, delete the ``owned`` entries an
-    ``overwrite`` replaces, and yield it. If the body raises, every folder this call created is removed again when
-    nothing was written into it (so a failed run leaves no empty folder); the error propagates unchanged."""
+                   what: str = "output folder", main: bool = True) -> Iterator[Path]:
+    """Check ``path`` with :func:`check_out`, create it (:func:`vispos.utils.io.ensure_writable_dir`: writable, and
+    claimed for this run), delete the ``owned`` entries an ``overwrite`` replaces, and yield it. If the body raises,
+    every folder this call created is removed again when nothing was written into it (so a failed run leaves no
+    empty folder); the error propagates unchanged. ``main=False`` (torchrun ranks other than 0) checks and
+    creates but deletes nothing."""
+    from .io import ensure_writable_dir
+
     p = Path(path)
-    doomed = check_out(p, resume=resume, overwrite=overwrite, owned=owned, what=what)
+    doomed = check_out(p, resume=resume, overwrite=overwrite, owned=owned, what=what) if main else []
     created = _missing_chain(p)
     try:
-        p.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".write-test-", dir=p)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
+        ensure_writable_dir(p, what)
+    except ValueError:
         _remove_empty(created)
-        raise ValueError(f"{what} {str(p)!r} is not writable: {e.strerror or e}") from e
+        raise
     for name in doomed:
         q = p / name
         if q.is_dir() and not q.is_symlink():
@@ -124,7 +124,8 @@ def results_folder(path: PathLike, *, resume: bool = False, overwrite: bool = Fa
     try:
         yield p
     except BaseException:
-        _remove_empty(created)
+        if main:
+            _remove_empty(created)
         raise
 
 

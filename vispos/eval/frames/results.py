@@ -13,6 +13,19 @@ from ...utils.io import atomic_savefig, markdown_table
 TABLE_KEYS = ("norepeat_share", "repeat_share", "mean_loop_score", "mean_loop_period", "mean_motion",
               "motion_vs_L", "mean_slowdown_ratio", "mean_tail_novelty", "mean_traj_tail_px")
 PLOT_KEYS = TABLE_KEYS
+#: Plot titles / axis labels of the metrics (the JSON keys stay as they are).
+METRIC_TITLES = {
+    "norepeat_share": "NoRepeat share (videos with D > tau)",
+    "repeat_share": "share of videos with a self-similarity loop",
+    "mean_selfsim_score": "self-similarity loop score",
+    "mean_selfsim_period": "loop period (frames)",
+    "mean_motion": "motion",
+    "motion_vs_L": "motion / motion at the training length",
+    "mean_slowdown_ratio": "slow-down ratio (tail / head motion)",
+    "mean_tail_novelty": "tail novelty",
+    "mean_traj_tail_px": "trajectory error past the training length (px)",
+}
+_STYLES = [("o", "-"), ("s", "--"), ("D", "-."), ("^", ":"), ("v", "-"), ("P", "--"), ("X", "-."), ("*", ":")]
 
 
 def aggregate(rows: List[Dict[str, Any]], train_len: int) -> List[Dict[str, Any]]:
@@ -49,24 +62,34 @@ def table_md(agg: List[Dict[str, Any]], keys: Sequence[str]) -> str:
 
 
 def write_plots(agg: List[Dict[str, Any]], keys: Sequence[str], out: Path, train_len: int) -> List[str]:
-    import matplotlib
+    """One PNG per metric (``<metric>.png``), a line per rule against the generated length. Each rule has its own
+    marker and dash pattern and later rules are drawn thinner, so rules with equal values (PI and YaRN often
+    coincide) stay visible. Without matplotlib: no plots, one warning (returns ``[]``)."""
+    from ..plots import matplotlib_or_hint
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    if matplotlib_or_hint(out / "*.png") is None:
+        return []
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     files = []
     rules = list(dict.fromkeys(a["rule"] for a in agg))
     for k in keys:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for rule in rules:
+        fig = Figure(figsize=(5.5, 3.6))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        for i, rule in enumerate(rules):
             pts = sorted((a["frames"], a[k]) for a in agg if a["rule"] == rule and a.get(k) is not None)
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=rule)
+                marker, ls = _STYLES[i % len(_STYLES)]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, ls=ls, lw=max(0.8, 2.4 - 0.3 * i),
+                        ms=max(3.0, 7.0 - 0.6 * i), label=rule)
         ax.axvline(train_len, color="gray", ls=":", lw=1)
         ax.set_xlabel("frames generated (dotted: training length)")
         name = k.replace("mean_", "")
-        ax.set_ylabel(name)
-        ax.set_title(f"{name} vs length")
+        title = METRIC_TITLES.get(k, name)
+        ax.set_ylabel(title if len(title) <= 28 else name)
+        ax.set_title(f"{title} vs length", fontsize=10)
         if ax.get_legend_handles_labels()[1]:
             ax.legend(fontsize=8)
         else:
@@ -75,7 +98,6 @@ def write_plots(agg: List[Dict[str, Any]], keys: Sequence[str], out: Path, train
         fig.tight_layout()
         path = out / f"{name}.png"
         atomic_savefig(fig, path, dpi=100)
-        plt.close(fig)
         files.append(path.name)
     return files
 

@@ -21,21 +21,25 @@ DEFAULTS: Dict[str, Any] = dict(
     pe=None,                        # variants as a string: "ape,rope_axial,ape+rope_axial" (overrides `variants`)
     pe_kwargs=None,                 # options of the PE when `pe` names a single variant
     variants=None,                  # list: a name, a list of names (combination) or a mapping (see Variant)
-    checkpoint=None,                # eval: checkpoint of the single variant given by `pe`
+    checkpoint=None,                # eval: a checkpoint file or run folder (what it stores is read from it)
+    pretrained=False,               # eval: timm's pretrained weights for every variant
+    num_classes=None,               # classifier outputs (default: the checkpoint's head, else the data's classes)
+    class_map=None,                 # ImageFolder: .txt file, line i = the folder name of output i (timm's)
     # data
     task="absolute",                # built-in task (used when `data` / `train_data` is not set)
     data=None,                      # ImageFolder root for evaluation
     train_data=None,                # ImageFolder root for training
     eval_samples=900,               # synthetic evaluation set size
     data_seed=0,
-    crop_pct=0.875,
-    interpolation="bicubic",
-    mean=list(IMAGENET_MEAN),       # ImageFolder normalisation (synthetic data is normalised as (v - .5) / .5)
-    std=list(IMAGENET_STD),
+    crop_pct=None,                  # ImageFolder eval transform: None = the model's data config (timm's
+    interpolation=None,             # resolve_data_config: augreg ViTs mean = std = 0.5, crop 0.9; EVA-02 CLIP
+    mean=None,                      # statistics; ImageNet's otherwise). Synthetic data is normalised as
+    std=None,                       # (v - .5) / .5 and rendered at the size directly.
+    crop_mode=None,
     num_workers=0,
     rrc_scale=[0.25, 1.0],          # training random-resized-crop area range (ImageFolder and the photos task)
     # sweep
-    sizes="16,24,32,48,64,96",
+    sizes=None,                     # None: DEFAULT_SIZE_RATIOS x the training size, multiples of the patch
     size_ratios=None,               # test sizes as ratios of train_size (overrides sizes), e.g. the papers'
                                     # 0.43,1,1.7,2.3,3 (224 -> 96, 384, 512, 640); rounded to patch multiples
     train_size=None,                # size the models are trained at / were trained at (their img_size: learned
@@ -53,14 +57,15 @@ DEFAULTS: Dict[str, Any] = dict(
     seeds=[0],
     ckpt_every=100,
     resume=False,
+    overwrite=False,                # replace the results of an earlier run in `out`
     # run
     device="auto",
     amp=False,                      # bf16 autocast on CUDA
     threads=None,                   # torch.set_num_threads (None: leave as is)
-    out="results/resolution",
+    out=None,                       # None: a fresh results/<command>/<time>-<model>-<size> folder per run
 )
 
-VARIANT_KEYS = ("name", "pe", "pe_kwargs", "model", "model_kwargs", "checkpoint")
+VARIANT_KEYS = ("name", "pe", "pe_kwargs", "model", "model_kwargs", "checkpoint", "seed")
 # configuration keys that change a training trajectory: a checkpoint is resumed only if they all match
 TRAJECTORY_KEYS = ("task", "train_data", "data_seed", "train_size", "train_sizes", "steps", "batch_size", "lr",
                     "weight_decay", "warmup_steps", "grad_clip", "label_smoothing", "crop_pct", "interpolation",
@@ -69,6 +74,9 @@ TRAJECTORY_KEYS = ("task", "train_data", "data_seed", "train_size", "train_sizes
 #: The papers' test/train size ratios at ImageNet's 224 px: 96 (ResFormer), 224, 384 (RoPE-ViT, CPVT),
 #: 512 (RoPE-ViT, CPVT), 640 (ResFormer).
 PAPER_RATIOS = (0.43, 1.0, 1.7, 2.3, 3.0)
+#: ratios of the training size of the default test sizes (no sizes / size_ratios given): the papers', rounded to
+#: multiples of the patch size, repeats dropped
+DEFAULT_SIZE_RATIOS = PAPER_RATIOS
 
 
 # ---- parsing -----------------------------------------------------------------------------------------------------
@@ -136,6 +144,36 @@ class Variant:
     model: str = DEFAULTS["model"]
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
     checkpoint: Optional[str] = None
+    seed: Optional[int] = None
+
+
+def default_sizes(train_size: Tuple[int, int], patch: Tuple[int, int]) -> List[Tuple[int, int]]:
+    """:data:`DEFAULT_SIZE_RATIOS` x ``train_size``, each side rounded to a multiple of ``patch`` (at least one
+    patch), duplicates dropped."""
+    out: List[Tuple[int, int]] = []
+    for r in DEFAULT_SIZE_RATIOS:
+        hw = tuple(max(p, int(round(t * r / p)) * p) for t, p in zip(train_size, patch))
+        if hw not in out:
+            out.append(hw)
+    return out
+
+
+def variants_from_checkpoint(path) -> List[Dict[str, Any]]:
+    """Variant mappings for ``--checkpoint`` without ``--pe``: every checkpoint of a vispos run folder, or one
+    file (a folder is searched with :func:`vispos.eval.checkpoints.find_checkpoint`), each with the variant, seed and
+    model kwargs it stores; a checkpoint that stores none (a timm / plain state dict) is evaluated as ``pe: timm``."""
+    from ..checkpoints import checkpoint_record, find_checkpoint, is_run_folder, run_checkpoints
+
+    recs = run_checkpoints(path) if is_run_folder(path) else [checkpoint_record(find_checkpoint(path))]
+    out = []
+    for r in recs:
+        v = r["variant"]
+        if isinstance(v, dict):
+            out.append(dict(name=v.get("name"), pe=v.get("pe"), pe_kwargs=v.get("pe_kwargs"), model=v.get("model"),
+                            model_kwargs=v.get("model_kwargs") or {}, checkpoint=r["path"], seed=r["seed"]))
+        else:
+            out.append(dict(pe="timm", checkpoint=r["path"]))
+    return out
 
 
 def _pe_from_string(s: str) -> Union[str, List[str]]:
@@ -169,7 +207,9 @@ def parse_variants(cfg: Dict[str, Any]) -> List[Variant]:
     base_kwargs = cfg.get("model_kwargs") or {}
     check_mapping(base_kwargs, "model_kwargs")
     raw: List[Any]
-    if cfg.get("pe") is not None:
+    if cfg.get("checkpoint") is not None and cfg.get("pe") is None and cfg.get("variants") is None:
+        raw = variants_from_checkpoint(cfg["checkpoint"])
+    elif cfg.get("pe") is not None:
         pe = cfg["pe"]
         if isinstance(pe, str):
             raw = [_pe_from_string(s) for s in pe.split(",") if s.strip()]
@@ -181,7 +221,12 @@ def parse_variants(cfg: Dict[str, Any]) -> List[Variant]:
             if len(raw) != 1:
                 raise ValueError(f"pe_kwargs / checkpoint apply to a single variant, but pe names {len(raw)}: "
                                  f"{pe!r}; list several variants with their options under `variants` in a config")
-            raw = [dict(pe=raw[0], pe_kwargs=cfg.get("pe_kwargs"), checkpoint=cfg.get("checkpoint"))]
+            ck = cfg.get("checkpoint")
+            if ck is not None:
+                from ..checkpoints import find_checkpoint
+
+                ck = str(find_checkpoint(ck))
+            raw = [dict(pe=raw[0], pe_kwargs=cfg.get("pe_kwargs"), checkpoint=ck)]
     elif cfg.get("variants") is not None:
         raw = cfg["variants"]
         if not isinstance(raw, (list, tuple)):
@@ -190,7 +235,8 @@ def parse_variants(cfg: Dict[str, Any]) -> List[Variant]:
             raise ValueError("checkpoint applies to a single variant given with pe; give each variant of `variants` "
                              "its own checkpoint: key")
     else:
-        raise ValueError("no models to evaluate: give --pe NAME[,NAME...] or a config with a `variants` list")
+        raise ValueError("no models to evaluate: give --pe NAME[,NAME...], --checkpoint FILE_OR_RUN_FOLDER or a "
+                         "config with a `variants` list")
     if not raw:
         raise ValueError("the list of variants is empty")
     out: List[Variant] = []
@@ -232,9 +278,12 @@ def parse_variants(cfg: Dict[str, Any]) -> List[Variant]:
         ckpt = v.get("checkpoint")
         if ckpt is not None and not Path(ckpt).is_file():
             raise ValueError(f"{where}: checkpoint {str(ckpt)!r} does not exist")
-        out.append(Variant(str(name), pe, pk, model, mk, None if ckpt is None else str(ckpt)))
-    names = [v.name for v in out]
-    dup = sorted({n for n in names if names.count(n) > 1})
+        seed = v.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"{where}: seed must be an int, got {seed!r}")
+        out.append(Variant(str(name), pe, pk, model, mk, None if ckpt is None else str(ckpt), seed))
+    names = [(v.name, v.seed) for v in out]
+    dup = sorted({n for n, s in names if names.count((n, s)) > 1})
     if dup:
         raise ValueError(f"variant names must be unique, got {dup} more than once; give each a `name`")
     return out
@@ -263,7 +312,7 @@ def load_config(config_path=None, args: Optional[argparse.Namespace] = None, **o
     cfg = resolve_config(DEFAULTS, args, config_path=config_path, extra=overrides or None)
     cfg["model_kwargs"] = _parse_mapping(cfg.get("model_kwargs"), "model_kwargs") or {}
     cfg["pe_kwargs"] = _parse_mapping(cfg.get("pe_kwargs"), "pe_kwargs")
-    cfg["sizes"] = [list(s) for s in parse_sizes(cfg["sizes"])]
+    cfg["sizes"] = None if cfg.get("sizes") is None else [list(s) for s in parse_sizes(cfg["sizes"])]
     cfg["size_ratios"] = parse_ratios(cfg.get("size_ratios"))
     rr = cfg.get("rrc_scale")
     if isinstance(rr, str):
@@ -301,17 +350,33 @@ def load_config(config_path=None, args: Optional[argparse.Namespace] = None, **o
     check_number(cfg.get("weight_decay"), "weight_decay", 0)
     check_number(cfg.get("grad_clip"), "grad_clip", 0, min_open=True, allow_none=True)
     check_number(cfg.get("label_smoothing"), "label_smoothing", 0)
-    check_number(cfg.get("crop_pct"), "crop_pct", 0, 1, min_open=True)
-    check_choice(cfg["interpolation"], "interpolation", ("bicubic", "bilinear", "nearest"))
+    from ..timm_data import CROP_MODES, INTERPOLATIONS, read_class_map, resolve_eval_config
+
+    check_number(cfg.get("crop_pct"), "crop_pct", 0, 1, min_open=True, allow_none=True)
+    if cfg.get("interpolation") is not None:
+        check_choice(cfg["interpolation"], "interpolation", INTERPOLATIONS)
+    if cfg.get("crop_mode") is not None:
+        check_choice(cfg["crop_mode"], "crop_mode", CROP_MODES)
+    # mean / std: three numbers, one, or 'a,b,c' (checked the way the eval transform will use them)
+    checked = resolve_eval_config(pretrained_cfg={"input_size": (3, 224, 224)}, mean=cfg.get("mean"),
+                                  std=cfg.get("std"))
     for key in ("mean", "std"):
-        v = cfg[key]
-        if not (isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)):
-            raise ValueError(f"{key} must be three numbers (one per RGB channel), got {v!r}")
-    if any(s <= 0 for s in cfg["std"]):
-        raise ValueError(f"std must be positive, got {cfg['std']}")
-    if not isinstance(cfg.get("out"), (str, Path)) or not str(cfg["out"]):
-        raise ValueError(f"out must be a folder path, got {cfg.get('out')!r}")
-    cfg["out"] = str(cfg["out"])
-    for key in ("resume", "amp"):
+        if cfg.get(key) is not None:
+            cfg[key] = list(checked[key])
+    check_int(cfg.get("num_classes"), "num_classes", 1, allow_none=True)
+    if cfg.get("class_map") is not None:
+        if cfg.get("data") is None:
+            raise ValueError("class_map maps ImageFolder class folders to model outputs: give --data DIR too")
+        read_class_map(cfg["class_map"])  # checked now, read again where the data is opened
+    if cfg.get("out") is not None:
+        if not isinstance(cfg.get("out"), (str, Path)) or not str(cfg["out"]):
+            raise ValueError(f"out must be a folder path, got {cfg.get('out')!r}")
+        cfg["out"] = str(cfg["out"])
+    for key in ("resume", "amp", "pretrained", "overwrite"):
         check_bool(cfg.get(key), key)
+    if cfg["resume"] and cfg["overwrite"]:
+        raise ValueError("resume and overwrite exclude each other: resume continues the run in --out, overwrite "
+                         "replaces it")
+    if cfg["pretrained"] and cfg.get("checkpoint") is not None:
+        raise ValueError("give either --checkpoint or --pretrained (timm's weights), not both")
     return cfg

@@ -1,4 +1,9 @@
-"""``vispos eval/train resolution`` data: eval transform, ImageFolder / synthetic sets, the training batches."""
+"""``vispos eval/train resolution`` data: eval transform, ImageFolder / synthetic sets, the training batches.
+
+An evaluation ImageFolder is read as timm's ``validate.py`` reads it (:mod:`vispos.eval.timm_data`: timm's
+``ImageDataset``, ``--class-map``, and per model the eval transform of its resolved data config at each test size);
+:class:`ResizeCenterCrop` / :func:`make_eval_transform` remain for callers that want an aspect-keeping crop.
+"""
 from __future__ import annotations
 
 import math
@@ -75,12 +80,13 @@ class _TrainImages(torch.utils.data.Dataset):
     """ImageFolder training items ``(index, (H, W), seed)`` -> ``(image, label)``; augmentation drawn from the
     item's own seed (deterministic, the same in any process)."""
 
-    def __init__(self, folder, cfg):
+    def __init__(self, folder, cfg, label_map=None):
         from torchvision import transforms as T
 
         self.folder = folder
         self.cfg = cfg
         self.T = T
+        self.label_map = label_map  # training folder index -> evaluation label (classes matched by name)
         self.post = T.Compose([T.ToTensor(), T.Normalize(cfg["mean"], cfg["std"])])
 
     def __len__(self):
@@ -89,8 +95,12 @@ class _TrainImages(torch.utils.data.Dataset):
     def __getitem__(self, item):
         i, size, seed = item
         path, label = self.folder.samples[i]
+        if self.label_map is not None:
+            label = self.label_map[label]
         img = self.folder.loader(path)
-        mode = ResizeCenterCrop(size, 1.0, self.cfg["interpolation"]).interpolation
+        from timm.data.transforms import str_to_interp_mode
+
+        mode = str_to_interp_mode(self.cfg["interpolation"])
         aug = self.T.Compose([self.T.RandomResizedCrop(tuple(size), scale=tuple(self.cfg["rrc_scale"]),
                                                        interpolation=mode),
                               self.T.RandomHorizontalFlip()])
@@ -111,25 +121,47 @@ class Data:
     eval_len: int
     eval_folder: Any = None
     train_folder: Any = None
+    class_to_idx: Any = None      # ImageFolder: folder name -> label (timm's order, or the class map)
+    train_label_map: Any = None   # training ImageFolder index -> label
 
 
 def plan_data(cfg, train: bool) -> Data:
+    """The data of a run. ``num_classes``: ``cfg["num_classes"]`` when set (the model's outputs, e.g. a checkpoint's
+    head; labels must fit), else the class map's largest index + 1, else the folder's / task's classes."""
+    from ..timm_data import image_dataset, read_class_map
+
     if cfg.get("data") is not None:
-        folder = _open_image_folder(cfg["data"], "data folder")
-        n_cls = len(folder.classes)
+        cmap = read_class_map(cfg.get("class_map"))
+        folder = image_dataset(cfg["data"], class_map=cmap)
+        c2i = dict(folder.reader.class_to_idx)
+        n_cls = (max(c2i.values()) + 1) if c2i else 0
         src = f"ImageFolder {cfg['data']}"
         eval_len = len(folder)
     else:
         folder = None
+        c2i = None
         n_cls = TASKS[cfg["task"]].num_classes
         src = f"synthetic task {cfg['task']!r}"
         eval_len = cfg["eval_samples"]
-    tfolder, train_len = None, 0
+    data_classes = n_cls
+    if cfg.get("num_classes") is not None:
+        if cfg["num_classes"] < n_cls:
+            raise ValueError(f"num_classes {cfg['num_classes']} is smaller than the data's labels (up to {n_cls - 1}); "
+                             f"give a --class-map that maps the folders onto the model's outputs")
+        n_cls = cfg["num_classes"]
+    tfolder, train_len, tmap = None, 0, None
     if train:
         if cfg.get("train_data") is not None:
             tfolder = _open_image_folder(cfg["train_data"], "train_data folder")
-            if len(tfolder.classes) != n_cls:
-                raise ValueError(f"train_data has {len(tfolder.classes)} classes but the evaluation data has {n_cls}")
+            if c2i is not None:
+                missing = [c for c in tfolder.classes if c not in c2i]
+                if missing:
+                    raise ValueError(f"train_data classes {missing[:5]} are not classes of the evaluation data "
+                                     f"{sorted(c2i)[:5]}")
+                tmap = [c2i[c] for c in tfolder.classes]
+            elif len(tfolder.classes) != data_classes:
+                raise ValueError(f"train_data has {len(tfolder.classes)} classes but the evaluation data has "
+                                 f"{data_classes}")
             train_len = len(tfolder)
             if train_len < cfg["batch_size"]:
                 raise ValueError(f"train_data holds {train_len} images, fewer than batch_size {cfg['batch_size']}")
@@ -138,7 +170,8 @@ def plan_data(cfg, train: bool) -> Data:
                 raise ValueError("training on the built-in task but evaluating on --data: give --train-data too, "
                                  "or leave --data out to evaluate on the built-in task")
             train_len = cfg["steps"] * cfg["batch_size"]  # every training sample is new
-    return Data(n_cls, 1.0 / n_cls, src, train_len, eval_len, folder, tfolder)
+    # chance: guessing among the classes the data holds (not the model's extra outputs)
+    return Data(n_cls, 1.0 / data_classes, src, train_len, eval_len, folder, tfolder, c2i, tmap)
 
 
 def train_seed(cfg, seed: int) -> int:
@@ -174,6 +207,6 @@ def train_batch(cfg, data: Data, seed: int, idx: List[int], size, step: int):
         ds = SyntheticPositionDataset(cfg["task"], size, data.train_len, train_seed(cfg, seed), split="train",
                                       rrc_scale=tuple(cfg["rrc_scale"]))
         return ds.get_batch(idx)
-    items = _TrainImages(data.train_folder, cfg)
+    items = _TrainImages(data.train_folder, cfg, data.train_label_map)
     pairs = [items[(i, size, torch_seed(seed, 5, step, i))] for i in idx]
     return torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs], dtype=torch.long)

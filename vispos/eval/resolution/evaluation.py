@@ -7,7 +7,7 @@ import torch
 
 from ...data.images import SyntheticPositionDataset, parse_size
 from ..common import autocast
-from .data import Data, eval_seed, make_eval_transform
+from .data import Data, eval_seed
 
 
 @torch.no_grad()
@@ -15,11 +15,14 @@ def evaluate(model: torch.nn.Module, cfg: Dict[str, Any], data: Data, size, *, d
              progress: bool = True) -> Dict[str, Any]:
     """Accuracy of ``model`` at ``size`` on this rank's shard, summed over ranks (exact counts).
 
+    An ImageFolder is transformed as timm's validation does: :func:`data_config` of the model (its resolved timm
+    data config with the configuration's overrides), ``create_transform`` with the input size set to ``size``.
+
     Returns ``dict(n, correct1, correct5, top1, top5)`` (``top5`` / ``correct5`` ``None`` under 5 classes).
     """
-    from tqdm.auto import tqdm
-
     from ...utils.dist import all_reduce_sum, get_rank, get_world_size, shard_indices
+    from ...utils.progress import progress_bar
+    from ..timm_data import eval_transform
 
     device = torch.device("cpu") if device is None else torch.device(device)
     hw = parse_size(tuple(size) if isinstance(size, list) else size)
@@ -34,16 +37,19 @@ def evaluate(model: torch.nn.Module, cfg: Dict[str, Any], data: Data, size, *, d
         import copy
 
         folder = copy.copy(data.eval_folder)  # the scanned file list, with this size's transform
-        folder.transform = make_eval_transform(hw, cfg["crop_pct"], cfg["interpolation"], cfg["mean"], cfg["std"])
+        folder.transform = eval_transform(data_config(model, cfg), hw)
         batches = iter(torch.utils.data.DataLoader(torch.utils.data.Subset(folder, idx), batch_size=bs,
                                                    shuffle=False, num_workers=cfg["num_workers"]))
     k5 = data.num_classes >= 5
     counts = torch.zeros(3, dtype=torch.int64)
-    bar = tqdm(total=len(idx), desc=desc, leave=False, disable=not progress or rank != 0, unit="img")
+    bar = progress_bar(total=len(idx), desc=desc, enabled=progress and rank == 0, leave=False, unit="img")
     for x, y in batches:
         x, y = x.to(device), y.to(device)
         with autocast(device, cfg.get("amp", False)):
             logits = model(x)
+        if y.numel() and int(y.max()) >= logits.shape[-1]:
+            raise ValueError(f"label {int(y.max())} but the model has {logits.shape[-1]} outputs; set --num-classes "
+                             f"or a --class-map")
         if logits.shape[-1] != data.num_classes:
             raise ValueError(f"the model has {logits.shape[-1]} outputs but the data has {data.num_classes} classes")
         counts[0] += y.numel()
@@ -58,3 +64,12 @@ def evaluate(model: torch.nn.Module, cfg: Dict[str, Any], data: Data, size, *, d
     if n != data.eval_len:  # pragma: no cover - internal invariant of the sharding
         raise RuntimeError(f"evaluated {n} samples, expected {data.eval_len}")
     return dict(n=n, correct1=c1, correct5=c5 if k5 else None, top1=c1 / n, top5=(c5 / n) if k5 else None)
+
+
+def data_config(model, cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The model's timm data config with the configuration's ``mean`` / ``std`` / ``crop_pct`` / ``interpolation`` /
+    ``crop_mode`` overrides (``None`` keeps the model's)."""
+    from ..timm_data import resolve_eval_config
+
+    return resolve_eval_config(model, mean=cfg.get("mean"), std=cfg.get("std"), crop_pct=cfg.get("crop_pct"),
+                               interpolation=cfg.get("interpolation"), crop_mode=cfg.get("crop_mode"))

@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 # ---- models ------------------------------------------------------------------------------------------------------
 def build_model(variant: Variant, num_classes: int, img_size: Optional[Sequence[int]] = None,
-                checkpoint: Optional[str] = None) -> torch.nn.Module:
+                checkpoint: Optional[str] = None, pretrained: bool = False) -> torch.nn.Module:
     """The timm model of ``variant`` (``dynamic_img_size=True``: it runs at any multiple of its patch size).
 
     Args:
@@ -21,6 +21,8 @@ def build_model(variant: Variant, num_classes: int, img_size: Optional[Sequence[
         checkpoint: a file with a state dict (or a dict with a ``"model"`` / ``"state_dict"`` entry); loaded
             strictly. A timm-format checkpoint with ``pos_embed`` for a vispos PE is converted by
             :func:`vispos.create_model`.
+        pretrained: timm's pretrained weights (hub or local cache; a head of another size is re-initialised by timm,
+            the APE resampled to ``img_size``), converted for a vispos PE.
     """
     import timm
 
@@ -30,11 +32,11 @@ def build_model(variant: Variant, num_classes: int, img_size: Optional[Sequence[
     if img_size is not None:
         kw["img_size"] = tuple(img_size)
     if variant.pe == "timm":
-        model = timm.create_model(variant.model, **kw)
+        model = timm.create_model(variant.model, pretrained=pretrained, **kw)
     else:
         from ...integrations.timm import create_model
 
-        model = create_model(variant.model, pe=variant.pe, pe_kwargs=variant.pe_kwargs, **kw)
+        model = create_model(variant.model, pe=variant.pe, pe_kwargs=variant.pe_kwargs, pretrained=pretrained, **kw)
     if checkpoint is not None:
         _load_weights(model, variant, checkpoint, kw)
     return model
@@ -116,3 +118,20 @@ def checkpoint_train_size(variants) -> Optional[Tuple[int, int]]:
         raise ValueError(f"the checkpoints were trained at different sizes {seen}; pass --train-size and evaluate "
                          f"them separately")
     return sizes.pop() if sizes else None
+
+
+def checkpoint_num_classes(variants) -> Optional[int]:
+    """The classifier rows (``head.weight``) of the variants' checkpoints, so a checkpoint with more outputs than
+    the folder has classes (a 1000-class model on a 3-class subset) is built with its own head. ``None`` if no
+    checkpoint has such a head; ``ValueError`` if they disagree."""
+    from ..checkpoints import checkpoint_record
+
+    seen = {}
+    for v in variants:
+        if v.checkpoint:
+            n = checkpoint_record(v.checkpoint)["num_classes"]
+            if n is not None:
+                seen[v.name] = n
+    if len(set(seen.values())) > 1:
+        raise ValueError(f"the checkpoints have different numbers of classes {seen}; evaluate them separately")
+    return next(iter(seen.values())) if seen else None

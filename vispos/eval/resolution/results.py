@@ -79,7 +79,11 @@ def deltas(result) -> Optional[Dict[str, Dict[str, Dict[str, float]]]]:
 
 def results_table(result) -> str:
     """Markdown table: variants as rows, sizes as columns (top-1 %, mean +- std over seeds), training size ``*``."""
+    from ..plots import size_axis
+
     ts = result.get("train_size")
+    order = size_axis(result["sizes"])[0]
+    result = {**result, "sizes": [result["sizes"][i] for i in order]}  # columns ordered by pixel count
     header = ["PE"] + [f"{s}*" if s == ts else s for s in result["sizes"]]
     rows = []
     for v, per in result["summary"].items():
@@ -122,21 +126,36 @@ def results_table(result) -> str:
 
 def write_results(out, result: Dict[str, Any], cfg: Dict[str, Any]) -> None:
     """results.json, results.csv, table.md, accuracy_vs_resolution.png, config.yaml in ``out`` (atomic writes)."""
-    from ..plots import line_plot
-
     out = Path(out)
     fields = ["variant", "pe", "model", "seed", "size", "height", "width", "n", "correct1", "top1", "correct5",
               "top5", "checkpoint"]
     write_results_folder(out, {k: v for k, v in result.items() if k != "table"}, result["rows"], result["table"],
                          fields=fields, config=cfg)
-    sizes = result["sizes"]
-    xs = [math.sqrt(parse_size(s)[0] * parse_size(s)[1]) for s in sizes]
-    series = {v: [100 * per[s]["mean"] if s in per else None for s in sizes] for v, per in result["summary"].items()}
+    plot_accuracy(out / "accuracy_vs_resolution.png", result)
+
+
+def plot_accuracy(path, result: Dict[str, Any]):
+    """Top-1 against test size, one line per variant (mean over seeds, error bars = std over seeds), sizes ordered
+    by pixel count (:func:`vispos.eval.plots.size_axis`: non-square sizes get their own evenly spaced ticks), the
+    training size and chance marked. Returns the path, or ``None`` without matplotlib."""
+    from ..plots import line_plot, size_axis
+
+    order, xs, ticks, logx = size_axis(result["sizes"])
+    sizes = [result["sizes"][i] for i in order]
+    summ = result["summary"]
+    series = {v: [100 * per[s]["mean"] if s in per else None for s in sizes] for v, per in summ.items()}
+    errs = {v: [100 * per[s]["std"] if s in per else None for s in sizes] for v, per in summ.items()}
     vlines = {}
-    if result.get("train_size") is not None:
-        th, tw = parse_size(result["train_size"])
-        vlines[f"training size ({result['train_size']})"] = math.sqrt(th * tw)
-    line_plot(out / "accuracy_vs_resolution.png", xs, series, xlabel="test resolution (px)", ylabel="top-1 (%)",
-              title=f"accuracy vs resolution: {result['data']}", xticklabels=sizes, logx=True,
-              hlines={f"chance ({100 * result['chance']:.1f}%)": 100 * result["chance"]}, vlines=vlines,
-              ylim=(0, 100))
+    ts = result.get("train_size")
+    if ts is not None:
+        if ts in sizes:
+            vlines[f"training size ({ts})"] = xs[sizes.index(ts)]
+        elif logx:
+            vlines[f"training size ({ts})"] = math.sqrt(parse_size(ts)[0] * parse_size(ts)[1])
+    seeds = max((e["n_seeds"] for per in summ.values() for e in per.values()), default=1)
+    return line_plot(path, xs, series, xlabel="test size (px, H x W)", ylabel="top-1 (%)",
+                     title=f"accuracy vs resolution: {result['data']}" + (f" ({seeds} seeds, mean ± std)"
+                                                                          if seeds > 1 else ""),
+                     xticklabels=ticks, logx=logx, yerr=errs if seeds > 1 else None,
+                     hlines={f"chance ({100 * result['chance']:.1f}%)": 100 * result["chance"]}, vlines=vlines,
+                     ylim=(0, 100))

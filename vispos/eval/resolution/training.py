@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
@@ -16,6 +17,9 @@ from .data import Data, train_batch, train_step_plan
 from .models import build_model
 
 log = logging.getLogger(__name__)
+
+#: columns of ``summary.csv``, the training loss log (one row per step; timm writes one per epoch)
+LOSS_FIELDS = ["variant", "seed", "step", "lr", "loss", "size"]
 
 def _trajectory(cfg, variant: Variant, seed: int) -> Dict[str, Any]:
     v = asdict(variant)
@@ -30,17 +34,22 @@ def checkpoint_path(out, variant: Variant, seed: int) -> Path:
 
 def train_variant(variant: Variant, cfg: Dict[str, Any], data: Data, seed: int, ckpt: Path, *, device=None,
                   callback: Optional[Callable[[int, torch.nn.Module], None]] = None,
-                  progress: bool = True) -> torch.nn.Module:
+                  progress: bool = True, loss_log: Optional[List[Dict[str, Any]]] = None,
+                  warnings: Optional[List[str]] = None) -> torch.nn.Module:
     """Train ``variant`` from scratch (or resume from ``ckpt`` when ``cfg['resume']``) for ``cfg['steps']`` steps.
 
     The checkpoint (model, optimizer, torch RNG state, step, trajectory settings) is written atomically by rank 0
     every ``ckpt_every`` steps and at the end. ``callback(step, model)`` runs after each step (``step`` = steps
     done). Returns the trained model (unwrapped, in eval mode).
+
+    ``loss_log``: a list that gets one :data:`LOSS_FIELDS` row per step (the checkpoint keeps the history, so a
+    resumed run logs every step once). When the mean loss of the last tenth of the steps is still above 90% of
+    ``ln(classes)`` (the loss of a uniform guess) a warning is logged and appended to ``warnings``.
     """
     from timm.optim import create_optimizer_v2
-    from tqdm.auto import tqdm
 
     from ...utils.dist import barrier, get_rank, get_world_size, unwrap_model
+    from ...utils.progress import progress_bar
 
     device = torch.device("cpu") if device is None else torch.device(device)
     rank, world = get_rank(), get_world_size()
@@ -48,7 +57,13 @@ def train_variant(variant: Variant, cfg: Dict[str, Any], data: Data, seed: int, 
     model = build_model(variant, data.num_classes, cfg["train_size"]).to(device)
     opt = create_optimizer_v2(model, "adamw", lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     traj = _trajectory(cfg, variant, seed)
+    if data.train_folder is not None:  # ImageFolder training: normalise as the model's data config says
+        from .evaluation import data_config
+
+        dc = data_config(model, cfg)
+        cfg = {**cfg, "mean": list(dc["mean"]), "std": list(dc["std"]), "interpolation": dc["interpolation"]}
     start = 0
+    history: List[Dict[str, Any]] = []
     if cfg["resume"] and ckpt.is_file():
         state = torch.load(str(ckpt), map_location="cpu", weights_only=True)
         saved = state.get("trajectory")
@@ -62,6 +77,7 @@ def train_variant(variant: Variant, cfg: Dict[str, Any], data: Data, seed: int, 
         if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         start = int(state["step"])
+        history = list(state.get("losses") or [])
         log.info("resumed %s seed %d from %s at step %d", variant.name, seed, ckpt, start)
     elif ckpt.is_file():
         log.warning("overwriting checkpoint %s (pass --resume to continue it)", ckpt)
@@ -73,14 +89,14 @@ def train_variant(variant: Variant, cfg: Dict[str, Any], data: Data, seed: int, 
                   find_unused_parameters=True)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
     steps = cfg["steps"]
-    bar = tqdm(total=steps, initial=start, desc=f"train {variant.name} s{seed}", disable=not progress or rank != 0,
-               unit="step")
+    bar = progress_bar(total=steps, initial=start, desc=f"train {variant.name} s{seed}",
+                       enabled=progress and rank == 0, unit="step")
     net.train()
 
     def save(done: int):
         if rank == 0:
             state = dict(model=unwrap_model(net).state_dict(), optimizer=opt.state_dict(), step=done,
-                         rng=torch.get_rng_state(), trajectory=json.loads(json.dumps(traj)),
+                         rng=torch.get_rng_state(), trajectory=json.loads(json.dumps(traj)), losses=history,
                          cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
             atomic_torch_save(state, ckpt)
         barrier()
@@ -102,12 +118,25 @@ def train_variant(variant: Variant, cfg: Dict[str, Any], data: Data, seed: int, 
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
         opt.step()
         done = step + 1
+        history.append(dict(variant=variant.name, seed=seed, step=done, lr=lr, loss=float(loss.item()),
+                            size=size_label(size)))
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", px=size_label(size))
+        bar.set_postfix(loss=f"{loss.item():.3f}", px=size_label(size), refresh=False)
         if done % cfg["ckpt_every"] == 0 or done == steps:
             save(done)
         if callback is not None:
             callback(done, model)
     bar.close()
+    if loss_log is not None:
+        loss_log.extend(history)
+    tail = [h["loss"] for h in history[-max(1, len(history) // 10):]]
+    uniform = math.log(max(2, data.num_classes))
+    if tail and sum(tail) / len(tail) > 0.9 * uniform:
+        msg = (f"training {variant.name} seed {seed} ended near chance: mean loss {sum(tail) / len(tail):.3f} over the "
+               f"last {len(tail)} steps vs {uniform:.3f} for a uniform guess over {data.num_classes} classes (more "
+               f"--steps, another --lr?)")
+        log.warning(msg)
+        if warnings is not None:
+            warnings.append(msg)
     model.eval()
     return model
