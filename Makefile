@@ -1,5 +1,5 @@
 # vispos: two commands set up everything on a fresh machine.
-#   make demo   create .venv, install vispos with its extras, run the demos (results/ ...)
+#   make demo   create .venv, install vispos with its extras, run the demos (results/ ..., replacing earlier ones)
 #   make test   create .venv, install vispos[dev], run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/vispos demo all --out results
+	$(VENV)/bin/vispos demo all --out results --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

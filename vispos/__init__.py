@@ -11,6 +11,7 @@ from . import (
     models,  # vispos.models.VideoDiT after `import vispos`
     pe,  # noqa: F401  (registers the families)
 )
+from .api import Rows, evaluate_frames, evaluate_resolution
 from .attention import Attention, attend
 from .freqs import RULES, ScalingRule, default_k, identify_k, predicted_loop_length, riflex_report, rope_freqs
 from .grid import COORD_MODES, GridLayout, grid_coords
@@ -51,4 +52,7 @@ __all__ = [
     "MixedRoPE",
     "VoPE",
     "create_model",
+    "evaluate_resolution",
+    "evaluate_frames",
+    "Rows",
 ]

@@ -72,6 +72,7 @@ def add_demo_all_args(p: argparse.ArgumentParser) -> None:
                                                "their configs')")
     p.add_argument("--device", help="auto | cpu | cuda for the resolution and video demos (default: their configs')")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier demo results under --out")
 
 
 def run_demo_all(args) -> int:
@@ -82,6 +83,8 @@ def run_demo_all(args) -> int:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     for words in (("demo", "rope"), ("demo", "resolution"), ("demo", "video")):
         argv = list(words) + ["--out", str(Path(args.out) / words[1]), "--scale", args.scale]
+        if getattr(args, "overwrite", False):
+            argv.append("--overwrite")
         if words != ("demo", "rope"):
             if args.threads is not None:
                 argv += ["--threads", str(args.threads)]

@@ -215,6 +215,10 @@ def pretrained_sweep(base: torch.nn.Module, batches_at: Callable[[Tuple[int, int
     bad = [_label(s) for s in hws + [ts] if s[0] % ps[0] or s[1] % ps[1]]
     if bad:
         raise ValueError(f"sizes {bad} are not multiples of the model's patch size {ps[0]}x{ps[1]}")
+    if not getattr(base, "dynamic_img_size", False) and any(tuple(s) != ts for s in hws):
+        raise ValueError(f"{type(base).__name__} was built for {_label(ts)} px only; build it with "
+                         f"dynamic_img_size=True (timm.create_model(..., dynamic_img_size=True)) to run it at "
+                         f"{[_label(s) for s in hws]}")
     base = base.to(device).eval()
     models = {n: build_variant_model(base, n).to(device) for n in names}
     # parity first: every variant must reproduce the timm model at the training size

@@ -31,7 +31,7 @@ from typing import Dict, List
 import torch
 
 from ..freqs import RULES, ScalingRule, apply_rule, default_k, rope_freqs
-from ..utils.io import atomic_savefig, atomic_write_json, atomic_write_text, ensure_writable_dir, markdown_table
+from ..utils.io import atomic_savefig, atomic_write_json, atomic_write_text, markdown_table
 
 __all__ = ["kernel", "explore", "add_demo_args", "run_demo"]
 
@@ -92,7 +92,9 @@ def _table(res: Dict) -> str:
 
 
 def add_demo_args(p) -> None:
-    p.add_argument("--out", default="results/rope", help="output folder (default results/rope)")
+    p.add_argument("--out", default="results/rope", help="output folder (default results/rope; if it holds an "
+                                                         "earlier run: --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace the earlier results in --out")
     p.add_argument("--base", type=float, default=256.0, help="RoPE base of the axis (default 256, HunyuanVideo t)")
     p.add_argument("--dim", type=int, default=16, help="rotary dim of the axis (default 16)")
     p.add_argument("--train-len", type=int, default=33, help="training length L (default 33 latent frames)")
@@ -100,9 +102,20 @@ def add_demo_args(p) -> None:
     p.add_argument("--scale", default="cpu", choices=["cpu", "gpu"], help="accepted for `vispos demo all`; no effect")
 
 
+OWNED = ["rope_kernel.png", "table.md", "results.json"]
+
+
 def run_demo(args) -> int:
-    out = ensure_writable_dir(args.out)
-    res = explore(args.base, args.dim, args.train_len, args.test_len)
+    from ..utils.outdir import check_out, results_folder
+
+    res = explore(args.base, args.dim, args.train_len, args.test_len)  # bad lengths fail before the folder
+    overwrite = bool(getattr(args, "overwrite", False))
+    check_out(args.out, overwrite=overwrite, owned=OWNED)
+    with results_folder(args.out, overwrite=overwrite, owned=OWNED) as out:
+        return _write(out, res)
+
+
+def _write(out, res) -> int:
     table = _table(res)
     atomic_write_text(out / "table.md", table)
     atomic_write_json(out / "results.json", res)

@@ -32,7 +32,7 @@ TRAIN_DEFAULTS: Dict[str, Any] = dict(
     mlp_ratio=4.0,
     attention="full",
     pe="rope_axial",
-    pe_kwargs={"dims": [16, 8, 8], "base": 100.0},
+    pe_kwargs={"base": 100.0},  # rope_axial / vope without "dims": half the head dim to time, a quarter to H and W
     num_classes=0,
     qk_norm=False,
     # optimisation

@@ -1,6 +1,7 @@
 """``vispos eval frames``: generate longer videos per temporal rule and score them; RIFLEx k identification."""
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -17,6 +18,8 @@ from .config import EVAL_DEFAULTS, check_eval_config
 from .data import to_uint8_frames
 from .models import load_checkpoint, sample
 from .results import PLOT_KEYS, TABLE_KEYS, aggregate, is_finite, table_header, table_md, write_grid, write_plots
+
+log = logging.getLogger(__name__)
 
 
 def identify_k_from_frames(N_per_video: Sequence[Optional[float]], base: float, dim: int, temporal_patch: int = 1,
@@ -61,8 +64,7 @@ def eval_frames(cfg: Dict[str, Any], model: Optional[VideoDiT] = None, train_cfg
     ``cfg``: :data:`EVAL_DEFAULTS` keys (``checkpoint`` is loaded unless ``model`` and ``train_cfg`` are given).
     Returns the ``results.json`` content.
     """
-    from tqdm import tqdm
-
+    from ...utils.progress import progress_bar
     from .. import video_metrics as M
 
     cfg = dict(EVAL_DEFAULTS, **cfg)
@@ -108,8 +110,7 @@ def eval_frames(cfg: Dict[str, Any], model: Optional[VideoDiT] = None, train_cfg
     videos_by: Dict[tuple, List[np.ndarray]] = {}
     identified, k_used = None, None
     t0 = time.time()
-    bar = tqdm(total=len(rules) * len(lengths) * cfg["num_samples"], desc="eval frames", disable=not progress,
-               dynamic_ncols=True)
+    bar = progress_bar(total=len(rules) * len(lengths) * cfg["num_samples"], desc="eval frames", enabled=progress)
     try:
         for rule in rules:
             kw: Dict[str, Any] = {}
@@ -152,7 +153,8 @@ def eval_frames(cfg: Dict[str, Any], model: Optional[VideoDiT] = None, train_cfg
     agg.sort(key=lambda a: (order[a["rule"]], a["frames"]))
     files: Dict[str, Any] = dict(table="table.md", json="results.json", csv="results.csv")
     files["plots"] = write_plots(agg, PLOT_KEYS, out, L)
-    files["grid"] = write_grid({r: videos_by[(r, n_max)] for r in cfg["rules"]}, out, f"grid_{n_max}f", cfg["fps"])
+    files["grid"] = write_grid({r: videos_by[(r, n_max)] for r in cfg["rules"]}, out, f"grid_{n_max}f", cfg["fps"],
+                               train_len=L)
     head = table_header(cfg, L, n_max, tinfo, k_used, identified)
     res = dict(mode="generate", config=jsonable(cfg), train_config=jsonable(train_cfg), train_len=L,
                lengths=[n for _, n in lengths], temporal_rope=tinfo, riflex_k_used=k_used, identified=identified,
@@ -196,6 +198,14 @@ def score_videos_dir(cfg: Dict[str, Any]) -> Dict[str, Any]:
         r["file"] = os.path.relpath(r.pop("path"), cfg["videos"])
         if "reference" in r:
             r["reference"] = os.path.relpath(r["reference"], cfg["reference"])
+    short = [r["file"] for r in rows if isinstance(r.get("num_frames"), int) and r["num_frames"] < L + 2]
+    warnings = []
+    if short:
+        msg = (f"{len(short)} of {len(rows)} videos have fewer than train_len + 2 = {L + 2} frames ({short[:3]}"
+               f"{' ...' if len(short) > 3 else ''}): their tail metrics (slowdown_ratio, tail_novelty, traj_tail_px) "
+               f"are blank; is --train-len {L} the training length of the model that made them?")
+        log.warning(msg)
+        warnings.append(msg)
     keys = ["num_frames", "repetition_frame", "loop_score", "loop_start", "norepeat_D", "norepeat_repetitive",
             "motion", "static", "slowdown_ratio"] + (["speed_vs_reference"] if cfg["reference"] else []) + \
         ["tail_novelty"] + (["traj_tail_px"] if cfg["trajectories"] else [])
@@ -226,8 +236,10 @@ def score_videos_dir(cfg: Dict[str, Any]) -> Dict[str, Any]:
                  f"{identified['videos_with_repetition']}/{identified['videos']} videos that repeat): RIFLEx k = "
                  f"{identified['k']}, N_k = {identified['N_k']}; library default k = {identified.get('default_k')} "
                  f"(N_k = {identified.get('default_N_k')}).\n")
+    if warnings:
+        head += "Warning: " + " ".join(warnings) + "\n"
     res = dict(mode="videos", config=jsonable(cfg), train_len=L, train_len_latent=L_lat, N_k=N_k,
-               summary=summary, per_video=rows, skipped=skipped, identified=identified,
+               summary=summary, per_video=rows, skipped=skipped, identified=identified, warnings=warnings,
                files=dict(table="table.md", json="results.json", csv="results.csv"))
     write_results_folder(out, res, rows, head + "\n" + table)
     return res

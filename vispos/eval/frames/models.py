@@ -13,12 +13,33 @@ from ...utils.dist import resolve_device
 from .config import MODEL_KEYS, SAMPLERS
 
 
+def rotary_split(head_dim: int) -> tuple:
+    """The default per-axis rotary dims of ``vispos train video``: ``(head_dim / 2, head_dim / 4, head_dim / 4)``
+    (time gets half, as the demo's 16/8/8 at head dim 32). ``ValueError`` naming ``--pe-kwargs`` when the head dim
+    is not a multiple of 8."""
+    if head_dim % 8:
+        raise ValueError(f"the default rotary split (half the head dim to time, a quarter to H and W, each even) "
+                         f"needs a head dim that is a multiple of 8, got dim / num_heads = {head_dim}; choose --dim / "
+                         f"--num-heads accordingly or give the split, e.g. --pe-kwargs '{{dims: [8, 4, 4]}}' (even "
+                         f"dims summing to at most the head dim)")
+    return (head_dim // 2, head_dim // 4, head_dim // 4)
+
+
 def build_model(cfg: Dict[str, Any]) -> VideoDiT:
-    """A :class:`VideoDiT` from a config dict (keys :data:`MODEL_KEYS`, ``frames``, ``size``)."""
+    """A :class:`VideoDiT` from a config dict (keys :data:`MODEL_KEYS`, ``frames``, ``size``). An axial RoPE / VoPE
+    without ``dims`` / ``rotary_dim`` in ``pe_kwargs`` gets :func:`rotary_split` of the head dim."""
     H, W = check_size(cfg["size"])
     kw = {k: cfg[k] for k in MODEL_KEYS if k in cfg}
     kw["patch"] = tuple(kw["patch"]) if isinstance(kw.get("patch"), list) else kw.get("patch", (1, 4, 4))
     pe_kwargs = dict(kw.pop("pe_kwargs", None) or {})
+    names = [kw.get("pe")] if isinstance(kw.get("pe"), str) else list(kw.get("pe") or [])
+    if {"rope_axial", "vope"} & set(names) and "dims" not in pe_kwargs and "rotary_dim" not in pe_kwargs \
+            and "preset" not in pe_kwargs and isinstance(kw.get("pe"), str):
+        dim, heads = kw.get("dim"), kw.get("num_heads")
+        if isinstance(dim, int) and isinstance(heads, int) and heads > 0:
+            if dim % heads:
+                raise ValueError(f"dim {dim} must be a multiple of num_heads {heads}")
+            pe_kwargs["dims"] = rotary_split(dim // heads)
     for key in ("dims", "base"):
         if isinstance(pe_kwargs.get(key), list):
             pe_kwargs[key] = tuple(pe_kwargs[key])

@@ -102,16 +102,36 @@ def write_plots(agg: List[Dict[str, Any]], keys: Sequence[str], out: Path, train
     return files
 
 
-def write_grid(rows_videos: Dict[str, List[np.ndarray]], out: Path, stem: str, fps: int) -> List[str]:
-    """Rules as rows, samples as columns: ``<stem>.mp4`` and ``<stem>.gif``."""
+def frame_counter(grid: np.ndarray, train_len=None, height: int = 12) -> np.ndarray:
+    """``grid (T, H, W, 3)`` with a strip on top saying ``frame t / T`` on every frame; frames past ``train_len``
+    say ``past training length L`` and get a red strip, so the extrapolated part is visible in the GIF / MP4."""
+    from ...data.video import _label_strip
+
+    T, _, W, _ = grid.shape
+    rows = []
+    for t in range(T):
+        past = train_len is not None and t >= train_len
+        text = f"frame {t + 1}/{T}" + (f"  past training length {train_len}" if past else "")
+        strip = _label_strip(text, height, W).copy()
+        if past:
+            strip[..., 0] = np.maximum(strip[..., 0], 150)  # red background, white text stays white
+        rows.append(strip)
+    return np.concatenate([np.stack(rows), grid], axis=1)
+
+
+def write_grid(rows_videos: Dict[str, List[np.ndarray]], out: Path, stem: str, fps: int,
+               train_len=None) -> List[str]:
+    """Rules as rows, samples as columns: ``<stem>.mp4`` and ``<stem>.gif``, upscaled to >= 256 px high, with a
+    frame counter that marks the frames past ``train_len`` (:func:`frame_counter`)."""
     from ...data import video as V
 
     labels = list(rows_videos)
     grid = V.video_grid([rows_videos[r] for r in labels], labels)
-    # upscale small videos so that the grid is visible
+    # upscale small videos so that the grid is visible (nearest: the pixels of a tiny model stay sharp)
     scale = max(1, 256 // max(grid.shape[1], 1))
     if scale > 1:
         grid = np.repeat(np.repeat(grid, scale, axis=1), scale, axis=2)
+    grid = frame_counter(grid, train_len)
     names = []
     for ext, writer in (("mp4", V.write_video), ("gif", V.write_gif)):
         path = out / f"{stem}.{ext}"

@@ -33,9 +33,8 @@ def train_video(cfg: Dict[str, Any], resume: bool = False, progress: bool = True
     With ``resume=True`` continues from ``<out>/checkpoint.pt`` (model, EMA, optimizer, RNG, step) and reaches
     the same weights as an uninterrupted run. Returns a summary dict (``steps``, ``final_loss``, ``checkpoint``).
     """
-    from tqdm import tqdm
-
     from ...utils import dist as D
+    from ...utils.progress import progress_bar
 
     cfg = dict(TRAIN_DEFAULTS, **cfg)
     check_train_config(cfg)
@@ -88,8 +87,7 @@ def train_video(cfg: Dict[str, Any], resume: bool = False, progress: bool = True
                                                             else None)
         end = cfg["steps"] if cfg["stop_after"] is None else min(cfg["steps"], step + cfg["stop_after"])
         B = cfg["batch_size"]
-        bar = tqdm(total=cfg["steps"], initial=step, desc="train video", disable=not (progress and info.is_main),
-                   dynamic_ncols=True)
+        bar = progress_bar(total=cfg["steps"], initial=step, desc="train video", enabled=progress and info.is_main)
         model.train()
         t_start = time.time()
         while step < end:
@@ -122,7 +120,7 @@ def train_video(cfg: Dict[str, Any], resume: bool = False, progress: bool = True
             losses.append(lv)
             bar.update(1)
             if step % 20 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", refresh=False)
             if info.is_main and (step % cfg["ckpt_every"] == 0 or step == end):
                 _save_checkpoint(ckpt_path, model, ema, opt, gen, step, losses, cfg)
             D.barrier()
