@@ -8,25 +8,29 @@ step by step so it is easy to adapt: change the task, the variants, the sizes, o
 """
 import argparse
 import logging
-from pathlib import Path
 
 import torch
 
 from vispos.eval import resolution as R
+from vispos.eval.resolution.experiment import OWNED
 from vispos.utils.io import ensure_writable_dir
+from vispos.utils.outdir import check_out, remove_entries
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--out", default="results/resolution_script")
 parser.add_argument("--steps", type=int, default=None, help="override the demo's training steps")
+parser.add_argument("--overwrite", action="store_true", help="replace an earlier run's results in --out")
 args = parser.parse_args()
 logging.basicConfig(level=logging.WARNING)
 
 # 1. the configuration: the CPU demo's YAML, with a few overrides (any key of R.DEFAULTS)
-demo_yaml = Path(__file__).resolve().parents[1] / "configs" / "resolution" / "demo_cpu.yaml"
+demo_yaml = R.demo_config_path("cpu")  # configs/resolution/demo_cpu.yaml (checkout or installed wheel)
 overrides = {"out": args.out} if args.steps is None else {"out": args.out, "steps": args.steps}
 cfg = R.load_config(demo_yaml, **overrides)
 cfg = R.resolve_sizes(cfg)  # size_ratios 0.43,1,1.7,2.3,3 x 28 px -> 12, 28, 48, 64, 84 (patch multiples)
+doomed = check_out(args.out, overwrite=args.overwrite, owned=OWNED)  # earlier results are not replaced silently
 out = ensure_writable_dir(args.out)  # fail now, not after training
+remove_entries(out, doomed)
 torch.set_num_threads(cfg["threads"] or torch.get_num_threads())
 variants = R.parse_variants(cfg)  # ape, peg, rope_axial, rope_mixed (unknown names raise here)
 data = R.plan_data(cfg, train=True)  # the built-in task: classes, chance level, sample counts

@@ -165,3 +165,32 @@ def test_video_grid_has_a_frame_counter_that_marks_the_extrapolated_frames():
     assert out[0, :12].max() > 200  # white text
     assert out[0, :12, :, 0].min() == 0 and out[3, :12, :, 0].min() >= 150  # red strip past the training length
     assert not np.array_equal(out[0, :12], out[1, :12])  # the counter changes every frame
+
+
+def test_progress_bar_off_a_terminal_prints_a_few_lines_not_one_per_update():
+    import io
+
+    from vispos.utils.progress import progress_bar
+
+    buf = io.StringIO()  # not a terminal
+    bar = progress_bar(total=2000, desc="train", file=buf)
+    for _ in range(2000):
+        bar.update(1)
+        bar.set_postfix(loss="1.0", refresh=False)
+    bar.close()
+    assert buf.getvalue().count("\r") <= 3 and len(buf.getvalue()) < 1000, len(buf.getvalue())
+    silent = io.StringIO()
+    bar = progress_bar(total=10, desc="x", enabled=False, file=silent)
+    bar.update(10)
+    bar.close()
+    assert silent.getvalue() == ""
+
+
+def test_default_sizes_fit_the_default_models_patch():
+    from vispos.eval import resolution as R
+
+    cfg = R.load_config(None, pe="ape")  # `vispos eval resolution --pe ape`: no sizes, no train size
+    sizes = R.resolve_sizes(cfg, num_classes=10)["sizes"]
+    assert sizes == [[96, 96], [224, 224], [384, 384], [512, 512], [672, 672]]  # 0.43..3 x 224, patch 16
+    cfg = R.load_config(None, pe="ape", train_size=32, model_kwargs={"patch_size": 8})
+    assert R.resolve_sizes(cfg, num_classes=10)["sizes"] == [[16, 16], [32, 32], [56, 56], [72, 72], [96, 96]]

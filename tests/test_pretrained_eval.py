@@ -174,3 +174,27 @@ def test_eval_pretrained_num_classes_and_class_map(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "vispos: error:" in err and "head" in err
     assert not (tmp_path / "o2").exists()  # a failed run leaves no folder
+
+
+def test_pretrained_flag_goes_through_timms_pretrained_loading(tmp_path):
+    """--pretrained loads weights the way timm does (here from a local file via pretrained_cfg_overlay, no hub)."""
+    name, kw = "vit_tiny_patch16_224.augreg_in21k", dict(TINY, patch_size=8)
+    m = _random_checkpoint(tmp_path / "ck.pth", name, 32, **kw)
+    data = _images(tmp_path / "data")
+    mk = dict(kw, pretrained_cfg_overlay={"file": str(tmp_path / "ck.pth"), "num_classes": 3})
+    argv = ["--model", name, "--data", str(data), "--sizes", "32", "--train-size", "32", "--model-kwargs",
+            json.dumps(mk), "--pretrained", "--no-progress"]
+    assert main(["eval", "pretrained", *argv, "--variants", "timm", "--out", str(tmp_path / "a"), "--num-classes",
+                 "3"]) == 0
+    a = json.loads((tmp_path / "a" / "results.json").read_text())["rows"][0]
+    assert main(["eval", "resolution", *argv, "--pe", "timm", "--out", str(tmp_path / "b")]) == 0
+    b = json.loads((tmp_path / "b" / "results.json").read_text())["rows"][0]
+    # both equal the checkpoint evaluated by hand (so the weights were loaded, not random)
+    from timm.data import create_transform, resolve_data_config
+
+    m.eval()
+    tf = create_transform(**{**resolve_data_config(model=m), "input_size": (3, 32, 32)})
+    ds = timm.data.create_dataset("", root=str(data), transform=tf)
+    with torch.no_grad():
+        correct = sum(int(m(x[None]).argmax(-1).item() == y) for x, y in ds)
+    assert a["correct1"] == b["correct1"] == correct

@@ -274,7 +274,7 @@ def evaluate_frames(videos, *, train_len: int, rope_base: Optional[float] = None
                 from .utils.outdir import check_out
 
                 check_out(out, overwrite=overwrite, owned=["results.json", "results.csv", "table.md", "*.png"])
-            res = score_videos_dir(cfg)
+            res = score_videos_dir(cfg, progress=progress)
         return Rows(res["per_video"], {k: v for k, v in res.items() if k != "per_video"})
     if not isinstance(videos, Sequence) or isinstance(videos, (bytes, bytearray)):
         raise TypeError(f"videos must be a folder path or a sequence of (T, H, W, 3) uint8 videos, got "

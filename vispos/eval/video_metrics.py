@@ -798,7 +798,8 @@ def _video_files(root: Path, exts: Tuple[str, ...]) -> List[Path]:
 
 
 def score_folder(folder: PathLike, train_len: int, extensions: Sequence[str] = VIDEO_EXTENSIONS,
-                 reference: Optional[PathLike] = None, **kwargs) -> Tuple[List[Dict], List[Tuple[str, str]]]:
+                 reference: Optional[PathLike] = None, progress: bool = False,
+                 **kwargs) -> Tuple[List[Dict], List[Tuple[str, str]]]:
     """Score every video file under ``folder`` (recursive, sorted) with :func:`score_video` (``kwargs``).
 
     ``reference``: a folder of training-length videos made from the same prompts and seeds; each video is paired
@@ -808,7 +809,10 @@ def score_folder(folder: PathLike, train_len: int, extensions: Sequence[str] = V
     Returns ``(rows, skipped)``: one row per readable file (``{"path": ..., "reference": ..., **metrics}``) and
     ``(path, reason)`` for each file that could not be read, or whose reference could not (each also warned about).
     Bad arguments raise before any file is read. A missing folder or one without video files raises ``ValueError``.
+    ``progress``: a progress bar over the files (:func:`vispos.utils.progress.progress_bar`).
     """
+    from ..utils.progress import progress_bar
+
     _check_score_args(train_len, **kwargs)
     root = Path(folder)
     if not root.is_dir():
@@ -829,7 +833,9 @@ def score_folder(folder: PathLike, train_len: int, extensions: Sequence[str] = V
                              f"relative path without extension)")
         refs = {p: by_stem[p.relative_to(root).with_suffix("")] for p in files}
     rows, skipped = [], []
+    bar = progress_bar(total=len(files), desc="score videos", enabled=progress, unit="video")
     for p in files:
+        bar.update(1)
         try:
             frames = read_video(p)
             ref = read_video(refs[p]) if p in refs else None
@@ -841,6 +847,7 @@ def score_folder(folder: PathLike, train_len: int, extensions: Sequence[str] = V
             continue
         skipped.append((str(p), reason))
         warnings.warn(f"score_folder: skipping {str(p)!r}: {reason}", RuntimeWarning, stacklevel=2)
+    bar.close()
     return rows, skipped
 
 

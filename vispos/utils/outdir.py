@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Union
 
-__all__ = ["DEFAULT_ROOT", "timestamped_out", "check_out", "results_folder", "visible_entries"]
+__all__ = ["DEFAULT_ROOT", "timestamped_out", "check_out", "results_folder", "remove_entries", "visible_entries"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -115,18 +115,24 @@ def results_folder(path: PathLike, *, resume: bool = False, overwrite: bool = Fa
     except ValueError:
         _remove_empty(created)
         raise
-    for name in doomed:
-        q = p / name
-        if q.is_dir() and not q.is_symlink():
-            shutil.rmtree(q)
-        else:
-            q.unlink()
+    remove_entries(p, doomed)
     try:
         yield p
     except BaseException:
         if main:
             _remove_empty(created)
         raise
+
+
+def remove_entries(path: PathLike, names: Sequence[str]) -> None:
+    """Delete ``names`` (files or folders) inside ``path``: what :func:`check_out` said an ``overwrite`` replaces."""
+    p = Path(path)
+    for name in names:
+        q = p / name
+        if q.is_dir() and not q.is_symlink():
+            shutil.rmtree(q)
+        elif q.exists() or q.is_symlink():
+            q.unlink()
 
 
 def _remove_empty(created: Sequence[Path]) -> None:

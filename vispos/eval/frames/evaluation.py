@@ -75,7 +75,7 @@ def eval_frames(cfg: Dict[str, Any], model: Optional[VideoDiT] = None, train_cfg
     else:
         cfg = check_eval_config(cfg)
     if cfg["videos"] is not None:
-        return score_videos_dir(cfg)
+        return score_videos_dir(cfg, progress=progress)
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     if model is None:
@@ -156,7 +156,10 @@ def eval_frames(cfg: Dict[str, Any], model: Optional[VideoDiT] = None, train_cfg
     files["grid"] = write_grid({r: videos_by[(r, n_max)] for r in cfg["rules"]}, out, f"grid_{n_max}f", cfg["fps"],
                                train_len=L)
     head = table_header(cfg, L, n_max, tinfo, k_used, identified)
-    res = dict(mode="generate", config=jsonable(cfg), train_config=jsonable(train_cfg), train_len=L,
+    from ...utils.env import run_environment
+
+    res = dict(mode="generate", environment=run_environment(dev, [cfg["seed"]]), config=jsonable(cfg),
+               train_config=jsonable(train_cfg), train_len=L,
                lengths=[n for _, n in lengths], temporal_rope=tinfo, riflex_k_used=k_used, identified=identified,
                aggregate=agg, per_video=rows, files=files, generate_wall_s=gen_s)
     write_results_folder(out, res, agg, head + table_md(agg, TABLE_KEYS))
@@ -170,7 +173,7 @@ def _identify(rows, n_max, tinfo, pt, L) -> Dict[str, Any]:
     return identify_k_from_frames(Ns, tinfo["base"], tinfo["dim"], pt, train_len=L / pt)
 
 
-def score_videos_dir(cfg: Dict[str, Any]) -> Dict[str, Any]:
+def score_videos_dir(cfg: Dict[str, Any], progress: bool = False) -> Dict[str, Any]:
     """``--videos DIR`` mode: score every video file in the folder (no model). Writes the same outputs.
 
     With ``rope_base`` / ``rope_dim`` (the generating model's temporal RoPE) NoRepeat uses its default ``N_k`` (or
@@ -191,7 +194,7 @@ def score_videos_dir(cfg: Dict[str, Any]) -> Dict[str, Any]:
         N_k = F_.default_k(float(cfg["rope_base"]), cfg["rope_dim"], L_lat)[1] * tp
     kw = dict(N_k=N_k, window=cfg["norepeat_window"], tau=cfg["tau"], scale_free=cfg["scale_free"],
               static_floor=cfg["static_floor"], fit_trajectories=cfg["trajectories"])
-    rows, skipped = M.score_folder(cfg["videos"], L, reference=cfg["reference"], **kw)
+    rows, skipped = M.score_folder(cfg["videos"], L, reference=cfg["reference"], progress=progress, **kw)
     if not rows:
         raise ValueError(f"none of the video files in {cfg['videos']!r} could be read: {skipped}")
     for r in rows:
@@ -238,7 +241,10 @@ def score_videos_dir(cfg: Dict[str, Any]) -> Dict[str, Any]:
                  f"(N_k = {identified.get('default_N_k')}).\n")
     if warnings:
         head += "Warning: " + " ".join(warnings) + "\n"
-    res = dict(mode="videos", config=jsonable(cfg), train_len=L, train_len_latent=L_lat, N_k=N_k,
+    from ...utils.env import run_environment
+
+    res = dict(mode="videos", environment=run_environment(), config=jsonable(cfg), train_len=L,
+               train_len_latent=L_lat, N_k=N_k,
                summary=summary, per_video=rows, skipped=skipped, identified=identified, warnings=warnings,
                files=dict(table="table.md", json="results.json", csv="results.csv"))
     write_results_folder(out, res, rows, head + "\n" + table)

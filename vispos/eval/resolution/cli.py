@@ -21,8 +21,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", help=f"built-in task: {', '.join(sorted(TASKS))} (default {d['task']})")
     p.add_argument("--data", help="ImageFolder root for evaluation, read as timm's validate.py does (default: the "
                                   "built-in task)")
-    p.add_argument("--sizes", help="test sizes, e.g. '16,24,32x48' (default: 0.5, 0.75, 1, 1.5 and 2 x the training "
-                                   "size, rounded to multiples of the patch size)")
+    p.add_argument("--sizes", help="test sizes, e.g. '16,24,32x48' (default: the papers' 0.43, 1, 1.7, 2.3 and 3 x "
+                                   "the training size, rounded to multiples of the patch size)")
     p.add_argument("--size-ratios", help="test sizes as ratios of the training size, rounded to patch multiples, "
                                          "e.g. '0.43,1,1.7,2.3,3' or 'paper' (overrides --sizes)")
     p.add_argument("--eval-samples", type=int, help=f"synthetic evaluation samples (default {d['eval_samples']})")

@@ -119,7 +119,7 @@ def _run(cfg, train, variants, data, sizes, out, t0, callback, progress) -> Dict
                     if all((v.name, size_label(hw)) in done for hw in sizes):  # --resume: this variant is done
                         rows.extend(done[(v.name, size_label(hw))] for hw in sizes)
                         continue
-                    if v.checkpoint is None:
+                    if v.checkpoint is None and not cfg.get("pretrained"):
                         log.warning("variant %s has no checkpoint: evaluating randomly initialised weights", v.name)
                     model = build_model(v, data.num_classes, cfg.get("train_size"), ckpt,
                                         pretrained=cfg.get("pretrained", False)).to(info.device)
@@ -158,7 +158,9 @@ def _run(cfg, train, variants, data, sizes, out, t0, callback, progress) -> Dict
 
 def resolve_sizes(cfg: Dict[str, Any], variants=None, num_classes: int = 2) -> Dict[str, Any]:
     """``cfg`` with ``sizes`` computed from ``size_ratios`` (if given): ``round(ratio * train_size / p) * p`` per
-    side, ``p`` the patch size of the first variant's model. Returns ``cfg`` unchanged without ``size_ratios``."""
+    side, ``p`` the patch size of the first variant's model. Without ``size_ratios``: ``cfg`` unchanged when it has
+    ``sizes``, else the default sweep (:func:`~vispos.eval.resolution.config.default_sizes` of the training size, or
+    of the model's own img_size for an evaluation without one), so the defaults always fit the patch size."""
     if not cfg.get("size_ratios"):
         if cfg.get("sizes") is not None:
             return cfg
