@@ -87,6 +87,14 @@ class _TrainImages(torch.utils.data.Dataset):
         self.cfg = cfg
         self.T = T
         self.label_map = label_map  # training folder index -> evaluation label (classes matched by name)
+        if cfg.get("mean") is None or cfg.get("std") is None or cfg.get("interpolation") is None:
+            # no model at hand (train_variant passes the model's data config): timm's defaults without a model
+            from ..timm_data import resolve_eval_config
+
+            dc = resolve_eval_config(pretrained_cfg={"input_size": (3, 224, 224)}, mean=cfg.get("mean"),
+                                     std=cfg.get("std"), interpolation=cfg.get("interpolation"))
+            cfg = {**cfg, "mean": list(dc["mean"]), "std": list(dc["std"]), "interpolation": dc["interpolation"]}
+            self.cfg = cfg
         self.post = T.Compose([T.ToTensor(), T.Normalize(cfg["mean"], cfg["std"])])
 
     def __len__(self):
