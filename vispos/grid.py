@@ -78,6 +78,10 @@ def check_grid_shape(shape, name: str = "grid shape") -> Shape:
         raise TypeError(f"{name} must be a tuple of ints like (H, W) or (T, H, W), got {shape!r}")
     out = []
     for s in shape:
+        if isinstance(s, torch.SymInt):  # a traced size (torch.export / compile with dynamic shapes): kept symbolic
+            torch._check(s > 0, lambda: f"{name} must contain positive sizes, got {tuple(shape)!r}")
+            out.append(s)
+            continue
         if isinstance(s, bool) or not isinstance(s, int):
             if isinstance(s, torch.Tensor) and s.numel() == 1 and not s.is_floating_point():
                 s = int(s)

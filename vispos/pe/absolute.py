@@ -111,7 +111,8 @@ def resample_abs_pe(
         raise ValueError(f"mode 'trilinear' is for 3D grids (T, H, W), got a {nd}-D grid {old_grid}")
     if antialias and mode not in ("bicubic", "bilinear"):
         raise ValueError(f"antialias works with modes 'bicubic' and 'bilinear', got mode={mode!r}")
-    if new_grid == old_grid:
+    # no size-match early-out while exporting: it would specialise the graph to the example's grid (as timm)
+    if not torch.compiler.is_exporting() and new_grid == old_grid:
         return table.squeeze(0) if squeeze else table
 
     C = table.shape[-1]
@@ -553,6 +554,8 @@ class AbsolutePE(_TokenPE):
         grid = _grid(grid, "grid")
         if len(grid) != len(self.grid):
             raise ValueError(f"ape was built for {len(self.grid)}-D grids, got grid {grid}")
+        if torch.compiler.is_exporting():  # no early-out that specialises the exported graph to one grid
+            return resample_abs_pe(self.pos_embed, grid, self.grid, self.table_prefix, self.mode, self.antialias)
         if grid == self.grid:
             return self.pos_embed
         if torch.compiler.is_compiling() or (torch.is_grad_enabled() and self.pos_embed.requires_grad):
