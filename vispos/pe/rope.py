@@ -718,6 +718,15 @@ class MixedRoPE(_RoPEBase):
         """``freqs`` holds every layer's frequencies in one tensor: :data:`ALL_BLOCKS`."""
         return self.ALL_BLOCKS if name == "freqs" else None
 
+    def freqs_from(self, freqs: torch.Tensor, source_axis_order) -> torch.Tensor:
+        """Another RoPE-Mixed's ``freqs`` (e.g. timm ``RotaryEmbeddingMixed``, whose rows follow its
+        ``grid_indexing``) in this module's row order: row ``j`` here multiplies grid axis ``axis_order[j]``."""
+        src = axis_order(source_axis_order, self.ndims[0])
+        if tuple(freqs.shape) != tuple(self.freqs.shape):
+            raise ValueError(f"rope_mixed: freqs {tuple(freqs.shape)} do not match this module's "
+                             f"{tuple(self.freqs.shape)}")
+        return freqs[[src.index(a) for a in self._perm]]
+
     def get_coords(self, layout: GridLayout, device=None) -> torch.Tensor:
         """Patch coordinates ``(prod(grid), ndim)`` float64 in ``freqs`` row order (``axis_order``), cached per
         layout and device; augmented (uncached) while training with a coordinate augmentation."""
@@ -829,7 +838,45 @@ def mixed_options_from_timm(rope) -> Tuple[dict, str]:
         f"timm RotaryEmbeddingMixed (grid_indexing={rope.grid_indexing!r})"
 
 
-__all__ += ["axial_options_from_timm", "mixed_options_from_timm"]
+def _host_rope(model):
+    rope = getattr(model, "rope", None)
+    return rope if isinstance(rope, nn.Module) else None
+
+
+def axial_host_defaults(model) -> Tuple[dict, Optional[str]]:
+    """``rope_axial`` defaults from a timm host's own RoPE (``model.rope``): ``(options, problem)``; ``problem`` is
+    ``None`` when the options reproduce it exactly (or there is none), else what cannot be reproduced."""
+    rope = _host_rope(model)
+    if rope is None:
+        return {}, None
+    if type(rope).__name__ == "RotaryEmbeddingMixed":
+        return {}, "timm RotaryEmbeddingMixed (learned per-layer frequencies) replaced by an axial RoPE"
+    try:
+        return axial_options_from_timm(rope)[0], None
+    except ValueError as e:
+        return {}, str(e)
+
+
+def vope_host_defaults(model) -> Tuple[dict, Optional[str]]:
+    """VoPE keeps its own coordinates (a change of scheme by definition); base, pairing and axis order follow the
+    host's axial RoPE."""
+    opts, problem = axial_host_defaults(model)
+    return {k: v for k, v in opts.items() if k in ("base", "pairing", "axis_order")}, problem
+
+
+def mixed_host_defaults(model) -> Tuple[dict, Optional[str]]:
+    """``rope_mixed`` defaults from a timm host's ``RotaryEmbeddingMixed`` (axis order, temperature, augmentation)."""
+    rope = _host_rope(model)
+    if rope is None:
+        return {}, None
+    try:
+        return mixed_options_from_timm(rope)[0], None
+    except ValueError:
+        return {}, f"timm {type(rope).__name__} replaced by RoPE-Mixed (new learned frequencies)"
+
+
+__all__ += ["axial_options_from_timm", "mixed_options_from_timm", "axial_host_defaults", "mixed_host_defaults",
+            "vope_host_defaults"]
 
 
 # ---- registry --------------------------------------------------------------------------------------------------
@@ -886,3 +933,8 @@ def build_rope_mixed(*, dim=None, num_heads=None, depth=None, grid=None, head_di
 
 
 build_rope_mixed.accepts = tuple(n for n in option_names(build_rope_mixed, MixedRoPE.__init__) if n != "train_shape")  # grid=
+
+# what a host asks a family about the host's own PE (see vispos.integrations.timm): options reproducing it exactly
+build_rope_axial.host_defaults = axial_host_defaults
+build_vope.host_defaults = vope_host_defaults
+build_rope_mixed.host_defaults = mixed_host_defaults

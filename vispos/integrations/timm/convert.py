@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -25,26 +25,36 @@ def _accepts(name: str, option: str) -> bool:
     return option in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def _timm_rope_defaults(model) -> Tuple[Dict[str, Any], str]:
-    """rope_axial options reproducing an EVA model's own axial RoPE, and a description (empty dict if none)."""
-    rope = getattr(model, "rope", None)
-    if rope is None or type(rope).__name__ != "RotaryEmbeddingCat":
-        return {}, ""
-    plain = (not rope.in_pixels and float(getattr(rope, "grid_offset", 0.0)) == 0.0
-             and getattr(rope, "grid_indexing", "ij") == "ij" and not getattr(rope, "aug_active", False)
-             and getattr(rope, "grid_type", "index") == "index")
-    if not plain:
-        return {}, f"timm {type(rope).__name__} with pixel / offset / augmented coordinates"
-    opts = dict(base=float(rope.temperature), pairing="half" if rope.rotate_half else "interleaved")
-    if rope.ref_feat_shape is not None:
-        opts.update(coords="interpolated", ref_shape=tuple(int(s) for s in rope.ref_feat_shape))
-    else:
-        opts.update(coords="index")
-    return opts, "timm RotaryEmbeddingCat"
+def _host_defaults(names: List[str], model) -> Tuple[Dict[str, dict], List[str]]:
+    """Each member family's options reproducing the host's own PE (the family's ``host_defaults`` on its registry
+    builder), and what the families say they cannot reproduce."""
+    out, problems = {}, []
+    for n in names:
+        fn = getattr(get_pe_info(n).builder, "host_defaults", None)
+        if fn is None:
+            continue
+        opts, problem = fn(model)
+        out[n] = opts
+        if problem:
+            problems.append(f"{n}: {problem}")
+    return out, problems
 
 
-def _pe_options(names: List[str], pe_kwargs: Optional[dict], model, convert: bool) -> Tuple[Union[str, list], dict]:
-    """Options for :func:`vispos.build_pe` with the host's defaults filled in where the user gave none."""
+def unreproduced(model) -> List[str]:
+    """What the installed vispos PE does not reproduce of the timm model's own PE (empty when exact)."""
+    return list(getattr(model, "_vispos_unreproduced", ()))
+
+
+def warn_unreproduced(model, route: str) -> None:
+    """One WARNING per thing the PE does not reproduce, naming the loading route (every route calls this)."""
+    for what in unreproduced(model):
+        _logger.warning("%s: the timm model's own PE is not reproduced (%s); outputs differ from timm's", route, what)
+
+
+def _pe_options(names: List[str], pe_kwargs: Optional[dict], model, convert: bool
+                ) -> Tuple[Union[str, list], dict, List[str]]:
+    """Options for :func:`vispos.build_pe` with the host's defaults filled in where the user gave none, and what
+    the families cannot reproduce of the host's own PE."""
     single = len(names) == 1
     per = {names[0]: dict(pe_kwargs or {})} if single else {n: dict((pe_kwargs or {}).get(n) or {}) for n in names}
     if not single and pe_kwargs:
@@ -57,16 +67,13 @@ def _pe_options(names: List[str], pe_kwargs: Optional[dict], model, convert: boo
         per["ape"].setdefault("antialias", True)  # timm resamples pos_embed with antialias at other grids
     if convert and "peg" in per and _accepts("peg", "zero_init"):
         per["peg"].setdefault("zero_init", True)
-    rope_opts, _ = _timm_rope_defaults(model)
-    for n in ("rope_axial", "vope"):
-        if n in per and rope_opts:
-            for k, v in rope_opts.items():
-                if n == "vope" and k in ("coords", "ref_shape"):
-                    continue
-                per[n].setdefault(k, v)
+    defaults, problems = _host_defaults(names, model)
+    for n, opts in defaults.items():
+        for k, v in opts.items():
+            per[n].setdefault(k, v)
     if single:
-        return names[0], per[names[0]]
-    return names, {n: o for n, o in per.items() if o}
+        return names[0], per[names[0]], problems
+    return names, {n: o for n, o in per.items() if o}, problems
 
 
 def _find_named(pe: nn.Module, name: str) -> List[Tuple[str, nn.Module]]:
@@ -114,21 +121,22 @@ def _convert_state(model, pe: nn.Module, convert: bool) -> set:
             mixed = _find_named(pe, "rope_mixed")
             if mixed and tuple(mixed[0][1].freqs.shape) == tuple(rope.freqs.shape):
                 path, m = mixed[0]
-                m.freqs.copy_(rope.freqs.flip(0).to(m.freqs.dtype))
+                src = getattr(rope, "grid_indexing", "xy")
+                m.freqs.copy_(m.freqs_from(rope.freqs, src).to(m.freqs.dtype))
                 m.clear_cache()
                 filled.add(f"{path}.freqs")
-                log("rope.freqs %s -> %s.freqs (axis order flipped: timm (x, y) -> vispos (h, w))",
-                    tuple(rope.freqs.shape), path)
+                log("rope.freqs %s -> %s.freqs (rows: timm grid_indexing=%r -> axis_order=%r)",
+                    tuple(rope.freqs.shape), path, src, m.axis_order)
             elif convert:
                 _logger.warning("rope.freqs %s dropped: PE %r has no matching 'rope_mixed' member; outputs change",
                                 tuple(rope.freqs.shape), pe.name)
         else:
-            opts, desc = _timm_rope_defaults(model)
-            axial = _find_named(pe, "rope_axial") + _find_named(pe, "vope")
-            if axial and opts:
-                log("rope (%s) -> %s (settings: %s; no parameters)", desc, axial[0][0], opts)
-            elif convert:
-                _logger.warning("rope (%s) replaced by PE %r with its own settings; outputs change",
+            qk = [(p, m) for p, m in pe.named_modules(prefix="pe")
+                  if isinstance(m, PositionalEmbedding) and tuple(m.members()) == (m,) and "qk" in m.hooks]
+            if qk and not unreproduced(model):
+                log("rope (%s) -> %s (its settings; no parameters)", type(rope).__name__, qk[0][0])
+            elif convert and not qk:
+                _logger.warning("rope (%s) replaced by PE %r, which has no rotary member; outputs change",
                                 type(rope).__name__, pe.name)
     if convert:
         owners = {path: m for path, m in pe.named_modules(prefix="pe") if isinstance(m, PositionalEmbedding)}
@@ -161,7 +169,10 @@ def _state_dict_pre_hook(model, sd, prefix, local_metadata, strict, missing_keys
     own = {f"{prefix}{n}": p for n, p in pe.named_parameters(prefix="pe")}
     grid = tuple(model.patch_embed.grid_size)
     n_patch = math.prod(grid)
-    timm_format = f"{prefix}pos_embed" in sd or f"{prefix}rope.freqs" in sd
+    no_pe_keys = not any(k.startswith(f"{prefix}pe.") for k in sd)  # a timm checkpoint (or a parameter-free PE's)
+    timm_format = f"{prefix}pos_embed" in sd or f"{prefix}rope.freqs" in sd or no_pe_keys
+    if no_pe_keys:
+        warn_unreproduced(model, "load_state_dict")
     pos = sd.pop(f"{prefix}pos_embed", None)
     if pos is not None:
         apes = _find_named(pe, "ape")
@@ -186,9 +197,11 @@ def _state_dict_pre_hook(model, sd, prefix, local_metadata, strict, missing_keys
     if freqs is not None:
         mixed = _find_named(pe, "rope_mixed")
         if mixed and tuple(mixed[0][1].freqs.shape) == tuple(freqs.shape):
-            sd[f"{prefix}{mixed[0][0]}.freqs"] = freqs.flip(0)
+            src = getattr(model, "_vispos_timm_rope_indexing", "xy")
+            sd[f"{prefix}{mixed[0][0]}.freqs"] = mixed[0][1].freqs_from(freqs, src)
             mixed[0][1].clear_cache()
-            _logger.info("checkpoint rope.freqs -> %s.freqs (axis order flipped)", mixed[0][0])
+            _logger.info("checkpoint rope.freqs -> %s.freqs (rows: timm grid_indexing=%r -> axis_order=%r)",
+                         mixed[0][0], src, mixed[0][1].axis_order)
         else:
             _logger.warning("checkpoint rope.freqs %s dropped: no matching 'rope_mixed' member", tuple(freqs.shape))
     owners = {f"{prefix}{path}": m for path, m in pe.named_modules(prefix="pe") if isinstance(m, PositionalEmbedding)}

@@ -12,7 +12,14 @@ from torch import nn
 
 from ...pe.base import PositionalEmbedding
 from ...registry import build_pe
-from .convert import _convert_state, _load_checked, _pe_options, _state_dict_pre_hook, load_timm_checkpoint
+from .convert import (
+    _convert_state,
+    _load_checked,
+    _pe_options,
+    _state_dict_pre_hook,
+    load_timm_checkpoint,
+    warn_unreproduced,
+)
 from .hooks import TimmHost, _ModelHooks, _subclass, find_host
 
 __all__ = ["ENTRYPOINT_PREFIX", "SUPPORTED_TIMM_MODULES", "create_model", "install_pe", "register_timm_entrypoints",
@@ -90,11 +97,12 @@ def install_pe(
         if pe_kwargs:
             raise ValueError("pe_kwargs apply to PE names; a built PE module takes no pe_kwargs")
         module = pe
+        problems = []  # a PE built by the caller is the caller's choice
     else:
         names = [pe] if isinstance(pe, str) else list(pe)
         if not names or not all(isinstance(n, str) for n in names):
             raise TypeError(f"pe list must hold PE names (strings), got {pe!r}")
-        name_arg, options = _pe_options(names, pe_kwargs, model, convert)
+        name_arg, options, problems = _pe_options(names, pe_kwargs, model, convert)
         module = build_pe(name_arg, dim=model.embed_dim, num_heads=model.blocks[0].attn.num_heads, depth=depth,
                           grid=tuple(model.patch_embed.grid_size), num_prefix=model.num_prefix_tokens,
                           device=ref.device, dtype=ref.dtype, **options)
@@ -108,6 +116,12 @@ def install_pe(
         bad = sorted(i for i in module.block_indices if not 0 <= i < depth)
         if bad:
             raise ValueError(f"PE {module.name!r} acts after blocks {bad}, but the model has {depth} blocks")
+    model._vispos_unreproduced = tuple(problems)
+    rope = getattr(model, "rope", None)
+    if isinstance(rope, nn.Module):  # the row order of a timm checkpoint's rope.freqs, for the load pre-hook
+        model._vispos_timm_rope_indexing = getattr(rope, "grid_indexing", "xy")
+    if convert:
+        warn_unreproduced(model, "conversion")
     _convert_state(model, module, convert)
 
     # remove timm's PE, install ours
@@ -170,7 +184,12 @@ def create_model(
     base = timm.models.get_arch_name(model_name)
     if base.startswith(ENTRYPOINT_PREFIX):
         raise ValueError(f"give the timm name without the {ENTRYPOINT_PREFIX!r} prefix, got {model_name!r}")
-    model = timm.create_model(model_name, pretrained=pretrained, **timm_kwargs)
+    # features_only: timm wraps the built model in its feature getter; vispos installs the PE into the model first,
+    # then wraps it the same way (timm's ViT / EVA default out_indices=3)
+    features_only = bool(timm_kwargs.pop("features_only", False))
+    out_indices = timm_kwargs.pop("out_indices", 3) if features_only else None
+    vispos_weights = bool(pretrained) and _is_vispos_cfg(timm_kwargs.get("pretrained_cfg"))
+    model = timm.create_model(model_name, pretrained=pretrained and not vispos_weights, **timm_kwargs)
     _check_model(model, find_host(model))
     vispos_ckpt = None
     if checkpoint_path is not None:
@@ -186,11 +205,40 @@ def create_model(
                          type(model).__name__)
             load_timm_checkpoint(model, sd, strict=strict, checkpoint_grid=checkpoint_grid,
                                  where=str(checkpoint_path))
-    convert = bool(pretrained) or (checkpoint_path is not None and vispos_ckpt is None)
+    convert = (bool(pretrained) and not vispos_weights) or (checkpoint_path is not None and vispos_ckpt is None)
     install_pe(model, pe, pe_kwargs, convert=convert)
+    # what timm's save_for_hf / local-dir: / hub configs need to rebuild this model: its vispos architecture and
+    # the PE arguments (a PE given as a built module is not serialisable and is left out)
+    model.pretrained_cfg = dict(model.pretrained_cfg, architecture=timm_entrypoint_name(base))
+    if isinstance(pe, (str, list, tuple)):
+        args = dict(getattr(model, "_model_args", None) or {})
+        args.update(pe=list(pe) if not isinstance(pe, str) else pe, pe_kwargs=pe_kwargs)
+        model._model_args = args
+    if vispos_weights:  # a vispos export (save_for_hf, pretrained_cfg_overlay(file=) of a vispos checkpoint)
+        from timm.models import load_pretrained
+
+        load_pretrained(model, num_classes=model.num_classes, in_chans=timm_kwargs.get("in_chans", 3),
+                        strict=strict)
     if vispos_ckpt is not None:
         _load_checked(model, vispos_ckpt, strict, checkpoint_path)
+    if features_only:
+        from timm.models._features import FeatureGetterNet
+
+        model = FeatureGetterNet(model, out_indices=out_indices)
     return model
+
+
+def _is_vispos_cfg(cfg) -> bool:
+    """Whether a pretrained config describes vispos weights: it names a ``vispos_`` architecture, or it is the
+    config of an export (``local-dir:`` / ``hf-hub:``) that timm resolved to a ``vispos_`` entrypoint -- an export
+    of a vispos model, whose weights are in vispos' layout (``pe.*``)."""
+    if cfg is None or isinstance(cfg, str):
+        return False
+    get = cfg.get if isinstance(cfg, dict) else (lambda k, d=None: getattr(cfg, k, d))
+    arch = get("architecture")
+    if isinstance(arch, str):
+        return arch.startswith(ENTRYPOINT_PREFIX)
+    return get("source") == "local-dir" or bool(get("hf_hub_id"))
 
 
 # ---- timm entrypoints --------------------------------------------------------------------------------------------

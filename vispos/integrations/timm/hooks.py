@@ -195,15 +195,19 @@ def _check_image(model: nn.Module, x) -> None:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"images must be a tensor (B, C, H, W), got {got}")
     pe_ = model.patch_embed
-    proj = getattr(pe_, "proj", None)
-    cin = getattr(proj, "in_channels", None)
+    # the image channels: a stem (hybrid ViT: HybridEmbed's CNN backbone) says so itself (in_chans); a plain patch
+    # embedding's projection reads the image, so its in_channels are the image's
+    cin = getattr(pe_, "in_chans", None) if getattr(pe_, "backbone", None) is not None else None
+    if cin is None:
+        cin = getattr(getattr(pe_, "proj", None), "in_channels", None)
     if cin is not None and x.shape[1] != cin:
         raise ValueError(f"images have {x.shape[1]} channels, the model expects {cin} (input shape {tuple(x.shape)})")
     H, W = x.shape[-2:]
-    ph, pw = pe_.patch_size
+    # pixels per token: the patch size times a stem's reduction (HybridEmbed.feat_ratio)
+    ph, pw = pe_.feat_ratio(as_scalar=False) if hasattr(pe_, "feat_ratio") else pe_.patch_size
     if not getattr(pe_, "dynamic_img_pad", False) and (H % ph or W % pw):
-        raise ValueError(f"image size {H}x{W} is not divisible by the patch size {ph}x{pw}; resize or crop it, or "
-                         f"build the model with dynamic_img_pad=True")
+        raise ValueError(f"image size {H}x{W} is not divisible by the {ph}x{pw} pixels per token; resize or crop it, "
+                         f"or build the model with dynamic_img_pad=True")
     img_size = getattr(pe_, "img_size", None)
     if getattr(pe_, "strict_img_size", False) and img_size is not None and (H, W) != tuple(img_size):
         raise ValueError(f"image size {H}x{W} differs from the model's {img_size[0]}x{img_size[1]}; build it with "
@@ -246,8 +250,26 @@ class _ModelHooks:
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False):
+        """timm's groups (layer-wise lr decay, ``group_parameters``) with each PE parameter where its family puts it
+        (:meth:`~vispos.pe.base.PositionalEmbedding.param_block`): a per-block table (rel-pos, LaPE norm, GLPE
+        local conv, PEG conv) with its block, token-level tables with the stem, and a tensor every block uses
+        (RoPE-Mixed ``freqs``) left ungrouped, as timm leaves EVA's ``rope.freqs`` (the full learning rate)."""
+        import re
+
         out = dict(super().group_matcher(coarse))
-        out["stem"] = out["stem"] + r"|^pe\."
+        blocks = out.get("blocks")
+        blocks = [(blocks, None)] if isinstance(blocks, str) else list(blocks or [])
+        stem = []
+        for name, _ in self.pe.named_parameters():
+            where = self.pe.param_block(name)
+            full = re.escape(f"pe.{name}")
+            if where is None:
+                stem.append(f"^{full}$")
+            elif where != PositionalEmbedding.ALL_BLOCKS:
+                blocks.insert(0, (f"^{full}$", (int(where),)))
+        if stem:
+            out["stem"] = "|".join([out["stem"]] + stem)
+        out["blocks"] = blocks
         return out
 
 
