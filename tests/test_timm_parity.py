@@ -2,6 +2,7 @@
 vispos, equals timm to 1e-5 relative at the training size, a rectangular size and after set_input_size; and
 docs/timm.md holds the script's table."""
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "timm_parity.py"
 _spec = importlib.util.spec_from_file_location("timm_parity", _PATH)
 tp = importlib.util.module_from_spec(_spec)
+sys.modules["timm_parity"] = tp  # dataclasses look their module up by name
 _spec.loader.exec_module(tp)
 
 _RESULTS = {}

@@ -111,3 +111,15 @@ def test_features_only():
     assert m.feature_info.channels() == plain.feature_info.channels()
     rope = [n for n, _ in m.named_modules() if n.endswith("pe")]
     assert rope, "the PE must live inside the feature model"
+
+
+def test_list_models_lists_twins_with_pretrained_tags():
+    twins = timm.list_models("vispos_vit_base_patch16_224*", pretrained=True)
+    base = timm.list_models("vit_base_patch16_224*", pretrained=True)
+    assert twins and sorted(twins) == sorted(f"vispos_{n}" for n in base)
+    from timm.models import get_pretrained_cfg
+
+    tag = base[0].split(".", 1)[1]
+    # the twin's pretrained config points at the base's weights, not at a (non-existent) vispos hub repo
+    assert get_pretrained_cfg(f"vispos_vit_base_patch16_224.{tag}").hf_hub_id == \
+        get_pretrained_cfg(f"vit_base_patch16_224.{tag}").hf_hub_id

@@ -31,10 +31,15 @@ no per-forward state. The PE is registered once, at ``model.pe``. timm's own PE 
 
 Conversion (:func:`install_pe` with ``convert=True``, implied by ``pretrained=True`` / ``checkpoint_path=``):
 ``pos_embed`` goes to the PE's ``ape`` member (prefix rows added as zeros or dropped to match ``embed_prefix``),
-EVA's RoPE-Mixed ``rope.freqs`` to ``rope_mixed`` (``ours = timm.flip(0)``), EVA's axial RoPE settings (base,
-pairing, reference grid) become the defaults of ``rope_axial`` / ``vope``, and new PE parameters default to the
-identity where the family offers it (``peg`` ``zero_init=True``). One ``INFO`` log line per converted, dropped or
-new key (logger ``vispos.integrations.timm``).
+EVA's RoPE-Mixed ``rope.freqs`` to ``rope_mixed`` (rows as stored: ``axis_order`` follows timm's
+``grid_indexing``), the host's own RoPE settings become the member families' defaults (each family's
+``host_defaults``: base, pairing, axis order, grid offset, reference grid, DINOv3 coordinates, coordinate
+augmentation), and new PE parameters default to the identity where the family offers it (``peg``
+``zero_init=True``). One ``INFO`` log line per converted, dropped or new key (logger ``vispos.integrations.timm``);
+what a family cannot reproduce is a ``WARNING`` at conversion and at every ``load_state_dict`` of a checkpoint
+without ``pe.*`` keys. vispos models carry their ``vispos_<name>`` architecture and PE arguments in
+``pretrained_cfg`` / model args, so ``save_for_hf`` then ``timm.create_model("local-dir:...", pretrained=True)``
+rebuilds them; ``features_only=True`` wraps the PE-carrying model in timm's feature getter.
 """
 from .convert import load_timm_checkpoint
 from .factory import (

@@ -279,6 +279,7 @@ def register_timm_entrypoints() -> List[str]:
     if mod is None:
         mod = types.ModuleType(_ENTRY_MODULE, "vispos twins of timm ViT / DeiT / EVA entrypoints")
         mod.__all__ = []
+        mod.default_cfgs = {}
         sys.modules[_ENTRY_MODULE] = mod
     out = []
     for module in SUPPORTED_TIMM_MODULES:
@@ -287,9 +288,31 @@ def register_timm_entrypoints() -> List[str]:
             if not is_model(name):
                 fn = _make_entrypoint(base)
                 setattr(mod, name, fn)
+                twin_cfg = _twin_default_cfg(base)
+                if twin_cfg is not None:  # the base's pretrained tags, so list_models(pretrained=True) lists twins
+                    mod.default_cfgs[name] = twin_cfg
                 register_model(fn)
             out.append(name)
     return out
+
+
+def _twin_default_cfg(base: str):
+    """timm's default config of ``base`` (its tags and pretrained configs) for the ``vispos_`` twin, with the hub
+    ids pinned to the base's weights (timm would otherwise derive ``timm/vispos_...`` from the twin's name)."""
+    from dataclasses import replace
+
+    from timm.models._registry import _model_default_cfgs
+
+    dc = _model_default_cfgs.get(base)
+    if dc is None:
+        return None
+    cfgs = {}
+    for tag, cfg in dc.cfgs.items():
+        hub = cfg.hf_hub_id
+        if hub == "timm/":
+            hub = f"timm/{base}.{tag}" if tag else f"timm/{base}"
+        cfgs[tag] = replace(cfg, hf_hub_id=hub)
+    return replace(dc, cfgs=cfgs)
 
 
 register_timm_entrypoints()
