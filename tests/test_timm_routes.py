@@ -123,3 +123,17 @@ def test_list_models_lists_twins_with_pretrained_tags():
     # the twin's pretrained config points at the base's weights, not at a (non-existent) vispos hub repo
     assert get_pretrained_cfg(f"vispos_vit_base_patch16_224.{tag}").hf_hub_id == \
         get_pretrained_cfg(f"vit_base_patch16_224.{tag}").hf_hub_id
+
+
+def test_vispos_checkpoint_through_pretrained_cfg_overlay(tmp_path):
+    m = vispos.create_model("vit_base_patch16_224", pe=["ape", "rope_mixed"], **KW).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    path = tmp_path / "vispos.pth"
+    torch.save(m.state_dict(), path)
+    back = timm.create_model("vispos_vit_base_patch16_224", pe=["ape", "rope_mixed"], pretrained=True,
+                             pretrained_cfg_overlay=dict(file=str(path)), **KW).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(back(x), m(x))

@@ -189,6 +189,12 @@ def create_model(
     features_only = bool(timm_kwargs.pop("features_only", False))
     out_indices = timm_kwargs.pop("out_indices", 3) if features_only else None
     vispos_weights = bool(pretrained) and _is_vispos_cfg(timm_kwargs.get("pretrained_cfg"))
+    overlay = timm_kwargs.get("pretrained_cfg_overlay")
+    if pretrained and not vispos_weights and isinstance(overlay, dict) and overlay.get("file"):
+        from timm.models import load_state_dict as _read
+
+        # a vispos checkpoint (pe.* keys) named by pretrained_cfg_overlay(file=): loaded after the PE is installed
+        vispos_weights = any(k.startswith("pe.") for k in _read(str(overlay["file"]), weights_only=True))
     model = timm.create_model(model_name, pretrained=pretrained and not vispos_weights, **timm_kwargs)
     _check_model(model, find_host(model))
     vispos_ckpt = None

@@ -206,8 +206,9 @@ def _check_image(model: nn.Module, x) -> None:
     # pixels per token: the patch size times a stem's reduction (HybridEmbed.feat_ratio)
     ph, pw = pe_.feat_ratio(as_scalar=False) if hasattr(pe_, "feat_ratio") else pe_.patch_size
     if not getattr(pe_, "dynamic_img_pad", False) and (H % ph or W % pw):
-        raise ValueError(f"image size {H}x{W} is not divisible by the {ph}x{pw} pixels per token; resize or crop it, "
-                         f"or build the model with dynamic_img_pad=True")
+        what = " (pixels per token: the stem's reduction times the patch)" if hasattr(pe_, "backbone") else ""
+        raise ValueError(f"image size {H}x{W} is not divisible by the patch size {ph}x{pw}{what}; resize or crop "
+                         f"it, or build the model with dynamic_img_pad=True")
     img_size = getattr(pe_, "img_size", None)
     if getattr(pe_, "strict_img_size", False) and img_size is not None and (H, W) != tuple(img_size):
         raise ValueError(f"image size {H}x{W} differs from the model's {img_size[0]}x{img_size[1]}; build it with "
