@@ -175,3 +175,18 @@ def test_hope_stride_drawn_once_per_forward_via_prepare():
         torch.testing.assert_close(a, b)
         outs.add(tuple(a[0, 0, -1].tolist()))
     assert len(outs) > 1  # but it changes across forwards
+
+
+def test_rope_mixed_temporal_stride():
+    torch.manual_seed(0)
+    m = vispos.build_pe("rope_mixed", dim=2 * 12, num_heads=2, depth=1, grid=(3, 2, 2), temporal_stride=2.0)
+    torch.manual_seed(0)
+    ref = vispos.build_pe("rope_mixed", dim=2 * 12, num_heads=2, depth=1, grid=(3, 2, 2))
+    torch.testing.assert_close(m.freqs, ref.freqs)
+    q = torch.randn(1, 2, 13, 12)
+    lay = GridLayout((3, 2, 2), 1)
+    pos = GridLayout((3, 2, 2), 1, positions=((0.0, 2.0, 4.0), None, None))
+    for a, b in zip(m(q, q, lay), ref(q, q, pos)):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="temporal_stride"):
+        vispos.build_pe("rope_mixed", dim=24, num_heads=2, depth=1, grid=(4, 4), temporal_stride=2.0)

@@ -667,6 +667,8 @@ class MixedRoPE(_RoPEBase):
             ``"xy"`` (2D: row 0 = x, as timm ``RotaryEmbeddingMixed(grid_indexing='xy')`` stores it) or a
             permutation. The init gives the same frequencies per grid axis in every order.
         grid_offset, normalize_coords, shift_coords, jitter_coords, rescale_coords: as :class:`AxialRoPE`.
+        temporal_stride: 3D only: multiplies the t coordinate (VideoRoPE's temporal spacing, as ``rope_axial``'s
+            option); the learned frequencies decide the allocation across axes themselves.
 
     Parameter ``freqs (ndim, depth, num_heads, head_dim // 2)`` (no weight decay: see :meth:`no_weight_decay`).
     Angles are computed in float64 (never lowered by autocast), cos/sin cast once to float32:
@@ -674,7 +676,7 @@ class MixedRoPE(_RoPEBase):
     """
 
     name = "rope_mixed"
-    _table_attrs = frozenset({"coords", "ref_shape", "grid_offset", "normalize_coords", "_perm"})
+    _table_attrs = frozenset({"coords", "ref_shape", "grid_offset", "normalize_coords", "_perm", "temporal_stride"})
 
     def __init__(
         self, head_dim: int, depth: int, num_heads: int, ndim: int = 2, temperature: float = 10.0,
@@ -682,10 +684,15 @@ class MixedRoPE(_RoPEBase):
         axis_order: Union[str, Sequence[int]] = "ij", grid_offset: Union[float, Sequence[float]] = 0.0,
         normalize_coords: str = "separate", shift_coords: Optional[float] = None,
         jitter_coords: Optional[float] = None, rescale_coords: Optional[float] = None,
-        device=None, dtype=None,
+        temporal_stride: float = 1.0, device=None, dtype=None,
     ):
         super().__init__()
         head_dim = check_int(head_dim, "RoPE head_dim", 2, multiple_of=2)
+        if isinstance(temporal_stride, bool) or not isinstance(temporal_stride, (int, float)) or \
+                not temporal_stride > 0 or (temporal_stride != 1.0 and ndim != 3):
+            raise ValueError(f"temporal_stride must be a positive number (3D grids only when != 1), got "
+                             f"{temporal_stride!r} for ndim={ndim}")
+        self.temporal_stride = float(temporal_stride)
         for nm, v in (("depth", depth), ("num_heads", num_heads)):
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"RoPE-Mixed needs a positive int {nm}, got {v!r}")
@@ -731,9 +738,15 @@ class MixedRoPE(_RoPEBase):
         """Patch coordinates ``(prod(grid), ndim)`` float64 in ``freqs`` row order (``axis_order``), cached per
         layout and device; augmented (uncached) while training with a coordinate augmentation."""
         if self.augmenting:
-            return self._augmented(self._patch_coords(layout, device), layout)[:, list(self._perm)]
+            return self._strided(self._augmented(self._patch_coords(layout, device), layout))[:, list(self._perm)]
         return self.cached(("coords", layout, str(device)),
-                           lambda: self._patch_coords(layout, device)[:, list(self._perm)])
+                           lambda: self._strided(self._patch_coords(layout, device))[:, list(self._perm)])
+
+    def _strided(self, coords: torch.Tensor) -> torch.Tensor:
+        """Grid axis 0 (t) times ``temporal_stride`` (3D)."""
+        if self.temporal_stride == 1.0:
+            return coords
+        return torch.cat([coords[:, :1] * self.temporal_stride, coords[:, 1:]], dim=-1)
 
     def build_table(self, layout: GridLayout, index: int = 0):
         """``(cos, sin)`` each ``(num_heads, num_prefix + prod(grid), head_dim // 2)`` for layer ``index``."""
