@@ -294,3 +294,43 @@ def test_the_same_N_gives_the_same_k_in_the_cli_and_the_api():
     with vd.apply_rule(m, time={"name": "riflex", "N": 189}, num_frames=261, units="pixel") as h:
         m.rope(torch.zeros(1, 2, 66, 1, 1))
         assert _changed_k(h.last_bands["time"], rope_freqs(16, 256.0)) == 4
+
+
+@torch.no_grad()
+def test_explicit_frame_indices_framepack_and_helios():
+    """FramePack (Hunyuan-style RoPE on given frame indices) and Helios (band buffers): the indices are the temporal
+    positions, and the rule's L' is the largest index + 1."""
+    torch.manual_seed(0)
+    fp = diffusers.HunyuanVideoFramepackTransformer3DModel(
+        in_channels=2, out_channels=2, num_attention_heads=1, attention_head_dim=16, num_layers=1,
+        num_single_layers=1, num_refiner_layers=1, mlp_ratio=1.0, patch_size=1, guidance_embeds=False,
+        text_embed_dim=8, pooled_projection_dim=8, rope_axes_dim=(8, 4, 4)).eval()
+    helios = diffusers.HeliosTransformer3DModel(
+        patch_size=(1, 1, 1), num_attention_heads=1, attention_head_dim=16, in_channels=2, out_channels=2,
+        text_dim=8, freq_dim=8, ffn_dim=8, num_layers=1, rope_dim=(8, 4, 4)).eval()
+    idx = torch.tensor([0, 1, 2, 9, 29])  # a clean prefix, a gap, the tail: L' = 30
+    for model, k, new_of in ((fp, 2, lambda: min(256.0 ** (-2 / 8), 0.9 * 2 * math.pi / 30)),
+                             (helios, 1, lambda: min(1.0, 0.9 * 2 * math.pi / 30))):
+        ids = idx if model is fp else idx[None]  # Helios takes (B, T) indices
+
+        def call(m, ids=ids):
+            return m.rope(frame_indices=ids, height=2, width=2, device=torch.device("cpu"))
+
+        ref = call(model)
+        with vd.apply_rule(model, time="none") as h:
+            assert _same(call(model), ref)
+        with vd.apply_rule(model, time={"name": "riflex", "k": k}) as h:
+            got = call(model)
+            assert h.last_bands["time"][k - 1].item() == new_of()
+            assert not _same(got, ref)
+            if model is fp:  # the formula on the given positions, the host's other columns untouched
+                pos = idx.float().repeat_interleave(4)
+                expect = (pos * torch.tensor(new_of(), dtype=torch.float32)).cos()
+                assert torch.equal(got[0][:, 2 * (k - 1)], expect) and torch.equal(got[0][:, 4:], ref[0][:, 4:])
+            else:  # Helios: (B, 2 * 16, T, H, W), cos (t, y, x) then sin; the k-th band repeated for its pair
+                expect = (idx.float() * torch.tensor(new_of(), dtype=torch.float32)).cos()
+                assert torch.equal(got[0, 0, :, 0, 0], expect)
+                assert torch.equal(got[0, 2:16], ref[0, 2:16]) and torch.equal(got[0, 18:], ref[0, 18:])
+        assert _same(call(model), ref)
+    with pytest.raises(ValueError, match="attn_factor=False"):
+        vd.apply_rule(helios, time="yarn", train_frames=10)

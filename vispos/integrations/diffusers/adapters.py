@@ -100,11 +100,10 @@ class Adapter:
 
 
 # ------------------------------------------------------------------------------------------ Hunyuan-style
-def _grid_cos_sin(rope, sizes, device, rules: Optional[Sequence[ScalingRule]], fd: torch.dtype, handle=None,
+def _grid_cos_sin(rope, grids, device, rules: Optional[Sequence[ScalingRule]], fd: torch.dtype, handle=None,
                   keep=None):
-    """cos/sin of a Hunyuan-style rope for a (T, H, W) grid; ``keep`` = the host's output, whose columns are kept
-    on every axis the rules leave alone."""
-    grids = [torch.arange(0, n, device=device, dtype=torch.float32) for n in sizes]
+    """cos/sin of a Hunyuan-style rope for the (T, H, W) grid of 1-D float32 positions ``grids``; ``keep`` = the
+    host's output, whose columns are kept on every axis the rules leave alone."""
     grid = torch.stack(torch.meshgrid(*grids, indexing="ij"), dim=0)
     cos_l, sin_l, start = [], [], 0
     for i in range(3):
@@ -125,19 +124,43 @@ def _grid_cos_sin(rope, sizes, device, rules: Optional[Sequence[ScalingRule]], f
     return torch.cat(cos_l, dim=1), torch.cat(sin_l, dim=1)
 
 
+_FRAME_INDEX_FORWARD = ["frame_indices", "height", "width", "device"]
+
+
+def _arange(n: int, device) -> torch.Tensor:
+    return torch.arange(0, n, device=device, dtype=torch.float32)
+
+
+def _hunyuan_call(module, args, kwargs):
+    """``(positions per axis, grid lengths for the rules)`` of one call of a Hunyuan-style rope. Explicit frame
+    indices (FramePack) are the temporal positions; their length for the rules is ``max index + 1``."""
+    p = int(module.patch_size)
+    if _forward_params(module) == ["hidden_states"]:
+        _, _, f, h, w = _hidden_states(args, kwargs).shape
+        dev = _hidden_states(args, kwargs).device
+        sizes = (f // int(module.patch_size_t), h // p, w // p)
+        return [_arange(n, dev) for n in sizes], sizes
+    call = dict(zip(_FRAME_INDEX_FORWARD, args), **kwargs)
+    idx = call["frame_indices"].to(device=call["device"], dtype=torch.float32)
+    h, w = call["height"] // p, call["width"] // p
+    t_len = int(idx.max().item()) + 1 if idx.numel() else 0
+    return [idx, _arange(h, call["device"]), _arange(w, call["device"])], (t_len, h, w)
+
+
 class HunyuanStyle(Adapter):
-    """RoPE computed in ``rope.forward(hidden_states)`` from ``theta`` and ``rope_dim`` (HunyuanVideo, its 1.5,
-    Motif-Video)."""
+    """RoPE computed in ``rope.forward`` from ``theta`` and ``rope_dim`` on integer grids (HunyuanVideo, its 1.5,
+    Motif-Video), or with explicit frame indices ``forward(frame_indices, height, width, device)`` (FramePack)."""
 
     name = "hunyuan-style"
-    layout = ("`transformer.rope.forward(hidden_states)` computes cos/sin from `theta`, `rope_dim` (T, H, W), "
-              "`patch_size`, `patch_size_t`")
+    layout = ("`transformer.rope.forward(hidden_states)` (or `(frame_indices, height, width, device)`: explicit "
+              "frame positions) computes cos/sin from `theta`, `rope_dim` (T, H, W), `patch_size`, `patch_size_t`")
     released = {"hunyuanvideo": Released(256.0, 16, 33, 4, 1,
                                          "rope_axes_dim (16, 56, 56), rope_theta 256; trained on 129 frames")}
 
     def match(self, model, pipe) -> bool:
         rope = getattr(model, "rope", None)
-        return (isinstance(rope, torch.nn.Module) and _forward_params(rope) == ["hidden_states"]
+        return (isinstance(rope, torch.nn.Module)
+                and _forward_params(rope) in (["hidden_states"], _FRAME_INDEX_FORWARD)
                 and _is_int(getattr(rope, "patch_size", None)) and _is_int(getattr(rope, "patch_size_t", None))
                 and _is_num(getattr(rope, "theta", None)) and len(getattr(rope, "rope_dim", ()) or ()) == 3
                 and not hasattr(rope, "freqs_cos"))
@@ -152,11 +175,15 @@ class HunyuanStyle(Adapter):
     def _host_dtype(self, rope) -> torch.dtype:
         """The dtype the host builds its bands in, found by reproducing its forward on a probe grid."""
         p, pt = int(rope.patch_size), int(rope.patch_size_t)
-        probe = torch.zeros(1, 1, 24 * pt, 3 * p, 3 * p)
+        if _forward_params(rope) == ["hidden_states"]:
+            args = (torch.zeros(1, 1, 24 * pt, 3 * p, 3 * p),)
+        else:
+            args = (torch.arange(24), 3 * p, 3 * p, torch.device("cpu"))
         with torch.no_grad():
-            ref = type(rope).forward(rope, probe)
+            ref = type(rope).forward(rope, *args)
+            grids, _ = _hunyuan_call(rope, args, {})
             for fd in (torch.float32, torch.float64):
-                got = _grid_cos_sin(rope, (24, 3, 3), probe.device, None, fd)
+                got = _grid_cos_sin(rope, grids, "cpu", None, fd)
                 if all(torch.equal(a, b) for a, b in zip(got, ref)):
                     return fd
         raise ValueError(
@@ -169,22 +196,19 @@ class HunyuanStyle(Adapter):
         fd = self._host_dtype(rope)
 
         def post_hook(module, args, kwargs, output):
-            hs = _hidden_states(args, kwargs)
-            _, _, f, h, w = hs.shape
-            pt, p = int(module.patch_size_t), int(module.patch_size)
-            sizes = (f // pt, h // p, w // p)
+            grids, sizes = _hunyuan_call(module, args, kwargs)
             rules = handle.resolve(sizes)
             if sum(1 for r in rules if r.name != "none") == 0:
                 for i in range(3):
                     handle.last_bands[AXES[i]] = rope_freqs(int(module.rope_dim[i]), float(module.theta))
                 return None
-            n = sizes[0] * sizes[1] * sizes[2]
+            n = grids[0].numel() * grids[1].numel() * grids[2].numel()
             if output[0].shape[0] != n:
                 raise RuntimeError(
                     f"{type(module).__name__} returned {output[0].shape[0]} rows for a grid of {n} positions: a "
                     "hook inside its forward (context parallelism?) changed them; vispos rules need the full table"
                 )
-            cos, sin = _grid_cos_sin(module, sizes, hs.device, rules, fd, handle, keep=output)
+            cos, sin = _grid_cos_sin(module, grids, grids[1].device, rules, fd, handle, keep=output)
             return cos.to(output[0].dtype), sin.to(output[1].dtype)
 
         hook = rope.register_forward_hook(post_hook, with_kwargs=True)
@@ -286,6 +310,76 @@ class WanStyle(Adapter):
             same = cur.dtype == orig_cos.dtype and cur.device == orig_cos.device
             rope.freqs_cos = orig_cos if same else orig_cos.to(device=cur.device, dtype=cur.dtype)
             rope.freqs_sin = orig_sin if same else orig_sin.to(device=cur_s.device, dtype=cur_s.dtype)
+
+        return undo
+
+
+# ----------------------------------------------------------------------------------- Helios-style (bands)
+_BAND_BUFFERS = ("freqs_base_t", "freqs_base_y", "freqs_base_x")
+
+
+class BandBufferStyle(Adapter):
+    """Band buffers ``freqs_base_t/_y/_x`` read by ``rope.forward(frame_indices, height, width, device)``: explicit
+    frame indices as temporal positions (Helios)."""
+
+    name = "band-buffers"
+    layout = ("`transformer.rope.forward(frame_indices, height, width, device)` reads band buffers "
+              "`freqs_base_t`/`_y`/`_x`; frame indices are the temporal positions")
+
+    def match(self, model, pipe) -> bool:
+        rope = getattr(model, "rope", None)
+        return (isinstance(rope, torch.nn.Module) and _forward_params(rope) == _FRAME_INDEX_FORWARD
+                and all(isinstance(getattr(rope, b, None), torch.Tensor) for b in _BAND_BUFFERS)
+                and all(_is_int(getattr(rope, a, None)) for a in ("DT", "DY", "DX"))
+                and _is_num(getattr(rope, "theta", None)))
+
+    def patch(self, model):
+        p = getattr(getattr(model, "config", None), "patch_size", (1, 1, 1))
+        return tuple(int(v) for v in p) if len(p) == 3 else (1, int(p[0]), int(p[0]))
+
+    def n_components(self, model):
+        r = model.rope
+        return r.DT // 2, r.DY // 2, r.DX // 2
+
+    def install(self, handle, model, pipe):
+        rope = model.rope
+        theta = float(rope.theta)
+        dims = (int(rope.DT), int(rope.DY), int(rope.DX))
+        orig = [getattr(rope, b) for b in _BAND_BUFFERS]
+        for b, d, buf in zip(_BAND_BUFFERS, dims, orig):
+            ref = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.float32)[: d // 2] / d))
+            if not torch.equal(ref.to(buf.dtype), buf.detach().cpu()):
+                raise ValueError(f"{type(rope).__name__}.{b} ({buf.dtype}) is not theta^(-2j/d) for theta {theta:g}, "
+                                 f"d {d} (float32, cast to {buf.dtype}): the model was changed, vispos cannot adjust it")
+
+        for axis, ax in handle.axes.items():
+            if ax.rule.name == "yarn" and ax.rule.attn_factor is not False:
+                raise ValueError(f"{type(rope).__name__} builds cos/sin inside its forward from band buffers: YaRN's "
+                                 f"attention factor cannot be applied there ({axis} axis); pass attn_factor=False")
+
+        def pre_hook(module, args, kwargs):
+            call = dict(zip(_FRAME_INDEX_FORWARD, args), **kwargs)
+            idx = call["frame_indices"]
+            sizes = (int(idx.max().item()) + 1 if idx.numel() else 0, int(call["height"]), int(call["width"]))
+            rules = handle.resolve(sizes)
+            for i, (b, d) in enumerate(zip(_BAND_BUFFERS, dims)):
+                cur = getattr(module, b)
+                host = orig[i]
+                if (host.dtype, host.device) != (cur.dtype, cur.device):  # the module was cast / moved since
+                    host = host.to(device=cur.device, dtype=cur.dtype)
+                freqs, new64 = standard_bands(host, rules[i], theta, d)
+                handle.last_bands[AXES[i]] = new64
+                setattr(module, b, freqs)
+            return None
+
+        hook = rope.register_forward_pre_hook(pre_hook, with_kwargs=True)
+
+        def undo():
+            hook.remove()
+            for b, buf in zip(_BAND_BUFFERS, orig):
+                cur = getattr(rope, b)
+                setattr(rope, b, buf if (cur.dtype, cur.device) == (buf.dtype, buf.device)
+                        else buf.to(device=cur.device, dtype=cur.dtype))
 
         return undo
 
@@ -553,7 +647,7 @@ class CogVideoXStyle(Adapter):
 
 
 # --------------------------------------------------------------------------------------------------- table
-ADAPTERS: Tuple[Adapter, ...] = (HunyuanStyle(), WanStyle(), LTXStyle(), CogVideoXStyle())
+ADAPTERS: Tuple[Adapter, ...] = (HunyuanStyle(), WanStyle(), BandBufferStyle(), LTXStyle(), CogVideoXStyle())
 
 
 def find_adapter(model, pipe=None) -> Optional[Adapter]:
