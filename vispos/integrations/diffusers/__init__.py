@@ -31,11 +31,25 @@ from typing import List, Optional, Tuple
 import torch
 
 from .adapters import ADAPTERS, Adapter, cog_cos_sin, find_adapter
-from .handle import AXES, MARK, Axis, RuleHandle, RuleLike, axis_rules, check_len, needs_train, to_latent, vae_scale_of
+from .handle import (
+    AXES,
+    MARK,
+    UNITS,
+    Axis,
+    RuleHandle,
+    RuleLike,
+    TimeAware,
+    axis_rules,
+    check_len,
+    needs_train,
+    to_latent,
+    vae_scale_of,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ADAPTERS", "AXES", "SUPPORTED", "RuleHandle", "apply_rule", "cogvideox_rotary_emb", "detect_host"]
+__all__ = ["ADAPTERS", "AXES", "SUPPORTED", "RuleHandle", "TimeAware", "apply_rule", "cogvideox_rotary_emb",
+           "detect_host"]
 
 SUPPORTED = tuple(f"{a.name}: {a.layout}" for a in ADAPTERS) + ("any pipeline whose .transformer is one of these",)
 
@@ -59,6 +73,19 @@ def detect_host(obj) -> Tuple[Adapter, object, Optional[object]]:
     return adapter, model, pipe
 
 
+def _positions(adapter: Adapter, model, axis: int, value, units: str, factor: int, name: str) -> Optional[float]:
+    """A length given in ``units`` as RoPE positions of ``axis`` (the host's patchify)."""
+    if value is None:
+        return None
+    if units == "token":
+        return float(value)
+    if units == "pixel":
+        if value != int(value):
+            raise ValueError(f"{name}={value} must be a whole number of video frames / pixels")
+        value = to_latent(int(value), units, factor, axis == 0, name)
+    return adapter.positions(model, axis, value)
+
+
 def _rule_in_positions(rule, adapter: Adapter, model, axis: int, units: str, factor: int):
     """The rule with the lengths set inside it (``train_len``, ``test_len``, RIFLEx ``N``), given in ``units`` like
     every other length, converted to RoPE positions the way the host patchifies."""
@@ -67,19 +94,15 @@ def _rule_in_positions(rule, adapter: Adapter, model, axis: int, units: str, fac
         v = getattr(rule, field)
         if v is None:
             continue
-        if units == "pixel":
-            if v != int(v):
-                raise ValueError(f"{rule.name} {field}={v} must be a whole number of video frames / pixels")
-            v = to_latent(int(v), units, factor, axis == 0, f"{rule.name} {field}")
-        changes[field] = adapter.positions(model, axis, v)
+        changes[field] = _positions(adapter, model, axis, v, units, factor, f"{rule.name} {field}")
         if not changes[field] > 0:
-            raise ValueError(f"{rule.name} {field}={getattr(rule, field)} is less than one RoPE position here")
+            raise ValueError(f"{rule.name} {field}={v} is less than one RoPE position here")
     return replace(rule, **changes) if changes else rule
 
 
 def _build_axes(adapter: Adapter, model, pipe, time, space, lengths, units, vae_scale) -> List[Axis]:
-    if units not in ("latent", "pixel"):
-        raise ValueError(f"units must be 'latent' or 'pixel', got {units!r}")
+    if units not in UNITS:
+        raise ValueError(f"units must be one of {UNITS}, got {units!r}")
     names = ("num_frames", "height", "width", "train_frames", "train_height", "train_width")
     vals = [check_len(v, n) for v, n in zip(lengths, names)]
     rules = axis_rules(time, space)
@@ -88,16 +111,24 @@ def _build_axes(adapter: Adapter, model, pipe, time, space, lengths, units, vae_
     axes = []
     for a in range(3):
         f = t_vae if a == 0 else s_vae
-        target = adapter.positions(model, a, to_latent(vals[a], units, f, a == 0, names[a]))
-        train = adapter.positions(model, a, to_latent(vals[3 + a], units, f, a == 0, names[3 + a]))
-        rule = _rule_in_positions(rules[a], adapter, model, a, units, f)
-        if rule.name != "none" and train is None and rule.train_len is None and needs_train(rule):
-            raise ValueError(f"rule {rule.name!r} on the {AXES[a]} axis needs its training length: pass "
-                             f"{names[3 + a]}= (or k=/N= for riflex, factor= for ntk_base)")
-        if rule.name == "riflex" and rule.k is not None and rule.k > ncomp[a]:
-            raise ValueError(f"RIFLEx k={rule.k} is out of range: the {AXES[a]} axis has {ncomp[a]} components")
-        if ncomp[a] == 0 and rule.name != "none":
-            raise ValueError(f"the {AXES[a]} axis of this {type(model).__name__} has no rotary components")
+        target = _positions(adapter, model, a, vals[a], units, f, names[a])
+        train = _positions(adapter, model, a, vals[3 + a], units, f, names[3 + a])
+        if isinstance(rules[a], TimeAware):
+            subs = [_rule_in_positions(r, adapter, model, a, units, f) for r in rules[a].rules]
+            rule = replace(rules[a], high_noise=subs[0], low_noise=subs[1])
+        else:
+            subs = [_rule_in_positions(rules[a], adapter, model, a, units, f)]
+            rule = subs[0]
+        for r in subs:
+            if r.name != "none" and train is None and r.train_len is None and needs_train(r):
+                raise ValueError(f"rule {r.name!r} on the {adapter.axes[a]} axis needs its training length: pass "
+                                 f"{names[3 + a]}= (or k=/N= for riflex, factor= for ntk_base)")
+            if r.name == "riflex" and r.k is not None and r.k > ncomp[a]:
+                raise ValueError(f"RIFLEx k={r.k} is out of range: the {adapter.axes[a]} axis has {ncomp[a]} "
+                                 "components")
+            if ncomp[a] == 0 and r.name != "none":
+                raise ValueError(f"the {adapter.axes[a]} axis of this {type(model).__name__} has no rotary "
+                                 "components")
         axes.append(Axis(rule, target, train))
     return axes
 
@@ -118,6 +149,8 @@ def cogvideox_rotary_emb(
         raise ValueError(f"cogvideox_rotary_emb needs a CogVideoXTransformer3DModel, got a {adapter.name} model "
                          f"({type(model).__name__})")
     adapter.check(model)
+    if units == "token":
+        raise ValueError("cogvideox_rotary_emb embeds a latent size: units must be 'latent' or 'pixel', got 'token'")
     for v, n in ((num_frames, "num_frames"), (height, "height"), (width, "width")):
         if v is None:
             raise ValueError(f"{n} is required (the size to embed), got None")
@@ -177,7 +210,7 @@ def apply_rule(
     for t in targets:
         if getattr(t, MARK, None) is not None:
             raise ValueError(f"a vispos rule is already applied to this {type(t).__name__}; remove() it first")
-    handle = RuleHandle(adapter.name, type(model).__name__, axes)
+    handle = RuleHandle(adapter.name, type(model).__name__, axes, adapter.axes)
     try:
         for m, t in zip(models, targets):
             handle._add(t, adapter.install(handle, m, pipe))

@@ -23,7 +23,7 @@ import torch
 
 from ...freqs import ScalingRule, rope_freqs, rule_attention_factor
 from .bands import adjust_bands, interleaved_cos_sin, ltx_band_base, ltx_bands, standard_bands
-from .handle import AXES, Axis, RuleHandle
+from .handle import AXES, Axis, RuleHandle, TimeAware
 
 __all__ = ["Adapter", "Released", "ADAPTERS", "find_adapter"]
 
@@ -67,6 +67,7 @@ class Adapter:
 
     name: str = ""
     layout: str = ""  # where the RoPE lives, one line
+    axes: Tuple[str, str, str] = AXES  # names of the three RoPE axes
     vae: Tuple[int, int] = (4, 8)  # default (temporal, spatial) VAE compression
     components: Tuple[str, ...] = ("transformer", "transformer_2")  # pipeline attributes that take the rule
     on_pipeline = False  # the rule is installed on the pipeline (RoPE built there), not on the transformer
@@ -646,8 +647,123 @@ class CogVideoXStyle(Adapter):
         return undo
 
 
+# ------------------------------------------------------------------------------------ image DiTs: ids-style
+def _ids_cos_sin(rope, ids: torch.Tensor, rules: Optional[Sequence[ScalingRule]], fd: torch.dtype, names,
+                 handle=None, keep=None):
+    """cos/sin of a FLUX-style ``pos_embed(ids)`` (ids ``(N, n_axes)``), the rules applied per axis; ``keep``: the
+    host's output, kept on the axes the rules leave alone."""
+    pos = ids.float()
+    cos_l, sin_l, start = [], [], 0
+    for i in range(ids.shape[-1]):
+        d = int(rope.axes_dim[i])
+        rule = rules[i] if rules is not None else ScalingRule("none")
+        host = 1.0 / (float(rope.theta) ** (torch.arange(0, d, 2, dtype=fd, device=ids.device)[: d // 2] / d))
+        freqs, new64 = standard_bands(host, rule, float(rope.theta), d)
+        attn = rule_attention_factor(rule)
+        if handle is not None:
+            handle.last_bands[names[i]] = new64
+        if keep is not None and freqs is host and attn == 1.0:
+            c, s = keep[0][:, start:start + d], keep[1][:, start:start + d]
+        else:
+            c, s = interleaved_cos_sin(pos[:, i], freqs, attn)
+        cos_l.append(c)
+        sin_l.append(s)
+        start += d
+    return torch.cat(cos_l, dim=-1).to(ids.device), torch.cat(sin_l, dim=-1).to(ids.device)
+
+
+def _sigma_of(kwargs, args, position: int, scale: float) -> Optional[float]:
+    t = kwargs.get("timestep", args[position] if len(args) > position else None)
+    if t is None:
+        return None
+    t = t.flatten()[0] if isinstance(t, torch.Tensor) else t
+    return float(t) / scale
+
+
+class IdsStyle(Adapter):
+    """Image DiTs whose ``pos_embed.forward(ids)`` builds cos/sin from per-token ids ``(index, row, column)`` with
+    ``theta`` and ``axes_dim`` (FLUX.1 and its copies). Rules act on the row / column axes (``space``); the first
+    axis (``index``: 0 for generated images, the reference index in FLUX Kontext) takes ``time``."""
+
+    name = "ids-style"
+    layout = ("`transformer.pos_embed.forward(ids)`: cos/sin of per-token ids (index, row, column) with `theta`, "
+              "`axes_dim`; FLUX packs 2x2 latents per token")
+    axes = ("index", "height", "width")
+    vae = (1, 8)
+    components = ("transformer",)
+    timestep_scale = 1.0  # FLUX pipelines pass timestep / 1000: already the noise level sigma
+
+    def match(self, model, pipe) -> bool:
+        rope = getattr(model, "pos_embed", None)
+        return (isinstance(rope, torch.nn.Module) and _forward_params(rope) == ["ids"]
+                and _is_num(getattr(rope, "theta", None)) and len(getattr(rope, "axes_dim", ()) or ()) == 3)
+
+    def target(self, model, pipe):
+        return model.pos_embed
+
+    def patch(self, model):
+        return 1, 2, 2
+
+    def n_components(self, model):
+        return tuple(int(d) // 2 for d in model.pos_embed.axes_dim)
+
+    def _host_dtype(self, rope) -> torch.dtype:
+        ids = torch.stack(torch.meshgrid(torch.arange(2), torch.arange(12), torch.arange(12), indexing="ij"), -1)
+        ids = ids.reshape(-1, 3).float()
+        with torch.no_grad():
+            ref = type(rope).forward(rope, ids)
+            for fd in (torch.float64, torch.float32):
+                if all(torch.equal(a, b) for a, b in zip(_ids_cos_sin(rope, ids, None, fd, self.axes), ref)):
+                    return fd
+        raise ValueError(f"{type(rope).__name__} looks ids-style (forward(ids), theta, axes_dim) but its output is not "
+                         "cos/sin of b^(-2j/d) bands of the ids (float64 or float32): vispos cannot adjust it safely")
+
+    def install(self, handle, model, pipe):
+        rope = model.pos_embed
+        fd = self._host_dtype(rope)
+        names = self.axes
+        hooks = []
+        if any(isinstance(ax.rule, TimeAware) for ax in handle.axes.values()):
+            params = _forward_params(model)
+            if "timestep" not in params:
+                raise ValueError(f"{type(model).__name__}.forward has no timestep argument: a TimeAware rule needs it")
+            where = params.index("timestep")
+
+            def record(module, args, kwargs):
+                handle.sigma = _sigma_of(kwargs, args, where, self.timestep_scale)
+
+            def forget(module, args, kwargs, output):
+                handle.sigma = None
+
+            hooks.append(model.register_forward_pre_hook(record, with_kwargs=True))
+            hooks.append(model.register_forward_hook(forget, with_kwargs=True))
+
+        def post_hook(module, args, kwargs, output):
+            ids = args[0] if args else kwargs["ids"]
+            if ids.dim() != 2 or ids.shape[-1] != 3:
+                raise ValueError(f"{type(module).__name__}: vispos rules need ids of shape (N, 3), got "
+                                 f"{tuple(ids.shape)}")
+            sizes = [int(ids[:, i].max().item()) + 1 if ids.numel() else 0 for i in range(3)]
+            rules = handle.resolve(sizes)
+            if all(r.name == "none" for r in rules):
+                for i in range(3):
+                    handle.last_bands[names[i]] = rope_freqs(int(module.axes_dim[i]), float(module.theta))
+                return None
+            return _ids_cos_sin(module, ids, rules, fd, names, handle, keep=output)
+
+        hooks.append(rope.register_forward_hook(post_hook, with_kwargs=True))
+
+        def undo():
+            for h in reversed(hooks):
+                h.remove()
+            handle.sigma = None
+
+        return undo
+
+
 # --------------------------------------------------------------------------------------------------- table
-ADAPTERS: Tuple[Adapter, ...] = (HunyuanStyle(), WanStyle(), BandBufferStyle(), LTXStyle(), CogVideoXStyle())
+ADAPTERS: Tuple[Adapter, ...] = (HunyuanStyle(), WanStyle(), BandBufferStyle(), LTXStyle(), CogVideoXStyle(),
+                                  IdsStyle())
 
 
 def find_adapter(model, pipe=None) -> Optional[Adapter]:

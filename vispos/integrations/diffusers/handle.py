@@ -10,6 +10,8 @@ from ...freqs import ScalingRule, as_rule
 
 AXES = ("time", "height", "width")
 MARK = "_vispos_rule_handle"
+#: ``latent``: latent frames / latent pixels; ``pixel``: video frames / image pixels; ``token``: RoPE positions
+UNITS = ("latent", "pixel", "token")
 
 RuleLike = Union[None, str, dict, ScalingRule]
 
@@ -54,19 +56,59 @@ def vae_scale_of(default: Tuple[int, int], pipe, vae_scale) -> Tuple[int, int]:
 
 
 @dataclass(frozen=True)
+class TimeAware:
+    """Time-aware scaling (Lumina-Next): ``high_noise`` while the noise level ``sigma > switch``, ``low_noise`` after.
+
+    ``sigma`` is the flow-matching noise level of the current denoising step (1: pure noise, 0: clean), read from
+    the transformer's ``timestep``. Lumina-Next uses position interpolation early (global layout) and NTK base
+    scaling late (detail); its ``scaling_watershed = w`` (on ``t = 1 - sigma``) is ``switch = 1 - w``. The default
+    ``switch = 0.7`` is ``w = 0.3``, Lumina-Next's setting for larger images.
+    """
+
+    high_noise: RuleLike = "pi"
+    low_noise: RuleLike = "ntk_base"
+    switch: float = 0.7
+
+    def __post_init__(self):
+        object.__setattr__(self, "high_noise", as_rule(self.high_noise))
+        object.__setattr__(self, "low_noise", as_rule(self.low_noise))
+        if isinstance(self.switch, bool) or not isinstance(self.switch, (int, float)) or not 0 <= self.switch <= 1:
+            raise ValueError(f"TimeAware switch is a noise level in [0, 1], got {self.switch!r}")
+
+    name = "time_aware"
+
+    @property
+    def rules(self) -> Tuple[ScalingRule, ScalingRule]:
+        return self.high_noise, self.low_noise
+
+    def at(self, sigma: Optional[float]) -> ScalingRule:
+        if sigma is None:
+            raise ValueError("a TimeAware rule needs the denoising timestep: call the transformer (its timestep= "
+                             "is read by vispos), not its rope module on its own")
+        return self.high_noise if sigma > self.switch else self.low_noise
+
+
+@dataclass(frozen=True)
 class Axis:
     """The rule of one axis and its lengths in RoPE positions (``target`` None: the grid at call time)."""
 
-    rule: ScalingRule
+    rule: Union[ScalingRule, TimeAware]
     target: Optional[float]
     train: Optional[float]
 
-    def resolve(self, grid_len: int) -> ScalingRule:
-        if self.rule.name == "none":
-            return self.rule
-        test = self.rule.test_len if self.rule.test_len is not None else (self.target or float(grid_len))
-        train = self.rule.train_len if self.rule.train_len is not None else self.train
-        return replace(self.rule, test_len=test, train_len=train)
+    def resolve(self, grid_len: int, sigma: Optional[float] = None) -> ScalingRule:
+        rule = self.rule.at(sigma) if isinstance(self.rule, TimeAware) else self.rule
+        if rule.name == "none":
+            return rule
+        test = rule.test_len if rule.test_len is not None else (self.target or float(grid_len))
+        train = rule.train_len if rule.train_len is not None else self.train
+        return replace(rule, test_len=test, train_len=train)
+
+    @property
+    def active(self) -> bool:
+        """Whether the axis has a rule other than ``none``."""
+        rules = self.rule.rules if isinstance(self.rule, TimeAware) else (self.rule,)
+        return any(r.name != "none" for r in rules)
 
 
 def needs_train(rule: ScalingRule) -> bool:
@@ -79,14 +121,18 @@ def needs_train(rule: ScalingRule) -> bool:
     return False
 
 
-def axis_rules(time: RuleLike, space) -> List[ScalingRule]:
-    rt = as_rule(time)
+def _as_axis_rule(rule):
+    return rule if isinstance(rule, TimeAware) else as_rule(rule)
+
+
+def axis_rules(time: RuleLike, space) -> List[Union[ScalingRule, TimeAware]]:
+    rt = _as_axis_rule(time)
     if isinstance(space, (tuple, list)):
         if len(space) != 2:
             raise ValueError(f"space must be one rule or a pair (height_rule, width_rule), got {space!r}")
-        rh, rw = as_rule(space[0]), as_rule(space[1])
+        rh, rw = _as_axis_rule(space[0]), _as_axis_rule(space[1])
     else:
-        rh = rw = as_rule(space)
+        rh = rw = _as_axis_rule(space)
     return [rt, rh, rw]
 
 
@@ -100,13 +146,14 @@ class RuleHandle:
         last_bands: per axis, the adjusted float64 bands (per RoPE position, highest first) at the last call.
     """
 
-    def __init__(self, host: str, model_class: str, axes: Sequence[Axis]):
+    def __init__(self, host: str, model_class: str, axes: Sequence[Axis], names: Sequence[str] = AXES):
         self.host = host
         self.model_class = model_class
-        self.axes: Dict[str, Axis] = dict(zip(AXES, axes))
+        self.axes: Dict[str, Axis] = dict(zip(names, axes))
         self.last_bands: Dict[str, torch.Tensor] = {}
         self._installed: List[Tuple[object, Callable[[], None]]] = []
         self.active = True
+        self.sigma: Optional[float] = None  # noise level of the current transformer call (TimeAware rules)
 
     def _add(self, target, undo: Callable[[], None]) -> None:
         self._installed.append((target, undo))
@@ -135,4 +182,4 @@ class RuleHandle:
 
     def resolve(self, sizes: Sequence[int]) -> List[ScalingRule]:
         """The rules with their lengths filled in for a grid of ``sizes`` RoPE positions per axis."""
-        return [ax.resolve(int(n)) for ax, n in zip(self.axes.values(), sizes)]
+        return [ax.resolve(int(n), self.sigma) for ax, n in zip(self.axes.values(), sizes)]
