@@ -45,6 +45,7 @@ from .handle import (
     to_latent,
     vae_scale_of,
 )
+from .support import REFUSED
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +65,19 @@ def detect_host(obj) -> Tuple[Adapter, object, Optional[object]]:
         pipe, model = obj, obj.transformer
     adapter = find_adapter(model, pipe)
     if adapter is None:
-        rope = getattr(model, "rope", None)
-        seen = f" (its rope: {type(rope).__name__})" if isinstance(rope, torch.nn.Module) else ""
+        why = ""
+        children = model.named_children() if isinstance(model, torch.nn.Module) else ()
+        for name, child in children:
+            reason = REFUSED.get(type(child).__name__)
+            if reason:
+                why = f" (its {name}: {type(child).__name__}: {reason})"
+                break
+        else:
+            rope = getattr(model, "rope", None)
+            why = f" (its rope: {type(rope).__name__})" if isinstance(rope, torch.nn.Module) else ""
         raise ValueError(
-            f"unsupported object {type(obj).__name__}{seen}: expected a diffusers video transformer or pipeline "
-            "with one of these RoPE layouts: " + "; ".join(SUPPORTED)
+            f"unsupported object {type(obj).__name__}{why}: expected a diffusers transformer or pipeline with one "
+            "of these RoPE layouts: " + "; ".join(SUPPORTED)
         )
     return adapter, model, pipe
 
