@@ -118,7 +118,7 @@ def support_rows() -> List[dict]:
                 row["adapter"] = adapter
                 row["note"] = note or ""
                 if adapter is None:
-                    fwd = getattr(type(rope), "forward", None) or getattr(type(rope), "__call__", None)
+                    fwd = getattr(type(rope), "forward", None) or type(rope).__call__
                     params = list(inspect.signature(fwd).parameters)[1:] if fwd is not None else []
                     row["note"] = REFUSED.get(rope_name) or (
                         f"no adapter matches `{attr}`: {type(rope).__name__}({', '.join(params)})")
