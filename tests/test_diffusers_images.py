@@ -113,3 +113,47 @@ def test_time_aware_scaling_picks_the_rule_by_noise_level(flux):
     with pytest.raises(ValueError, match="noise level"):
         vd.TimeAware(switch=1.5)
     assert math.isclose(vd.TimeAware().switch, 0.7)
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    torch.manual_seed(0)
+    return diffusers.QwenImageTransformer2DModel(
+        patch_size=1, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=16, num_attention_heads=1,
+        joint_attention_dim=8, axes_dims_rope=(4, 6, 6)).eval()
+
+
+@pytest.mark.parametrize("name", RULES)
+@torch.no_grad()
+def test_every_spatial_rule_on_qwen_image_equals_the_formula_and_undoes(qwen, name):
+    h, w, txt = 12, 8, 3  # tokens; trained at 4 x 4; rows / columns are signed, centred on 0 (scale_rope)
+    shapes = [[(1, h, w)]]
+
+    def call():
+        return qwen.pos_embed(shapes, device=torch.device("cpu"), max_txt_seq_len=txt)
+
+    ref = call()
+    with vd.apply_rule(qwen, space=RULE_CASES[name], height=h, width=w, train_height=4, train_width=4,
+                       units="token") as hd:
+        assert hd.host == "qwen-style"
+        vid, text = call()
+        rows = torch.cat([torch.arange(-(h - h // 2), 0), torch.arange(0, h // 2)]).repeat_interleave(w)
+        cols = torch.cat([torch.arange(-(w - w // 2), 0), torch.arange(0, w // 2)]).repeat(h)
+        text_pos = torch.arange(max(h // 2, w // 2), max(h // 2, w // 2) + txt)
+        for axis, (lo, n, pos) in {"height": (2, h, rows), "width": (5, w, cols)}.items():
+            rule = hd.axes[axis].resolve(n)
+            host = 1.0 / torch.pow(10000, torch.arange(0, 6, 2).to(torch.float32).div(6))
+            new = apply_rule(rope_freqs(6, 10000.0), rule, 10000.0, 6)
+            bands = torch.where(new != rope_freqs(6, 10000.0), new.float(), host)
+            fac = rule_attention_factor(rule)
+            for p, got in ((pos, vid), (text_pos, text)):
+                ang = torch.outer(p, bands)
+                assert torch.equal(got[:, lo:lo + 3], torch.polar(torch.full_like(ang, fac), ang)), axis
+        assert torch.equal(vid[:, :2], ref[0][:, :2])
+        if name != "none":
+            assert not _same((vid, text), ref)
+        x = dict(hidden_states=torch.randn(1, h * w, 4), encoder_hidden_states=torch.randn(1, txt, 8),
+                 encoder_hidden_states_mask=torch.ones(1, txt), timestep=torch.tensor([0.5]), img_shapes=shapes,
+                 return_dict=False)
+        assert torch.isfinite(qwen(**x)[0]).all()
+    assert _same(call(), ref) and not qwen.pos_embed._forward_hooks

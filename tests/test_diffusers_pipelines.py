@@ -92,3 +92,179 @@ def test_bf16_cast_wan_pipeline_takes_riflex_and_undoes_bit_exactly():
         ext = _run(pipe, **kw)
     assert ext.dtype == torch.bfloat16 and torch.isfinite(ext.float()).all() and not torch.equal(ext, plain)
     assert pipe.transformer.rope.freqs_cos is buf and torch.equal(_run(pipe, **kw), plain)
+
+
+def _flux_pipe():
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    clip = CLIPTextModel(CLIPTextConfig(vocab_size=len(WORDS) + 4, hidden_size=8, intermediate_size=8,
+                                        num_hidden_layers=1, num_attention_heads=1, max_position_embeddings=16,
+                                        projection_dim=8, eos_token_id=1, bos_token_id=1, pad_token_id=0)).eval()
+    t5 = _t5("T5EncoderModel", "T5Config")
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
+                        up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[4, 4], layers_per_block=1,
+                        latent_channels=1, norm_num_groups=1, sample_size=32, shift_factor=0.0,
+                        scaling_factor=1.0).eval()
+    tr = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                                num_attention_heads=1, joint_attention_dim=8, pooled_projection_dim=8,
+                                axes_dims_rope=(4, 6, 6)).eval()
+    return FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=clip,
+                        tokenizer=tokenizer(), text_encoder_2=t5, tokenizer_2=tokenizer(), transformer=tr)
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_flux_pipeline_above_training_resolution_with_and_without_a_rule():
+    pipe = _flux_pipe()
+    kw = dict(height=96, width=64, max_sequence_length=16, guidance_scale=1.0)  # trained at 32 x 32 px here
+    args = dict(prompt="a red cat", num_inference_steps=2, output_type="pt")
+
+    def run():
+        return _frames(pipe(**args, **kw, generator=torch.Generator().manual_seed(0)))
+
+    plain = run()
+    assert plain.shape[-2:] == (96, 64)
+    with vd.apply_rule(pipe, space="none"):
+        assert torch.equal(run(), plain)
+    vae_s = pipe.vae_scale_factor  # 2 here (two VAE blocks); tokens = pixels / (2 * vae_s)
+    with vd.apply_rule(pipe, space="yarn", train_height=32, train_width=32, units="pixel", vae_scale=(1, vae_s)) as h:
+        ext = run()
+        assert torch.equal(h.last_bands["height"][:1], torch.tensor([1.0], dtype=torch.float64))  # high band kept
+    assert torch.isfinite(ext).all() and not torch.equal(ext, plain)
+    with vd.apply_rule(pipe, space=vd.TimeAware("pi", "ntk_base"), train_height=32, train_width=32, units="pixel",
+                       vae_scale=(1, vae_s)):
+        timed = run()
+    assert not torch.equal(timed, plain) and not torch.equal(timed, ext)
+    assert torch.equal(run(), plain)
+
+
+def _cog15_pipe():
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLCogVideoX(in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+                                 up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(4, 4, 4, 4),
+                                 latent_channels=2, layers_per_block=1, norm_num_groups=2,
+                                 temporal_compression_ratio=4).eval()
+    # CogVideoX 1.5 layout (patch_size_t 2, "slice" grid); head dim 32: dim_t 8, bands 1, 0.1, ... (period 6)
+    tr = CogVideoXTransformer3DModel(num_attention_heads=1, attention_head_dim=32, in_channels=2, out_channels=2,
+                                     time_embed_dim=8, text_embed_dim=8, num_layers=1, sample_width=2,
+                                     sample_height=2, sample_frames=9, patch_size=1, patch_size_t=2,
+                                     use_rotary_positional_embeddings=True).eval()
+    return CogVideoXPipeline(tokenizer=tokenizer(), text_encoder=_t5("T5EncoderModel", "T5Config"), vae=vae,
+                             transformer=tr, scheduler=CogVideoXDDIMScheduler())
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_cogvideox15_pipeline_past_training_length_with_and_without_a_rule():
+    pipe = _cog15_pipe()
+    kw = dict(height=16, width=16, num_frames=49, max_sequence_length=16, guidance_scale=1.0,
+              use_dynamic_cfg=False)  # 49 video frames = 13 latent (training length here: 9 video frames)
+    args = dict(prompt="a cat runs", num_inference_steps=2, output_type="pt")
+
+    def run():
+        return _frames(pipe(**args, **kw, generator=torch.Generator().manual_seed(0)))
+
+    plain = run()
+    with vd.apply_rule(pipe, time="none"):
+        assert torch.equal(run(), plain)
+    with vd.apply_rule(pipe, time={"name": "riflex", "k": 1}, num_frames=49, units="pixel") as h:
+        ext = run()
+        assert h.last_bands["time"][0].item() == 0.9 * 2 * torch.pi / 7  # ceil(13 / 2) = 7 positions > 6
+    assert torch.isfinite(ext).all() and not torch.equal(ext, plain)
+    assert torch.equal(run(), plain)
+
+
+def _ltx_pipe():
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXPipeline,
+        LTXVideoTransformer3DModel,
+    )
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLLTXVideo(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(4, 4, 4, 4),
+        decoder_block_out_channels=(4, 4, 4, 4), layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1), spatio_temporal_scaling=(True, True, False, False),
+        decoder_spatio_temporal_scaling=(True, True, False, False), decoder_inject_noise=(False,) * 5,
+        upsample_residual=(False,) * 4, upsample_factor=(1,) * 4, timestep_conditioning=False, patch_size=1,
+        patch_size_t=1, encoder_causal=True, decoder_causal=False).eval()
+    tr = LTXVideoTransformer3DModel(in_channels=4, out_channels=4, num_attention_heads=1, attention_head_dim=26,
+                                    cross_attention_dim=26, num_layers=1, caption_channels=8).eval()
+    return LTXPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=_t5("T5EncoderModel",
+                       "T5Config"), tokenizer=tokenizer(), transformer=tr)
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_ltx_pipeline_past_training_length_with_and_without_a_rule():
+    pipe = _ltx_pipe()
+    frames = 4 * 12 + 1  # this tiny VAE compresses time 4x: 12 + 1 latent frames
+    kw = dict(height=32, width=32, num_frames=frames, max_sequence_length=16, guidance_scale=1.0)
+    args = dict(prompt="a cat runs", num_inference_steps=2, output_type="pt")
+
+    def run():
+        return _frames(pipe(**args, **kw, generator=torch.Generator().manual_seed(0)))
+
+    plain = run()
+    with vd.apply_rule(pipe, time="none"):
+        assert torch.equal(run(), plain)
+    with vd.apply_rule(pipe, time={"name": "riflex", "k": 1}) as h:  # L' = the latent frames at each call
+        ext = run()
+        assert h.last_bands["time"].shape == (4,)
+    assert torch.isfinite(ext).all() and not torch.equal(ext, plain)
+    assert torch.equal(run(), plain)
+
+
+def _hunyuan_pipe():
+    from diffusers import (
+        AutoencoderKLHunyuanVideo,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoPipeline,
+        HunyuanVideoTransformer3DModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+
+    torch.manual_seed(0)
+    llama = LlamaModel(LlamaConfig(vocab_size=len(WORDS) + 4, hidden_size=8, intermediate_size=8, num_hidden_layers=2,
+                                   num_attention_heads=1, num_key_value_heads=1, max_position_embeddings=256)).eval()
+    clip = CLIPTextModel(CLIPTextConfig(vocab_size=len(WORDS) + 4, hidden_size=8, intermediate_size=8,
+                                        num_hidden_layers=1, num_attention_heads=1, max_position_embeddings=77,
+                                        projection_dim=8, eos_token_id=1, bos_token_id=1, pad_token_id=0)).eval()
+    vae = AutoencoderKLHunyuanVideo(
+        in_channels=3, out_channels=3, latent_channels=2, down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+        up_block_types=("HunyuanVideoUpBlock3D",) * 4, block_out_channels=(4, 4, 4, 4), layers_per_block=1,
+        norm_num_groups=2, spatial_compression_ratio=8, temporal_compression_ratio=4, mid_block_add_attention=False,
+    ).eval()
+    tr = HunyuanVideoTransformer3DModel(
+        in_channels=2, out_channels=2, num_attention_heads=1, attention_head_dim=16, num_layers=1,
+        num_single_layers=1, num_refiner_layers=1, mlp_ratio=1.0, patch_size=1, patch_size_t=1,
+        guidance_embeds=True, text_embed_dim=8, pooled_projection_dim=8, rope_axes_dim=(8, 4, 4)).eval()
+    return HunyuanVideoPipeline(text_encoder=llama, tokenizer=tokenizer(256), transformer=tr, vae=vae,
+                                scheduler=FlowMatchEulerDiscreteScheduler(), text_encoder_2=clip,
+                                tokenizer_2=tokenizer(77))
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_hunyuanvideo_pipeline_past_training_length_with_and_without_a_rule():
+    pipe = _hunyuan_pipe()
+    kw = dict(height=16, width=16, num_frames=4 * 29 + 1, max_sequence_length=16)  # 30 latent frames
+    args = dict(prompt="a cat runs", num_inference_steps=2, output_type="pt")
+
+    def run():
+        return _frames(pipe(**args, **kw, generator=torch.Generator().manual_seed(0)))
+
+    plain = run()
+    with vd.apply_rule(pipe, time="none"):
+        assert torch.equal(run(), plain)
+    with vd.apply_rule(pipe, time="riflex", train_frames=15, num_frames=30) as h:  # k: smallest period >= 15
+        ext = run()
+        assert h.last_bands["time"][1].item() == min(0.25, 0.9 * 2 * torch.pi / 30)
+    assert torch.isfinite(ext).all() and not torch.equal(ext, plain)
+    assert torch.equal(run(), plain)

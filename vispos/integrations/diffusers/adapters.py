@@ -680,6 +680,25 @@ def _sigma_of(kwargs, args, position: int, scale: float) -> Optional[float]:
     return float(t) / scale
 
 
+def _timestep_hooks(handle, model, scale: float) -> list:
+    """For ``TimeAware`` rules: hooks on the transformer that hand its call's noise level to the rope hook."""
+    if not any(isinstance(ax.rule, TimeAware) for ax in handle.axes.values()):
+        return []
+    params = _forward_params(model)
+    if "timestep" not in params:
+        raise ValueError(f"{type(model).__name__}.forward has no timestep argument: a TimeAware rule needs it")
+    where = params.index("timestep")
+
+    def record(module, args, kwargs):
+        handle.sigma = _sigma_of(kwargs, args, where, scale)
+
+    def forget(module, args, kwargs, output):
+        handle.sigma = None
+
+    return [model.register_forward_pre_hook(record, with_kwargs=True),
+            model.register_forward_hook(forget, with_kwargs=True)]
+
+
 class IdsStyle(Adapter):
     """Image DiTs whose ``pos_embed.forward(ids)`` builds cos/sin from per-token ids ``(index, row, column)`` with
     ``theta`` and ``axes_dim`` (FLUX.1 and its copies). Rules act on the row / column axes (``space``); the first
@@ -722,21 +741,7 @@ class IdsStyle(Adapter):
         rope = model.pos_embed
         fd = self._host_dtype(rope)
         names = self.axes
-        hooks = []
-        if any(isinstance(ax.rule, TimeAware) for ax in handle.axes.values()):
-            params = _forward_params(model)
-            if "timestep" not in params:
-                raise ValueError(f"{type(model).__name__}.forward has no timestep argument: a TimeAware rule needs it")
-            where = params.index("timestep")
-
-            def record(module, args, kwargs):
-                handle.sigma = _sigma_of(kwargs, args, where, self.timestep_scale)
-
-            def forget(module, args, kwargs, output):
-                handle.sigma = None
-
-            hooks.append(model.register_forward_pre_hook(record, with_kwargs=True))
-            hooks.append(model.register_forward_hook(forget, with_kwargs=True))
+        hooks = _timestep_hooks(handle, model, self.timestep_scale)
 
         def post_hook(module, args, kwargs, output):
             ids = args[0] if args else kwargs["ids"]
@@ -761,9 +766,124 @@ class IdsStyle(Adapter):
         return undo
 
 
+# ------------------------------------------------------------------------------- image DiTs: Qwen-Image
+_QWEN_FORWARD = ["video_fhw", "device", "max_txt_seq_len"]
+
+
+def _qwen_bands(theta: float, d: int, device=None) -> torch.Tensor:
+    """Qwen-Image's float32 bands of one axis (``1 / theta^(2j/d)``)."""
+    return 1.0 / torch.pow(theta, torch.arange(0, d, 2, device=device).to(torch.float32).div(d))
+
+
+def _qwen_positions(rope, video_fhw, max_txt):
+    """Per axis, the positions of every image token (frame, row, column order; signed rows / columns centred on 0
+    with ``scale_rope``) and of the text tokens, as ``QwenEmbedRope.forward`` lays them out."""
+    fhws = video_fhw[0] if isinstance(video_fhw, list) else video_fhw
+    fhws = fhws if isinstance(fhws, list) else [fhws]
+    cols = [[], [], []]
+    max_vid, sizes = 0, [0, 0, 0]
+    for idx, (f, h, w) in enumerate(fhws):
+        if rope.scale_rope:
+            ph = torch.cat([torch.arange(-(h - h // 2), 0), torch.arange(0, h // 2)])
+            pw = torch.cat([torch.arange(-(w - w // 2), 0), torch.arange(0, w // 2)])
+            max_vid = max(h // 2, w // 2, max_vid)
+        else:
+            ph, pw = torch.arange(h), torch.arange(w)
+            max_vid = max(h, w, max_vid)
+        grid = torch.meshgrid(torch.arange(idx, idx + f), ph, pw, indexing="ij")
+        for i in range(3):
+            cols[i].append(grid[i].reshape(-1))
+        sizes = [max(sizes[0], idx + f), max(sizes[1], h), max(sizes[2], w)]
+    txt = torch.arange(max_vid, max_vid + int(max_txt))
+    return [torch.cat(c) for c in cols], txt, sizes
+
+
+class QwenStyle(Adapter):
+    """Qwen-Image: complex tables ``pos_freqs`` / ``neg_freqs`` for signed positions, read by
+    ``pos_embed.forward(video_fhw, device, max_txt_seq_len)``; text tokens continue after the image extent."""
+
+    name = "qwen-style"
+    layout = ("`transformer.pos_embed.forward(video_fhw, device, max_txt_seq_len)`: complex tables of signed "
+              "positions (`scale_rope`: rows / columns centred on 0), text after the image extent")
+    axes = ("index", "height", "width")
+    vae = (1, 8)
+    components = ("transformer",)
+    timestep_scale = 1.0  # QwenImagePipeline passes timestep / 1000
+
+    def match(self, model, pipe) -> bool:
+        rope = getattr(model, "pos_embed", None)
+        return (isinstance(rope, torch.nn.Module) and _forward_params(rope) == _QWEN_FORWARD
+                and _is_num(getattr(rope, "theta", None)) and len(getattr(rope, "axes_dim", ()) or ()) == 3
+                and all(isinstance(getattr(rope, t, None), torch.Tensor) and getattr(rope, t).is_complex()
+                        for t in ("pos_freqs", "neg_freqs")))
+
+    def target(self, model, pipe):
+        return model.pos_embed
+
+    def patch(self, model):
+        return 1, 2, 2  # QwenImagePipeline packs 2x2 latents per token
+
+    def n_components(self, model):
+        return tuple(int(d) // 2 for d in model.pos_embed.axes_dim)
+
+    def _verify(self, rope) -> None:
+        n = rope.pos_freqs.shape[0]
+        for name, index in (("pos_freqs", torch.arange(n)), ("neg_freqs", torch.arange(n).flip(0) * -1 - 1)):
+            table = torch.cat([torch.polar(torch.ones(n, int(d) // 2), torch.outer(index, _qwen_bands(rope.theta, d)))
+                               for d in rope.axes_dim], dim=1)
+            if not torch.equal(table, getattr(rope, name).detach().cpu()):
+                raise ValueError(f"{type(rope).__name__}.{name} is not Qwen-Image's table of theta {rope.theta}: the "
+                                 "model was changed after construction, vispos cannot adjust it safely")
+
+    def install(self, handle, model, pipe):
+        rope = model.pos_embed
+        self._verify(rope)
+        sig = inspect.signature(type(rope).forward)
+        names = self.axes
+        hooks = _timestep_hooks(handle, model, self.timestep_scale)
+
+        def post_hook(module, args, kwargs, output):
+            call = sig.bind(module, *args, **kwargs)
+            call.apply_defaults()
+            a = call.arguments
+            vid_pos, txt_pos, sizes = _qwen_positions(module, a["video_fhw"], a["max_txt_seq_len"])
+            rules = handle.resolve(sizes)
+            vid, txt = output
+            if all(r.name == "none" for r in rules):
+                for i in range(3):
+                    handle.last_bands[names[i]] = rope_freqs(int(module.axes_dim[i]), float(module.theta))
+                return None
+            vid_cols, txt_cols, start = [], [], 0
+            for i in range(3):
+                d = int(module.axes_dim[i])
+                host = _qwen_bands(module.theta, d, vid.device)
+                freqs, new64 = standard_bands(host, rules[i], float(module.theta), d)
+                attn = rule_attention_factor(rules[i])
+                handle.last_bands[names[i]] = new64
+                sl = slice(start, start + d // 2)
+                start += d // 2
+                if freqs is host and attn == 1.0:
+                    vid_cols.append(vid[:, sl])
+                    txt_cols.append(txt[:, sl])
+                    continue
+                for pos, out in ((vid_pos[i], vid_cols), (txt_pos, txt_cols)):
+                    ang = torch.outer(pos.to(vid.device), freqs)
+                    out.append(torch.polar(torch.full_like(ang, attn), ang))
+            return torch.cat(vid_cols, dim=1), torch.cat(txt_cols, dim=1)
+
+        hooks.append(rope.register_forward_hook(post_hook, with_kwargs=True))
+
+        def undo():
+            for h in reversed(hooks):
+                h.remove()
+            handle.sigma = None
+
+        return undo
+
+
 # --------------------------------------------------------------------------------------------------- table
 ADAPTERS: Tuple[Adapter, ...] = (HunyuanStyle(), WanStyle(), BandBufferStyle(), LTXStyle(), CogVideoXStyle(),
-                                  IdsStyle())
+                                  IdsStyle(), QwenStyle())
 
 
 def find_adapter(model, pipe=None) -> Optional[Adapter]:

@@ -35,7 +35,6 @@ REFUSED: Dict[str, str] = {
                                     "factors): not yet an adapter",
     "ChronoEditRotaryPosEmbed": "Wan-like buffers, but no `t_dim`/`h_dim`/`w_dim` and a two-frame special case in "
                                 "its forward",
-    "QwenEmbedRope": "complex tables for signed positions, cached per device (`lru_cache`): not yet an adapter",
     "QwenEmbedLayer3DRope": "complex tables for signed positions, cached per device (`lru_cache`): not yet an adapter",
 }
 
