@@ -35,7 +35,8 @@ REFUSED: Dict[str, str] = {
                                     "factors): not yet an adapter",
     "ChronoEditRotaryPosEmbed": "Wan-like buffers, but no `t_dim`/`h_dim`/`w_dim` and a two-frame special case in "
                                 "its forward",
-    "QwenEmbedLayer3DRope": "complex tables for signed positions, cached per device (`lru_cache`): not yet an adapter",
+    "QwenEmbedLayer3DRope": "Qwen-Image layered variant: images stacked on the index axis, forward(video_fhw, "
+                            "max_txt_seq_len, device); not yet an adapter",
 }
 
 _ROPE_NAME = ("Rot", "RoPE", "Rope", "PosEmbed")
