@@ -334,3 +334,43 @@ def test_explicit_frame_indices_framepack_and_helios():
         assert _same(call(model), ref)
     with pytest.raises(ValueError, match="attn_factor=False"):
         vd.apply_rule(helios, time="yarn", train_frames=10)
+
+
+@torch.no_grad()
+def test_consisid_pipeline_rope_takes_riflex_like_cogvideox():
+    """ConsisID builds RoPE in its pipeline exactly as CogVideoX 1.0 (no patch_size_t): the same adapter serves it."""
+    import ast
+    from pathlib import Path
+
+    import diffusers.pipelines.consisid as pkg
+    from diffusers.models.embeddings import get_3d_rotary_pos_embed
+
+    src = (Path(pkg.__file__).parent / "pipeline_consisid.py").read_text()
+    nodes = [n for n in ast.walk(ast.parse(src)) if isinstance(n, ast.FunctionDef)
+             and n.name in ("get_resize_crop_region_for_grid", "_prepare_rotary_positional_embeddings")]
+    ns = {"torch": torch, "get_3d_rotary_pos_embed": get_3d_rotary_pos_embed}
+    exec(compile(ast.Module(body=nodes, type_ignores=[]), "pipeline_consisid.py", "exec"), ns)
+
+    class Pipe:  # the attributes ConsisIDPipeline's RoPE method reads (its text encoder is not needed)
+        vae_scale_factor_spatial = 8
+        _prepare_rotary_positional_embeddings = ns["_prepare_rotary_positional_embeddings"]
+
+        def __init__(self, transformer):
+            self.transformer = transformer
+
+    torch.manual_seed(0)
+    model = diffusers.ConsisIDTransformer3DModel(
+        num_attention_heads=1, attention_head_dim=32, in_channels=2, out_channels=2, time_embed_dim=8,
+        text_embed_dim=8, num_layers=1, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
+        use_rotary_positional_embeddings=True).eval()
+    pipe = Pipe(model)
+    ref = pipe._prepare_rotary_positional_embeddings(32, 48, 24, "cpu")
+    with vd.apply_rule(pipe, time="none") as h:
+        assert h.host == "cogvideox-pipeline" and _same(pipe._prepare_rotary_positional_embeddings(32, 48, 24, "cpu"),
+                                                         ref)
+    with vd.apply_rule(pipe, time={"name": "riflex", "k": 1}, num_frames=24) as h:
+        cos, _ = pipe._prepare_rotary_positional_embeddings(32, 48, 24, "cpu")
+        pos = torch.linspace(0, 24 * 23 / 24, 24).repeat_interleave(6)
+        assert torch.equal(cos[:, 0], torch.cos(pos * torch.tensor(0.9 * 2 * math.pi / 24, dtype=torch.float32)))
+        assert torch.equal(cos[:, 2:], ref[0][:, 2:])
+    assert _same(pipe._prepare_rotary_positional_embeddings(32, 48, 24, "cpu"), ref)

@@ -535,7 +535,7 @@ def cog_cos_sin(model, axes: Sequence[Axis], latent_frames: int, grid_h: int, gr
     """CogVideoX's pipeline RoPE (1.0 ``linspace`` grid without ``patch_size_t``, 1.5 ``slice`` grid with it),
     with the axes' rules applied; grids beyond the base size extend the same positions."""
     cfg = model.config
-    p, p_t = int(cfg.patch_size), cfg.patch_size_t
+    p, p_t = int(cfg.patch_size), getattr(cfg, "patch_size_t", None)
     base_w, base_h = cfg.sample_width // p, cfg.sample_height // p
     f32 = torch.float32
     if p_t is None:
@@ -575,12 +575,13 @@ def cog_cos_sin(model, axes: Sequence[Axis], latent_frames: int, grid_h: int, gr
 
 
 _COG_METHOD = "_prepare_rotary_positional_embeddings"
-_COG_CONFIG = ("patch_size", "patch_size_t", "attention_head_dim", "sample_width", "sample_height",
-               "use_rotary_positional_embeddings")
+_COG_CONFIG = ("patch_size", "attention_head_dim", "sample_width", "sample_height", "use_rotary_positional_embeddings")
+_COG_SIGNATURE = ["height", "width", "num_frames", "device"]
 
 
 class CogVideoXStyle(Adapter):
-    """RoPE built by the pipeline's ``_prepare_rotary_positional_embeddings`` (CogVideoX 1.0 / 1.5)."""
+    """RoPE built by the pipeline's ``_prepare_rotary_positional_embeddings(height, width, num_frames, device)``
+    (CogVideoX 1.0 / 1.5 and the pipelines that copy it, e.g. ConsisID)."""
 
     name = "cogvideox-pipeline"
     layout = ("the pipeline's `_prepare_rotary_positional_embeddings(height, width, num_frames, device)` builds "
@@ -599,11 +600,14 @@ class CogVideoXStyle(Adapter):
             return False
         if not all(hasattr(cfg, a) for a in _COG_CONFIG):
             return False
-        return pipe is None or callable(getattr(pipe, _COG_METHOD, None))
+        if pipe is None:
+            return True
+        method = getattr(pipe, _COG_METHOD, None)
+        return callable(method) and list(inspect.signature(method).parameters) == _COG_SIGNATURE
 
     def patch(self, model):
         p = int(model.config.patch_size)
-        return int(model.config.patch_size_t or 1), p, p
+        return int(getattr(model.config, "patch_size_t", None) or 1), p, p
 
     def positions(self, model, axis, latent):
         if latent is not None and axis == 0:
