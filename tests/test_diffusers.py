@@ -330,15 +330,35 @@ def test_ltx_off_riflex_only_kth_and_undo(ltx):
 
 
 @torch.no_grad()
-def test_ltx_video_coords_needs_rule_none(ltx):
-    x = _ltx_inputs(3)
-    coords = torch.zeros(1, 3, 6)
-    with vd.apply_rule(ltx, time={"name": "riflex", "k": 1}, num_frames=3):
-        with pytest.raises(ValueError, match="video_coords"):
-            ltx.rope(x["hidden_states"], video_coords=coords)
+def test_ltx_video_coords_take_rules_as_positions(ltx):
+    """Explicit video_coords (the LTX condition pipeline): positions in units of the median coordinate gap. On the
+    coordinates of a regular grid a rule gives the regular-grid mode's tables (to float32 rounding of the step)."""
+    frames = 40
+    x = _ltx_inputs(frames)
+    s_t = 8 / 25
+    idx = torch.arange(frames, dtype=torch.float32).repeat_interleave(2)
+    coords = torch.stack([idx * s_t * 1, torch.zeros_like(idx), torch.tensor([0.0, 32.0] * frames)])[None]
     ref = ltx.rope(x["hidden_states"], video_coords=coords)
     with vd.apply_rule(ltx):
-        assert _same(ltx.rope(x["hidden_states"], video_coords=coords), ref)
+        assert _same(ltx.rope(x["hidden_states"], video_coords=coords), ref)  # rule off: diffusers' own
+    rule = {"name": "riflex", "k": 3}
+    with vd.apply_rule(ltx, time=rule) as h:
+        got = ltx.rope(x["hidden_states"], video_coords=coords)
+        coords_band = h.last_bands["time"].clone()
+        grid_mode = _ltx_rope(ltx, x)
+        grid_band = h.last_bands["time"].clone()
+    assert not _same(got, ref)
+    assert torch.allclose(coords_band, grid_band, rtol=1e-6, atol=0)
+    assert torch.allclose(got[0], grid_mode[0], atol=2e-5) and torch.allclose(got[1], grid_mode[1], atol=2e-5)
+    changed = [c for c in range(got[0].shape[-1]) if not torch.equal(got[0][..., c], ref[0][..., c])]
+    assert changed == [8, 9]  # only the k-th time band
+    # a clamped first frame (coordinates 0, 1/25, 9/25, ...) does not change the step: the median gap is 8/25
+    clamped = coords.clone()
+    clamped[0, 0] = ((idx * 8 + 1 - 8).clamp(min=0)) / 25
+    with vd.apply_rule(ltx, time=rule) as h:
+        ltx.rope(x["hidden_states"], video_coords=clamped)
+        assert torch.allclose(h.last_bands["time"], grid_band, rtol=1e-6, atol=0)
+    assert _same(ltx.rope(x["hidden_states"], video_coords=coords), ref)
 
 
 # ------------------------------------------------------------------------------------------------------ errors

@@ -408,17 +408,45 @@ def _ltx_merge(freqs: torch.Tensor, theta64: torch.Tensor, new64: torch.Tensor, 
     return torch.where(changed, omega_new, freqs)
 
 
-def _ltx_tables(rope, hidden_states, num_frames, height, width, ris, rules: Sequence[ScalingRule], handle=None):
+def _coords_grid(rope, video_coords: torch.Tensor) -> torch.Tensor:
+    """LTX's normalised grid ``(B, N, 3)`` from explicit ``video_coords`` ``(B, 3, N)``, as its forward builds it."""
+    return torch.stack([video_coords[:, 0] / rope.base_num_frames, video_coords[:, 1] / rope.base_height,
+                        video_coords[:, 2] / rope.base_width], dim=-1)
+
+
+def _coords_steps(grid: torch.Tensor) -> Tuple[List[float], List[int]]:
+    """Per axis of explicit coordinates: the step of one position (the median gap between distinct coordinates,
+    so a clamped first frame does not set it) and the number of positions (the distinct coordinates, or the span
+    in steps when gaps make that longer)."""
+    steps, sizes = [], []
+    for a in range(3):
+        vals = torch.unique(grid[..., a].detach().to(torch.float64).cpu())
+        if vals.numel() < 2:
+            steps.append(1.0)
+            sizes.append(1)
+            continue
+        step = float(torch.median(vals[1:] - vals[:-1]))
+        steps.append(step)
+        sizes.append(max(vals.numel(), int(round(float(vals[-1] - vals[0]) / step)) + 1))
+    return steps, sizes
+
+
+def _ltx_tables(rope, hidden_states, num_frames, height, width, ris, rules: Sequence[ScalingRule], handle=None,
+                grid=None, steps=None):
+    """LTX's cos/sin with the rules applied: on its regular grid (``rope_interpolation_scale``), or on an explicit
+    normalised ``grid`` with per-axis position ``steps`` (``video_coords``)."""
     dev = hidden_states.device
-    grid = rope._prepare_video_coords(hidden_states.size(0), num_frames, height, width,
-                                      rope_interpolation_scale=ris, device=dev)
+    if grid is None:
+        grid = rope._prepare_video_coords(hidden_states.size(0), num_frames, height, width,
+                                          rope_interpolation_scale=ris, device=dev)
+        steps = [_ltx_step(ris, a, rope) for a in range(3)]
     n = rope.dim // 6
     freqs = rope.theta ** torch.linspace(math.log(1.0, rope.theta), math.log(rope.theta, rope.theta), n,
                                          device=dev, dtype=torch.float32)
     freqs = freqs * math.pi / 2.0
     per_axis, attn = [], []
     for a in range(3):
-        step = _ltx_step(ris, a, rope)
+        step = steps[a]
         theta64 = ltx_bands(rope.theta, rope.dim, step)
         if rules[a].name == "none":
             per_axis.append(freqs)
@@ -481,10 +509,15 @@ class LTXStyle(Adapter):
     def _verify(self, rope) -> None:
         hs = torch.zeros(1, 2 * 2 * 3, 1)
         args = (hs, 2, 2, 3, (8 / 25, 32, 32))
+        coords = torch.rand(1, 3, 12, generator=torch.Generator().manual_seed(0)) * 40
+        none = [ScalingRule("none")] * 3
         with torch.no_grad():
             ref = type(rope).forward(rope, *args)
-            got = _ltx_tables(rope, *args, [ScalingRule("none")] * 3)
-        if not all(torch.equal(a, b) for a, b in zip(got, ref)):
+            got = _ltx_tables(rope, *args, none)
+            ref_c = type(rope).forward(rope, hs, video_coords=coords)
+            grid = _coords_grid(rope, coords)
+            got_c = _ltx_tables(rope, hs, None, None, None, None, none, grid=grid, steps=_coords_steps(grid)[0])
+        if not all(torch.equal(a, b) for a, b in zip((*got, *got_c), (*ref, *ref_c))):
             raise ValueError(f"{type(rope).__name__} looks LTX-style (its forward signature and attributes) but its "
                              "output differs from LTX-Video's RoPE: vispos cannot adjust it safely")
 
@@ -497,16 +530,18 @@ class LTXStyle(Adapter):
             call = sig.bind(module, *args, **kwargs)
             call.apply_defaults()
             a = call.arguments
-            active = any(ax.rule.name != "none" for ax in handle.axes.values())
-            if a["video_coords"] is not None:
-                if active:
-                    raise ValueError("LTX-Video with video_coords: vispos rules need rope_interpolation_scale mode "
-                                     "(positions on a regular grid); only the rule 'none' is supported here")
-                return None
+            active = any(ax.active for ax in handle.axes.values())
             if not active:
                 return None
-            rules = handle.resolve([a["num_frames"], a["height"], a["width"]])
             hs = a["hidden_states"]
+            if a["video_coords"] is not None:
+                # explicit coordinates (the LTX condition pipeline): positions in units of the median coordinate
+                # gap per axis, so a rule sees how many positions the coordinates span
+                grid = _coords_grid(module, a["video_coords"])
+                steps, sizes = _coords_steps(grid)
+                return _ltx_tables(module, hs, None, None, None, None, handle.resolve(sizes), handle, grid=grid,
+                                   steps=steps)
+            rules = handle.resolve([a["num_frames"], a["height"], a["width"]])
             if output[0].shape[1] != a["num_frames"] * a["height"] * a["width"]:
                 raise RuntimeError(f"{type(module).__name__} returned {output[0].shape[1]} positions for its grid: a "
                                    "hook inside its forward (context parallelism?) changed them; vispos rules need "
