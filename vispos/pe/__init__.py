@@ -1,18 +1,15 @@
-"""PE families. Each module pairs pure functions with a thin module and registers its names.
+"""PE families. Each module pairs pure functions with a thin module and registers its class
+(:func:`vispos.pe.registry.register_family`).
 
-Importing this package registers every family (see :func:`vispos.list_pes`).
+Importing this package imports every module in it, so every family is registered (see :func:`vispos.list_pes`):
+a new family is one new file here.
 """
-from . import (
-    absolute,  # noqa: E402,F401  (ape, ape_sincos)
-    alibi,  # noqa: E402,F401  (alibi)
-    comrope,  # noqa: E402,F401  (comrope)
-    conditional,  # noqa: E402,F401  (peg)
-    global_local,  # noqa: E402,F401  (glpe)
-    lape,  # noqa: E402,F401  (lape)
-    lie_rope,  # noqa: E402,F401  (lie_rope)
-    relative,  # noqa: E402,F401  (rel_decomposed)
-    rope,  # noqa: E402,F401  (registers rope_axial, rope_mixed, vope)
-)
+import importlib as _importlib
+import pkgutil as _pkgutil
+
 from .base import HOOKS, PECombination, PositionalEmbedding, find_member
+
+for _m in sorted(_pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    _importlib.import_module(f"{__name__}.{_m.name}")
 
 __all__ = ["HOOKS", "PECombination", "PositionalEmbedding", "find_member"]

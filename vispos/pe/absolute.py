@@ -27,6 +27,7 @@ from torch import nn
 
 from ..grid import COORD_MODES, GridLayout, as_layout, check_grid_shape, grid_coords
 from .base import PositionalEmbedding, check_tokens_3d
+from .registry import register_family
 
 __all__ = [
     "RESAMPLE_MODES",
@@ -471,6 +472,8 @@ class AbsolutePE(_TokenPE):
     """
 
     name = "ape"
+    family = "absolute"
+    description = "learned absolute PE (ViT/DeiT pos_embed), resampled bicubic/bilinear/area/trilinear; RO-ViT crop_aug"
 
     def __init__(
         self,
@@ -539,6 +542,62 @@ class AbsolutePE(_TokenPE):
     def table_prefix(self) -> int:
         """Prefix rows stored in ``pos_embed``."""
         return self.num_prefix if self.embed_prefix else 0
+
+    # ---- a host's absolute table (see vispos.pe.host) -----------------------------------------------------------
+    @classmethod
+    def options_from_host(cls, host) -> dict:
+        """The host's prefix convention (rows for prefix tokens or not) and its resampling antialias."""
+        out = dict(antialias=bool(host.resample.get("antialias", False)))
+        if host.num_prefix:
+            out["embed_prefix"] = bool(host.prefix_in_table)
+        return out
+
+    def no_weight_decay(self) -> set:
+        """The table is not decayed (as timm's ``pos_embed``)."""
+        return {"pos_embed"}
+
+    @torch.no_grad()
+    def state_from_host(self, host, path: str) -> dict:
+        """``pos_embed`` from the host's ``abs_table``: resampled to this grid if it was saved at another, prefix rows
+        copied, set to zero (host without prefix rows: same output) or dropped (``embed_prefix=False``)."""
+        t = host.peek("abs_table")
+        if t is None:
+            return {}
+        table, src_prefix = t.table, t.prefix_rows
+        dst_prefix = self.table_prefix
+        if src_prefix not in (0, host.num_prefix) or dst_prefix not in (0, host.num_prefix) \
+                or table.shape[-1] != self.dim or table.shape[1] != src_prefix + math.prod(t.grid):
+            raise ValueError(f"cannot map the host's {t.source} {tuple(table.shape)} (grid {tuple(t.grid)}, "
+                             f"{src_prefix} prefix rows) onto {path}.pos_embed {tuple(self.pos_embed.shape)} for "
+                             f"grid {self.grid} with {host.num_prefix} prefix tokens")
+        host.take("abs_table", f"{path}.pos_embed")
+        if tuple(t.grid) != tuple(self.grid):
+            table = resample_abs_pe(table, self.grid, tuple(t.grid), src_prefix, host.resample.get("mode", "bicubic"),
+                                    bool(host.resample.get("antialias", False)))
+            host.log("%s resampled from grid %s to %s", t.source, tuple(t.grid), self.grid)
+        dst = torch.zeros_like(self.pos_embed)
+        dst[:, dst_prefix:] = table[:, src_prefix:].to(dst.dtype)
+        what = "copied"
+        if dst_prefix and src_prefix:
+            dst[:, :dst_prefix] = table[:, :src_prefix].to(dst.dtype)
+        elif dst_prefix:
+            what = "copied, prefix rows set to zero (host without prefix rows: same output)"
+        elif src_prefix:
+            what = f"copied, {src_prefix} prefix rows dropped (embed_prefix=False: outputs change)"
+        host.log("%s %s -> %s.pos_embed %s (%s)", t.source, tuple(t.table.shape), path, tuple(dst.shape), what)
+        return {"pos_embed": dst}
+
+    def resize_state(self, name: str, tensor: torch.Tensor, host) -> Optional[torch.Tensor]:
+        """A ``pos_embed`` saved at another (square) grid, resampled to this one."""
+        if name != "pos_embed" or tensor.dim() != 3 or tensor.shape[2] != self.dim:
+            return None
+        n = tensor.shape[1] - self.table_prefix
+        side = int(round(math.sqrt(n))) if n > 0 else 0
+        if side * side != n or len(self.grid) != 2:
+            raise ValueError(f"checkpoint pos_embed {tuple(tensor.shape)} has {n} patch rows, not a square grid; "
+                             f"cannot tell its grid")
+        host.log("checkpoint pos_embed resampled from grid %s to %s", (side, side), self.grid)
+        return resample_abs_pe(tensor, self.grid, (side, side), self.table_prefix, self.mode or "bicubic", True)
 
     def _check(self, layout: GridLayout) -> None:
         self.check_layout(layout)
@@ -630,6 +689,8 @@ class SinCosPE(_TokenPE):
 
     _table_attrs = frozenset({"coords", "ref_shape", "temperature", "style", "interpolation_scale"})
     name = "ape_sincos"
+    family = "absolute"
+    description = "fixed sin-cos APE (MAE/timm 2D, CogVideoX/Latte 3D), recomputed at any coords, fixed position scale"
 
     def __init__(self, dim: int, grid: Sequence[int], num_prefix: int = 0, temperature: float = 10000.0,
                  style: Optional[str] = None, coords="index", ref_shape=None, interpolation_scale=1.0,
@@ -704,20 +765,15 @@ class SinCosPE(_TokenPE):
 
 
 # ---- registry --------------------------------------------------------------------------------------------------
-from ..registry import option_names, register_pe  # noqa: E402
-
-
-@register_pe("ape", "absolute", (2, 3), ("token",),
-             "learned absolute PE (ViT/DeiT pos_embed), resampled bicubic/bilinear/area/trilinear; RO-ViT crop_aug")
 def build_ape(*, dim=None, grid=None, num_prefix=0, device=None, dtype=None, **kwargs):
     return AbsolutePE(dim, grid, num_prefix=num_prefix, device=device, dtype=dtype, **kwargs)
 
 
-@register_pe("ape_sincos", "absolute", (2, 3), ("token",),
-             "fixed sin-cos APE (MAE/timm 2D, CogVideoX/Latte 3D), recomputed at any coords, fixed position scale")
 def build_ape_sincos(*, dim=None, grid=None, num_prefix=0, device=None, dtype=None, **kwargs):
     return SinCosPE(dim, grid, num_prefix=num_prefix, device=device, dtype=dtype, **kwargs)
 
 
-build_ape.accepts = option_names(build_ape, AbsolutePE.__init__)
-build_ape_sincos.accepts = option_names(build_ape_sincos, SinCosPE.__init__)
+
+
+register_family(AbsolutePE, build_ape)
+register_family(SinCosPE, build_ape_sincos)

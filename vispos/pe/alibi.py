@@ -24,6 +24,7 @@ import torch
 from ..grid import GridLayout, as_layout, grid_coords
 from ..ops.attention import DecomposedBias
 from .base import PositionalEmbedding
+from .registry import register_family
 
 __all__ = ["ALIBI_DISTANCES", "alibi_slopes", "alibi_factors", "alibi_dense", "ALiBi"]
 
@@ -120,6 +121,8 @@ class ALiBi(PositionalEmbedding):
     """
 
     name = "alibi"
+    family = "relative"
+    description = "2D/3D ALiBi: bias -m_h * distance per head, geometric slopes; Manhattan decomposed, Euclidean dense"
     hooks = frozenset({"bias"})
 
     def __init__(self, num_heads: int, ndim: int = 2, distance: str = "manhattan",
@@ -171,11 +174,6 @@ class ALiBi(PositionalEmbedding):
 
 
 # ---- registry --------------------------------------------------------------------------------------------------
-from ..registry import option_names, register_pe  # noqa: E402
-
-
-@register_pe("alibi", "relative", (2, 3), ("bias",),
-             "2D/3D ALiBi: bias -m_h * distance per head, geometric slopes; Manhattan decomposed, Euclidean dense")
 def build_alibi(*, num_heads=None, grid=None, ndim=None, device=None, dtype=None, **kwargs):
     if num_heads is None:
         raise ValueError("alibi needs num_heads= (one slope per head)")
@@ -183,4 +181,4 @@ def build_alibi(*, num_heads=None, grid=None, ndim=None, device=None, dtype=None
     return ALiBi(num_heads, nd, device=device, dtype=dtype, **kwargs)
 
 
-build_alibi.accepts = option_names(build_alibi, ALiBi.__init__)
+register_family(ALiBi, build_alibi)

@@ -150,6 +150,33 @@ class PositionalEmbedding(nn.Module):
     def members(self) -> Sequence["PositionalEmbedding"]:
         return (self,)
 
+    # ---- what a family knows about a host's PE (see :mod:`vispos.pe.host`) -------------------------------------
+    @classmethod
+    def options_from_host(cls, host) -> dict:
+        """Build options that fit a host (:class:`vispos.pe.host.HostPE`): defaults the user's options override
+        (e.g. an axial RoPE takes the base and pairing of the host's rotary module). Default: none."""
+        return {}
+
+    def state_from_host(self, host, path: str) -> dict:
+        """This PE's parameters (``{name: tensor}``, names relative to this module) from the host's own PE state,
+        taking the roles it uses with ``host.take(role, path)`` and logging what it did with ``host.log``.
+        ``path`` is this module's name in the host (for log lines). Default: nothing."""
+        return {}
+
+    def identity_state(self) -> dict:
+        """Parameters (``{name: tensor}``) that make this PE the identity, for loading a host checkpoint that
+        cannot contain them (e.g. PEG's zero convolution). Default: none (parameters stay as initialised)."""
+        return {}
+
+    def resize_state(self, name: str, tensor: torch.Tensor, host) -> Optional[torch.Tensor]:
+        """``tensor``, a checkpoint value of this PE's parameter ``name`` saved at another grid, at this PE's
+        shape (e.g. an APE table resampled, a rel-pos table resized); ``None`` if this PE cannot adapt it."""
+        return None
+
+    def no_weight_decay(self) -> set:
+        """Names (relative to this module) of parameters an optimizer should not decay. Default: none."""
+        return set()
+
     #: what :meth:`param_block` returns for a parameter shared by every block (e.g. RoPE-Mixed's ``freqs``)
     ALL_BLOCKS = "all"
 

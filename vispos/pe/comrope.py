@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .lie_rope import GeneratorRoPE, _geometry, skew
+from .registry import register_family
 
 __all__ = ["COMROPE_MODES", "ComRoPE"]
 
@@ -52,6 +53,9 @@ class ComRoPE(GeneratorRoPE):
     """
 
     name = "comrope"
+    family = "rope"
+    description = "ComRoPE: exp(sum_i p_i A_i) with learned commuting generators (linearly dependent or axis-partition)"
+    build_sets = ("train_shape",)  # the builder sets it from grid=
 
     def __init__(self, head_dim: int, depth: int, num_heads: int, ndim: int = 2, mode: str = "ld",
                  block_size: Optional[int] = None, base: Optional[float] = None, init_noise: float = 0.02,
@@ -117,11 +121,6 @@ class ComRoPE(GeneratorRoPE):
 
 
 # ---- registry --------------------------------------------------------------------------------------------------
-from ..registry import option_names, register_pe  # noqa: E402
-
-
-@register_pe("comrope", "rope", (2, 3), ("qk",),
-             "ComRoPE: exp(sum_i p_i A_i) with learned commuting generators (linearly dependent or axis-partition)")
 def build_comrope(*, dim=None, num_heads=None, depth=None, grid=None, head_dim=None, ndim=None, device=None,
                   dtype=None, **kwargs):
     hd = _geometry("comrope", dim, num_heads, depth, head_dim)
@@ -129,4 +128,4 @@ def build_comrope(*, dim=None, num_heads=None, depth=None, grid=None, head_dim=N
     return ComRoPE(hd, depth, num_heads, nd, train_shape=grid, device=device, dtype=dtype, **kwargs)
 
 
-build_comrope.accepts = tuple(n for n in option_names(build_comrope, ComRoPE.__init__) if n != "train_shape")
+register_family(ComRoPE, build_comrope)

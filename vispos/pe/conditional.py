@@ -19,6 +19,7 @@ from torch import nn
 
 from ..grid import GridLayout, as_layout
 from .base import PositionalEmbedding, check_tokens_3d
+from .registry import register_family
 
 __all__ = ["check_kernel_size", "tokens_to_grid", "grid_to_tokens", "apply_peg", "peg_init_std", "PEG"]
 
@@ -96,6 +97,8 @@ class PEG(PositionalEmbedding):
     """
 
     name = "peg"
+    family = "conditional"
+    description = "CPVT PEG: depthwise conv + residual over the patch grid after block 0 (Conv3d for video)"
     hooks = frozenset({"block"})
 
     def __init__(self, dim: int, ndim: int = 2, kernel_size: int = 3, blocks: Sequence[int] = (0,),
@@ -133,6 +136,15 @@ class PEG(PositionalEmbedding):
         """``convs.<j>.*`` belongs to the block it follows (``blocks[j]``)."""
         return self._indexed_block(name, "convs", self._blocks)
 
+    @classmethod
+    def options_from_host(cls, host) -> dict:
+        """Converting pretrained weights: start as the identity (``zero_init``), so the host's output is kept."""
+        return dict(zero_init=True) if host.convert else {}
+
+    def identity_state(self) -> dict:
+        """Zero convolutions: the PEG adds nothing."""
+        return {n: torch.zeros_like(p) for n, p in self.named_parameters()}
+
     def reset_parameters(self) -> None:
         std = peg_init_std(self.kernel_size, self.ndims[0])
         for c in self.convs:
@@ -164,11 +176,6 @@ class PEG(PositionalEmbedding):
 
 
 # ---- registry --------------------------------------------------------------------------------------------------
-from ..registry import option_names, register_pe  # noqa: E402
-
-
-@register_pe("peg", "conditional", (2, 3), ("block",),
-             "CPVT PEG: depthwise conv + residual over the patch grid after block 0 (Conv3d for video)")
 def build_peg(*, dim=None, depth=None, grid=None, ndim=None, device=None, dtype=None, **kwargs):
     if grid is not None and ndim is not None and ndim != len(grid):
         raise ValueError(f"peg: ndim={ndim} disagrees with grid {tuple(grid)}")
@@ -176,4 +183,4 @@ def build_peg(*, dim=None, depth=None, grid=None, ndim=None, device=None, dtype=
     return PEG(dim, ndim=nd, depth=depth, device=device, dtype=dtype, **kwargs)
 
 
-build_peg.accepts = option_names(build_peg, PEG.__init__)
+register_family(PEG, build_peg)

@@ -25,6 +25,7 @@ from torch import nn
 from ..grid import as_layout, grid_coords
 from .base import PositionalEmbedding, check_tokens_3d
 from .conditional import check_kernel_size, grid_to_tokens
+from .registry import register_family
 
 __all__ = ["glpe_axis_dims", "build_glpe_sincos", "apply_glpe_global", "apply_glpe_local", "GlobalLocalPE"]
 
@@ -129,6 +130,8 @@ class GlobalLocalPE(PositionalEmbedding):
     """
 
     name = "glpe"
+    family = "global_local"
+    description = "ResFormer global-local PE: (0, 2π]-normalised sin-cos + conv, zero-init conv on V per layer"
     hooks = frozenset({"token", "value"})
 
     def __init__(self, dim: int, num_heads: int, depth: int, ndim: int = 2, per_head: bool = False,
@@ -206,11 +209,6 @@ class GlobalLocalPE(PositionalEmbedding):
 
 
 # ---- registry --------------------------------------------------------------------------------------------------
-from ..registry import option_names, register_pe  # noqa: E402
-
-
-@register_pe("glpe", "global_local", (2, 3), ("token", "value"),
-             "ResFormer global-local PE: (0, 2π]-normalised sin-cos + conv, zero-init conv on V per layer")
 def build_glpe(*, dim=None, num_heads=None, depth=None, grid=None, ndim=None, device=None, dtype=None, **kwargs):
     if dim is None or num_heads is None or depth is None:
         raise ValueError("glpe needs dim=, num_heads= and depth=")
@@ -220,4 +218,4 @@ def build_glpe(*, dim=None, num_heads=None, depth=None, grid=None, ndim=None, de
     return GlobalLocalPE(dim, num_heads, depth, ndim=nd, device=device, dtype=dtype, **kwargs)
 
 
-build_glpe.accepts = option_names(build_glpe, GlobalLocalPE.__init__)
+register_family(GlobalLocalPE, build_glpe)

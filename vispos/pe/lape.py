@@ -24,6 +24,7 @@ from torch import nn
 
 from ..grid import as_layout
 from .base import PositionalEmbedding, check_tokens_3d
+from .registry import build_pe, register_family
 
 __all__ = ["lape_chain", "LaPE"]
 
@@ -68,6 +69,9 @@ class LaPE(PositionalEmbedding):
     """
 
     name = "lape"
+    family = "lape"
+    description = "LaPE: a base APE normalised by its own chained LayerNorm per block, added to the attention input only"
+    list_source = ("base", ("ape", "ape_sincos"))  # in a PE list, the APE member becomes the base
     hooks = frozenset({"attn_input"})
 
     def __init__(self, base: PositionalEmbedding, depth: int, sharing: bool = False, init: str = "default",
@@ -174,11 +178,6 @@ class LaPE(PositionalEmbedding):
 
 
 # ---- registry --------------------------------------------------------------------------------------------------
-from ..registry import option_names, register_pe  # noqa: E402
-
-
-@register_pe("lape", "lape", (2, 3), ("attn_input",),
-             "LaPE: a base APE normalised by its own chained LayerNorm per block, added to the attention input only")
 def build_lape(*, dim=None, num_heads=None, depth=None, grid=None, num_prefix=0, device=None, dtype=None,
                base: Union[str, PositionalEmbedding] = "ape", base_options: Optional[dict] = None, **kwargs):
     if depth is None:
@@ -186,8 +185,6 @@ def build_lape(*, dim=None, num_heads=None, depth=None, grid=None, num_prefix=0,
     if isinstance(base, str):
         if base not in ("ape", "ape_sincos"):
             raise ValueError(f"lape: base must be 'ape' or 'ape_sincos' (or a built one), got {base!r}")
-        from ..registry import build_pe
-
         base = build_pe(base, dim=dim, num_heads=num_heads, depth=depth, grid=grid, num_prefix=num_prefix,
                         device=device, dtype=dtype, **(base_options or {}))
     elif base_options:
@@ -197,4 +194,4 @@ def build_lape(*, dim=None, num_heads=None, depth=None, grid=None, num_prefix=0,
     return LaPE(base, depth, device=device, dtype=dtype, **kwargs)
 
 
-build_lape.accepts = option_names(build_lape, LaPE.__init__)
+register_family(LaPE, build_lape)

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..grid import as_layout, check_grid_shape, grid_coords
 from .base import PositionalEmbedding
+from .registry import register_family
 
 __all__ = ["GeneratorRoPE", "LieRE", "skew", "rope_init_generators"]
 
@@ -165,6 +166,9 @@ class LieRE(GeneratorRoPE):
     """
 
     name = "lie_rope"
+    family = "rope"
+    description = "LieRE: rotations exp(sum_i p_i A_i) from learned skew-symmetric generators per layer and head"
+    build_sets = ("train_shape",)  # the builder sets it from grid=
 
     def __init__(self, head_dim: int, depth: int, num_heads: int, ndim: int = 2, block_size: Optional[int] = None,
                  base: Optional[float] = None, init_noise: float = 0.02, coords: str = "index", ref_shape=None,
@@ -193,9 +197,6 @@ class LieRE(GeneratorRoPE):
 
 
 # ---- registry --------------------------------------------------------------------------------------------------
-from ..registry import option_names, register_pe  # noqa: E402
-
-
 def _geometry(name, dim, num_heads, depth, head_dim):
     if depth is None or num_heads is None:
         raise ValueError(f"{name} needs depth= and num_heads= (generators per layer and head)")
@@ -208,8 +209,6 @@ def _geometry(name, dim, num_heads, depth, head_dim):
     return head_dim
 
 
-@register_pe("lie_rope", "rope", (2, 3), ("qk",),
-             "LieRE: rotations exp(sum_i p_i A_i) from learned skew-symmetric generators per layer and head")
 def build_lie_rope(*, dim=None, num_heads=None, depth=None, grid=None, head_dim=None, ndim=None, device=None,
                    dtype=None, **kwargs):
     hd = _geometry("lie_rope", dim, num_heads, depth, head_dim)
@@ -217,4 +216,4 @@ def build_lie_rope(*, dim=None, num_heads=None, depth=None, grid=None, head_dim=
     return LieRE(hd, depth, num_heads, nd, train_shape=grid, device=device, dtype=dtype, **kwargs)
 
 
-build_lie_rope.accepts = tuple(n for n in option_names(build_lie_rope, LieRE.__init__) if n != "train_shape")
+register_family(LieRE, build_lie_rope)

@@ -28,6 +28,7 @@ from torch import nn
 from ..grid import GridLayout, as_layout, check_grid_shape
 from ..ops.attention import DecomposedBias
 from .base import PositionalEmbedding
+from .registry import register_family
 
 __all__ = ["rel_pos_length", "resize_rel_pos", "rel_pos_index", "get_rel_pos", "decomposed_rel_pos_factors",
            "DecomposedRelPos"]
@@ -137,6 +138,8 @@ class DecomposedRelPos(PositionalEmbedding):
     """
 
     name = "rel_decomposed"
+    family = "relative"
+    description = "decomposed relative position bias q·R_h + q·R_w (+ q·R_t) per layer (MViTv2, SAM, SlowFast)"
     hooks = frozenset({"bias"})
 
     def __init__(self, head_dim: int, depth: int, grid: Sequence[int], interpolate: bool = True,
@@ -172,6 +175,14 @@ class DecomposedRelPos(PositionalEmbedding):
     def no_weight_decay(self):
         """Relative-position tables are excluded from weight decay (as timm's MViTv2 / SAM)."""
         return {n for n, _ in self.named_parameters() if "rel_pos" in n}
+
+    def resize_state(self, name: str, tensor: torch.Tensor, host) -> Optional[torch.Tensor]:
+        """A rel-pos table saved for another grid, resized to this one's rows (:func:`resize_rel_pos`)."""
+        own = dict(self.named_parameters()).get(name)
+        if own is None or tensor.dim() != 2 or tensor.shape[1] != own.shape[1]:
+            return None
+        host.log("checkpoint %s resized from %d to %d rows", name, tensor.shape[0], own.shape[0])
+        return resize_rel_pos(tensor, own.shape[0])
 
     def reset_parameters(self) -> None:
         for p in self.parameters():
@@ -216,11 +227,6 @@ class DecomposedRelPos(PositionalEmbedding):
 
 
 # ---- registry --------------------------------------------------------------------------------------------------
-from ..registry import option_names, register_pe  # noqa: E402
-
-
-@register_pe("rel_decomposed", "relative", (2, 3), ("bias",),
-             "decomposed relative position bias q·R_h + q·R_w (+ q·R_t) per layer (MViTv2, SAM, SlowFast)")
 def build_rel_decomposed(*, dim=None, num_heads=None, depth=None, grid=None, head_dim=None, device=None, dtype=None,
                          **kwargs):
     if head_dim is None:
@@ -234,4 +240,4 @@ def build_rel_decomposed(*, dim=None, num_heads=None, depth=None, grid=None, hea
     return DecomposedRelPos(head_dim, depth, grid, device=device, dtype=dtype, **kwargs)
 
 
-build_rel_decomposed.accepts = option_names(build_rel_decomposed, DecomposedRelPos.__init__)
+register_family(DecomposedRelPos, build_rel_decomposed)

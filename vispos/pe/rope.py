@@ -42,6 +42,7 @@ from ..grid import NORMALIZE_MODES, CoordAug, GridLayout, as_layout, axis_order,
 from ..ops.rope import apply_rope_qk, check_pairing, rope_angles, rope_table
 from ..utils.checks import check_int
 from .base import PositionalEmbedding
+from .registry import register_family
 
 __all__ = ["PRESETS", "default_axis_dims", "AxialRoPE", "MixedRoPE", "VoPE", "init_mixed_freqs", "dinov3_options",
            "ALLOCATIONS", "allocation_axes", "allocation_angles", "diagonal_coords", "p_rope_keep"]
@@ -287,6 +288,10 @@ class AxialRoPE(_RoPEBase):
     """
 
     name = "rope_axial"
+    family = "rope"
+    description = "axial RoPE: per-axis rotary blocks, any coordinates and scaling rule (RoPE-ViT, EVA-02, video DiTs)"
+    ndims = (1, 2, 3)
+    build_sets = ("train_shape",)  # the builder sets it from grid=
     _table_attrs = frozenset({"rules", "coords", "ref_shape", "train_shape", "bases", "dims", "pairing",
                               "table_dtype", "table_device", "grid_offset", "normalize_coords", "angle_scale",
                               "periods", "_perm", "allocation", "temporal_stride", "p_rope"})
@@ -551,6 +556,29 @@ class AxialRoPE(_RoPEBase):
         angles = rope_angles(coords[:, perm], [freqs[a].to(device) for a in perm])
         return rope_table(angles, layout.num_prefix, width, scale=self._attn_factor(layout), dtype=self.table_dtype)
 
+    # ---- a host's rotary module (see vispos.pe.host) -----------------------------------------------------------
+    #: the options of the host's rotary module this family takes as defaults (``None``: all; VoPE keeps its own
+    #: coordinates)
+    _host_settings: Optional[Tuple[str, ...]] = None
+
+    @classmethod
+    def options_from_host(cls, host) -> dict:
+        """Options reproducing the host's rotary module (:func:`axial_options_from_timm`); what cannot be reproduced
+        is added to ``host.problems``."""
+        opts, problem = _axial_from_rotary(host.peek("rotary"))
+        if problem:
+            host.problems.append(f"{cls.name}: {problem}")
+        return {k: v for k, v in opts.items() if cls._host_settings is None or k in cls._host_settings}
+
+    def state_from_host(self, host, path: str) -> dict:
+        """No parameters; takes the host's rotary module when its settings are reproduced (they became defaults)."""
+        rope = host.peek("rotary")
+        opts, problem = _axial_from_rotary(rope)
+        if rope is not None and not problem:
+            host.take("rotary", path)
+            host.log("rope (%s) -> %s (its settings; no parameters)", type(rope).__name__, path)
+        return {}
+
     def get_table(self, layout, device=None, stride: Optional[float] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Cached :meth:`build_table` (per layout, device and temporal stride; ``device=None``: the module's
         ``device``); rebuilt at every call while augmenting."""
@@ -607,6 +635,9 @@ class VoPE(AxialRoPE):
     """
 
     name = "vope"
+    family = "rope"
+    description = "VoPE: axial RoPE on centred coordinates normalised to the training grid (continuous resolution)"
+    _host_settings = ("base", "pairing")
 
     def __init__(self, head_dim: int, ndim: int = 2, train_shape=None, ref_shape=None, **kwargs):
         if train_shape is None and ref_shape is None:
@@ -676,6 +707,9 @@ class MixedRoPE(_RoPEBase):
     """
 
     name = "rope_mixed"
+    family = "rope"
+    description = "RoPE-Mixed: learned per-layer, per-head frequencies mixing the grid axes (Heo et al. 2024)"
+    build_sets = ("train_shape",)  # the builder sets it from grid=
     _table_attrs = frozenset({"coords", "ref_shape", "grid_offset", "normalize_coords", "_perm", "temporal_stride"})
 
     def __init__(
@@ -721,9 +755,33 @@ class MixedRoPE(_RoPEBase):
     def no_weight_decay(self):
         return {"freqs"}
 
-    def param_block(self, name: str):
-        """``freqs`` holds every layer's frequencies in one tensor: :data:`ALL_BLOCKS`."""
-        return self.ALL_BLOCKS if name == "freqs" else None
+    @classmethod
+    def options_from_host(cls, host) -> dict:
+        """Axis order, temperature and augmentation of the host's RoPE-Mixed module
+        (:func:`mixed_options_from_timm`); another rotary module goes to ``host.problems``."""
+        rope = host.peek("rotary")
+        if rope is None:
+            return {}
+        try:
+            return mixed_options_from_timm(rope)[0]
+        except ValueError:
+            host.problems.append(f"{cls.name}: timm {type(rope).__name__} replaced by RoPE-Mixed (new learned "
+                                 f"frequencies)")
+            return {}
+
+    @torch.no_grad()
+    def state_from_host(self, host, path: str) -> dict:
+        """``freqs`` from the host's ``mixed_freqs`` (rows from the host's axis order to this module's,
+        :meth:`freqs_from`) when the shapes agree; takes the host's rotary module with it."""
+        f = host.peek("mixed_freqs")
+        if f is None or tuple(f.freqs.shape) != tuple(self.freqs.shape):
+            return {}
+        host.take("mixed_freqs", f"{path}.freqs")
+        if host.peek("rotary") is not None:
+            host.take("rotary", path)
+        host.log("%s %s -> %s.freqs (rows: host axis order %r -> axis_order=%r)", f.source, tuple(f.freqs.shape),
+                 path, f.axis_order, self.axis_order)
+        return {"freqs": self.freqs_from(f.freqs, f.axis_order).to(self.freqs.dtype)}
 
     def freqs_from(self, freqs: torch.Tensor, source_axis_order) -> torch.Tensor:
         """Another RoPE-Mixed's ``freqs`` (e.g. timm ``RotaryEmbeddingMixed``, whose rows follow its
@@ -859,15 +917,7 @@ def _host_rope(model):
 def axial_host_defaults(model) -> Tuple[dict, Optional[str]]:
     """``rope_axial`` defaults from a timm host's own RoPE (``model.rope``): ``(options, problem)``; ``problem`` is
     ``None`` when the options reproduce it exactly (or there is none), else what cannot be reproduced."""
-    rope = _host_rope(model)
-    if rope is None:
-        return {}, None
-    if type(rope).__name__ == "RotaryEmbeddingMixed":
-        return {}, "timm RotaryEmbeddingMixed (learned per-layer frequencies) replaced by an axial RoPE"
-    try:
-        return axial_options_from_timm(rope)[0], None
-    except ValueError as e:
-        return {}, str(e)
+    return _axial_from_rotary(_host_rope(model))
 
 
 def vope_host_defaults(model) -> Tuple[dict, Optional[str]]:
@@ -893,7 +943,17 @@ __all__ += ["axial_options_from_timm", "mixed_options_from_timm", "axial_host_de
 
 
 # ---- registry --------------------------------------------------------------------------------------------------
-from ..registry import option_names, register_pe  # noqa: E402
+def _axial_from_rotary(rope) -> Tuple[dict, Optional[str]]:
+    """``rope_axial`` options reproducing a host's rotary module (:func:`axial_options_from_timm`) and ``None``, or
+    ``({}, what cannot be reproduced)``; ``({}, None)`` without one."""
+    if rope is None:
+        return {}, None
+    if type(rope).__name__ == "RotaryEmbeddingMixed":
+        return {}, "timm RotaryEmbeddingMixed (learned per-layer frequencies) replaced by an axial RoPE"
+    try:
+        return axial_options_from_timm(rope)[0], None
+    except ValueError as e:
+        return {}, str(e)
 
 
 def _head_dim(dim, num_heads, head_dim):
@@ -912,8 +972,6 @@ def _ndim(grid, ndim):
     return 2 if ndim is None else ndim
 
 
-@register_pe("rope_axial", "rope", (1, 2, 3), ("qk",),
-             "axial RoPE: per-axis rotary blocks, any coordinates and scaling rule (RoPE-ViT, EVA-02, video DiTs)")
 def build_rope_axial(*, dim=None, num_heads=None, grid=None, head_dim=None, ndim=None, device=None, dtype=None,
                      **kwargs):
     if kwargs.get("allocation") == "headwise":
@@ -922,21 +980,15 @@ def build_rope_axial(*, dim=None, num_heads=None, grid=None, head_dim=None, ndim
                      device=device, dtype=dtype, **kwargs)
 
 
-build_rope_axial.accepts = tuple(n for n in option_names(build_rope_axial, AxialRoPE.__init__) if n != "train_shape")  # grid=
 
 
-@register_pe("vope", "rope", (1, 2, 3), ("qk",),
-             "VoPE: axial RoPE on centred coordinates normalised to the training grid (continuous resolution)")
 def build_vope(*, dim=None, num_heads=None, grid=None, head_dim=None, ndim=None, device=None, dtype=None, **kwargs):
     return VoPE(_head_dim(dim, num_heads, head_dim), ndim=_ndim(grid, ndim), train_shape=grid,
                 device=device, dtype=dtype, **kwargs)
 
 
-build_vope.accepts = tuple(n for n in option_names(build_vope, AxialRoPE.__init__) if n != "train_shape")  # grid=
 
 
-@register_pe("rope_mixed", "rope", (2, 3), ("qk",),
-             "RoPE-Mixed: learned per-layer, per-head frequencies mixing the grid axes (Heo et al. 2024)")
 def build_rope_mixed(*, dim=None, num_heads=None, depth=None, grid=None, head_dim=None, ndim=None, device=None,
                      dtype=None, **kwargs):
     if depth is None or num_heads is None:
@@ -945,9 +997,6 @@ def build_rope_mixed(*, dim=None, num_heads=None, depth=None, grid=None, head_di
                      train_shape=grid, device=device, dtype=dtype, **kwargs)
 
 
-build_rope_mixed.accepts = tuple(n for n in option_names(build_rope_mixed, MixedRoPE.__init__) if n != "train_shape")  # grid=
-
-# what a host asks a family about the host's own PE (see vispos.integrations.timm): options reproducing it exactly
-build_rope_axial.host_defaults = axial_host_defaults
-build_vope.host_defaults = vope_host_defaults
-build_rope_mixed.host_defaults = mixed_host_defaults
+register_family(AxialRoPE, build_rope_axial)
+register_family(VoPE, build_vope)
+register_family(MixedRoPE, build_rope_mixed)

@@ -3,15 +3,15 @@
 plain timm model (:func:`load_timm_checkpoint`)."""
 from __future__ import annotations
 
-import inspect
 import logging
 import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from ...pe.base import PositionalEmbedding
+from ...pe.host import HostFreqs, HostPE, HostTable
 from ...registry import get_pe_info
 
 __all__ = ["load_timm_checkpoint"]
@@ -19,25 +19,30 @@ __all__ = ["load_timm_checkpoint"]
 _logger = logging.getLogger(__name__)
 
 
-def _accepts(name: str, option: str) -> bool:
-    """Whether the registered builder of ``name`` takes ``option`` (named, or through ``**kwargs``)."""
-    params = inspect.signature(get_pe_info(name).builder).parameters
-    return option in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+#: how timm describes what it stores, for the dropped-state warnings
+_ROLE_WORDS = {"abs_table": "learned absolute table", "rotary": "rotary embedding", "mixed_freqs": "RoPE-Mixed freqs"}
 
 
-def _host_defaults(names: List[str], model) -> Tuple[Dict[str, dict], List[str]]:
-    """Each member family's options reproducing the host's own PE (the family's ``host_defaults`` on its registry
-    builder), and what the families say they cannot reproduce."""
-    out, problems = {}, []
-    for n in names:
-        fn = getattr(get_pe_info(n).builder, "host_defaults", None)
-        if fn is None:
-            continue
-        opts, problem = fn(model)
-        out[n] = opts
-        if problem:
-            problems.append(f"{n}: {problem}")
-    return out, problems
+def _host(model, convert: bool, roles: Optional[Dict[str, Any]] = None) -> HostPE:
+    """The timm model as a :class:`~vispos.pe.host.HostPE`: grid, prefix tokens, timm's resampling, and (unless
+    ``roles`` is given, e.g. from a checkpoint) the model's own PE by role."""
+    grid = tuple(int(s) for s in model.patch_embed.grid_size)
+    host = HostPE(grid, int(model.num_prefix_tokens), prefix_in_table=not getattr(model, "no_embed_class", False),
+                  resample=dict(mode="bicubic", antialias=True),  # timm resamples pos_embed so at other grids
+                  convert=convert, log=_logger.info if convert else _logger.debug)
+    if roles is not None:
+        host.roles.update(roles)
+        return host
+    pos = getattr(model, "pos_embed", None)
+    if pos is not None:
+        host.roles["abs_table"] = HostTable(pos.detach(), grid, pos.shape[1] - math.prod(grid), "pos_embed")
+    rope = getattr(model, "rope", None)
+    if rope is not None:
+        host.roles["rotary"] = rope
+        if isinstance(getattr(rope, "freqs", None), nn.Parameter):
+            host.roles["mixed_freqs"] = HostFreqs(rope.freqs.detach(), getattr(rope, "grid_indexing", "xy"),
+                                                  "rope.freqs")
+    return host
 
 
 def unreproduced(model) -> List[str]:
@@ -51,102 +56,75 @@ def warn_unreproduced(model, route: str) -> None:
         _logger.warning("%s: the timm model's own PE is not reproduced (%s); outputs differ from timm's", route, what)
 
 
+def _family_modules(pe: nn.Module):
+    """``(path, module)`` of every PE module in ``pe`` (members of combinations, nested bases), in module order."""
+    return [(p, m) for p, m in pe.named_modules(prefix="pe") if isinstance(m, PositionalEmbedding)]
+
+
 def _pe_options(names: List[str], pe_kwargs: Optional[dict], model, convert: bool
                 ) -> Tuple[Union[str, list], dict, List[str]]:
-    """Options for :func:`vispos.build_pe` with the host's defaults filled in where the user gave none, and what
-    the families cannot reproduce of the host's own PE."""
+    """Options for :func:`vispos.build_pe`: each family's defaults for this host
+    (:meth:`~vispos.pe.base.PositionalEmbedding.options_from_host`) under the user's options, and what the families
+    say they cannot reproduce of the host's own PE."""
     single = len(names) == 1
     per = {names[0]: dict(pe_kwargs or {})} if single else {n: dict((pe_kwargs or {}).get(n) or {}) for n in names}
     if not single and pe_kwargs:
         extra = [k for k in pe_kwargs if k not in names]
         if extra:
             raise TypeError(f"pe_kwargs for a PE list must be keyed by member name {names}, got {extra}")
-    if "ape" in per and _accepts("ape", "embed_prefix"):
-        if model.num_prefix_tokens:
-            per["ape"].setdefault("embed_prefix", not model.no_embed_class)
-        per["ape"].setdefault("antialias", True)  # timm resamples pos_embed with antialias at other grids
-    if convert and "peg" in per and _accepts("peg", "zero_init"):
-        per["peg"].setdefault("zero_init", True)
-    defaults, problems = _host_defaults(names, model)
-    for n, opts in defaults.items():
-        for k, v in opts.items():
-            per[n].setdefault(k, v)
+    host = _host(model, convert)
+    for n, opts in per.items():
+        cls = get_pe_info(n).cls
+        if cls is not None:
+            per[n] = {**cls.options_from_host(host), **opts}
     if single:
-        return names[0], per[names[0]], problems
-    return names, {n: o for n, o in per.items() if o}, problems
+        return names[0], per[names[0]], host.problems
+    return names, {n: o for n, o in per.items() if o}, host.problems
 
 
-def _find_named(pe: nn.Module, name: str) -> List[Tuple[str, nn.Module]]:
-    return [(p, m) for p, m in pe.named_modules(prefix="pe")
-            if isinstance(m, PositionalEmbedding) and getattr(m, "name", None) == name]
+def _owner(pe: nn.Module, key: str) -> PositionalEmbedding:
+    """The innermost PE module holding parameter ``key`` (a ``pe.*`` name)."""
+    owners = dict(_family_modules(pe))
+    parts = key.split(".")[:-1]
+    while ".".join(parts) not in owners:
+        parts.pop()
+    return owners[".".join(parts)]
+
+
+def _report_untaken(host: HostPE, pe: nn.Module) -> None:
+    """One warning per part of timm's PE that no PE module took (a rotary module replaced by another rotary member
+    is reported by :func:`warn_unreproduced` instead)."""
+    rotary_member = any("qk" in m.hooks for _, m in _family_modules(pe) if tuple(m.members()) == (m,))
+    for role, value in host.untaken().items():
+        if role == "rotary" and rotary_member:
+            continue
+        source = getattr(value, "source", f"rope ({type(value).__name__})")
+        tensor = getattr(value, "table", getattr(value, "freqs", None))
+        shape = "" if tensor is None else f" {tuple(tensor.shape)}"
+        _logger.warning("%s%s dropped: PE %r has no member that takes timm's %s; outputs change", source, shape,
+                        pe.name, _ROLE_WORDS.get(role, role))
 
 
 @torch.no_grad()
 def _convert_state(model, pe: nn.Module, convert: bool) -> set:
-    """Move timm's PE state into ``pe``; returns the set of ``pe.*`` keys that were filled from timm."""
+    """Move timm's PE state into ``pe`` (every PE module takes what it can,
+    :meth:`~vispos.pe.base.PositionalEmbedding.state_from_host`); returns the ``pe.*`` keys filled from timm."""
+    host = _host(model, convert)
     filled = set()
-    log = _logger.info if convert else _logger.debug
-    pos = getattr(model, "pos_embed", None)
-    if pos is not None:
-        apes = _find_named(pe, "ape")
-        if not apes:
-            if convert:
-                _logger.warning("pos_embed %s dropped: PE %r has no 'ape' member (keep it with pe=['ape', ...]); "
-                                "outputs change", tuple(pos.shape), pe.name)
-        else:
-            path, ape = apes[0]
-            dst = ape.pos_embed
-            n_patch = math.prod(model.patch_embed.grid_size)
-            src_prefix = pos.shape[1] - n_patch
-            dst_prefix = dst.shape[1] - n_patch
-            if src_prefix not in (0, model.num_prefix_tokens) or dst_prefix not in (0, model.num_prefix_tokens) \
-                    or dst.shape[2] != pos.shape[2]:
-                raise ValueError(f"cannot map timm pos_embed {tuple(pos.shape)} onto {path}.pos_embed "
-                                 f"{tuple(dst.shape)} for grid {tuple(model.patch_embed.grid_size)} with "
-                                 f"{model.num_prefix_tokens} prefix tokens")
-            dst[:, dst_prefix:].copy_(pos[:, src_prefix:].to(dst.dtype))
-            what = "copied"
-            if dst_prefix and src_prefix:
-                dst[:, :dst_prefix].copy_(pos[:, :src_prefix].to(dst.dtype))
-            elif dst_prefix:
-                dst[:, :dst_prefix].zero_()
-                what = "copied, prefix rows set to zero (timm no_embed_class: same output)"
-            elif src_prefix:
-                what = f"copied, {src_prefix} prefix rows dropped (embed_prefix=False: outputs change)"
-            filled.add(f"{path}.pos_embed")
-            log("pos_embed %s -> %s.pos_embed %s (%s)", tuple(pos.shape), path, tuple(dst.shape), what)
-    rope = getattr(model, "rope", None)
-    if rope is not None:
-        if hasattr(rope, "freqs") and isinstance(rope.freqs, nn.Parameter):
-            mixed = _find_named(pe, "rope_mixed")
-            if mixed and tuple(mixed[0][1].freqs.shape) == tuple(rope.freqs.shape):
-                path, m = mixed[0]
-                src = getattr(rope, "grid_indexing", "xy")
-                m.freqs.copy_(m.freqs_from(rope.freqs, src).to(m.freqs.dtype))
-                m.clear_cache()
-                filled.add(f"{path}.freqs")
-                log("rope.freqs %s -> %s.freqs (rows: timm grid_indexing=%r -> axis_order=%r)",
-                    tuple(rope.freqs.shape), path, src, m.axis_order)
-            elif convert:
-                _logger.warning("rope.freqs %s dropped: PE %r has no matching 'rope_mixed' member; outputs change",
-                                tuple(rope.freqs.shape), pe.name)
-        else:
-            qk = [(p, m) for p, m in pe.named_modules(prefix="pe")
-                  if isinstance(m, PositionalEmbedding) and tuple(m.members()) == (m,) and "qk" in m.hooks]
-            if qk and not unreproduced(model):
-                log("rope (%s) -> %s (its settings; no parameters)", type(rope).__name__, qk[0][0])
-            elif convert and not qk:
-                _logger.warning("rope (%s) replaced by PE %r, which has no rotary member; outputs change",
-                                type(rope).__name__, pe.name)
+    for path, m in _family_modules(pe):
+        state = m.state_from_host(host, path)
+        if state:
+            own = dict(m.named_parameters())
+            for name, value in state.items():
+                own[name].copy_(value)
+                filled.add(f"{path}.{name}")
+            m.clear_cache()
     if convert:
-        owners = {path: m for path, m in pe.named_modules(prefix="pe") if isinstance(m, PositionalEmbedding)}
+        _report_untaken(host, pe)
         for name, p in pe.named_parameters(prefix="pe"):
             if name not in filled:
-                parts = name.split(".")[:-1]
-                while ".".join(parts) not in owners:
-                    parts.pop()
-                owner = owners[".".join(parts)]
-                log("new %s %s (initialised by %s %r)", name, tuple(p.shape), type(owner).__name__, owner.name)
+                owner = _owner(pe, name)
+                host.log("new %s %s (initialised by %s %r)", name, tuple(p.shape), type(owner).__name__, owner.name)
     return filled
 
 
@@ -155,80 +133,58 @@ def _state_dict_pre_hook(model, sd, prefix, local_metadata, strict, missing_keys
     """Make ``model.load_state_dict`` accept what users load into a vispos timm model (so timm's own
     ``checkpoint_path=`` / ``load_checkpoint`` work too):
 
-    * a **timm-format** checkpoint: ``pos_embed`` goes to the ``ape`` member (resampled from the checkpoint's square
-      grid, prefix rows mapped as in conversion), EVA ``rope.freqs`` to ``rope_mixed`` (axis order flipped), and PE
-      parameters the checkpoint cannot have keep their current (identity / fresh) values;
-    * a **vispos** checkpoint from another grid: ``*.pos_embed`` tables are resampled and decomposed rel-pos tables
-      resized to this model's grid.
+    * a **timm-format** checkpoint (``pos_embed`` / ``rope.freqs`` keys): its PE goes to the PE modules that take it
+      (:meth:`~vispos.pe.base.PositionalEmbedding.state_from_host`; a ``pos_embed`` of another, square, grid is
+      resampled), and PE parameters the checkpoint cannot have take the family's identity values
+      (:meth:`~vispos.pe.base.PositionalEmbedding.identity_state`) or keep their current ones;
+    * a **vispos** checkpoint from another grid: each PE module adapts its own tensors
+      (:meth:`~vispos.pe.base.PositionalEmbedding.resize_state`: APE tables resampled, rel-pos tables resized).
     One log line per converted or kept key. Everything else is left to the normal (strict) loading.
     """
-    from ...pe.absolute import resample_abs_pe
-    from ...pe.relative import resize_rel_pos
-
     pe = model.pe
-    own = {f"{prefix}{n}": p for n, p in pe.named_parameters(prefix="pe")}
     grid = tuple(model.patch_embed.grid_size)
-    n_patch = math.prod(grid)
-    no_pe_keys = not any(k.startswith(f"{prefix}pe.") for k in sd)  # a timm checkpoint (or a parameter-free PE's)
-    timm_format = f"{prefix}pos_embed" in sd or f"{prefix}rope.freqs" in sd or no_pe_keys
-    if no_pe_keys:
-        warn_unreproduced(model, "load_state_dict")
+    roles = {}
     pos = sd.pop(f"{prefix}pos_embed", None)
     if pos is not None:
-        apes = _find_named(pe, "ape")
-        if not apes:
-            _logger.warning("checkpoint pos_embed %s dropped: PE %r has no 'ape' member; outputs change",
-                            tuple(pos.shape), pe.name)
-        else:
-            path, ape = apes[0]
-            src_prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
-            if pos.shape[1] - src_prefix != n_patch:
-                old = _square_grid(pos.shape[1] - src_prefix, f"checkpoint pos_embed {tuple(pos.shape)}")
-                pos = resample_abs_pe(pos, grid, old, src_prefix, "bicubic", True)
-                _logger.info("checkpoint pos_embed resampled from grid %s to %s", old, grid)
-            dst = torch.zeros_like(ape.pos_embed)
-            dst_prefix = dst.shape[1] - n_patch
-            dst[:, dst_prefix:] = pos[:, src_prefix:].to(dst.dtype)
-            if dst_prefix and src_prefix:
-                dst[:, :dst_prefix] = pos[:, :src_prefix].to(dst.dtype)
-            sd[f"{prefix}{path}.pos_embed"] = dst
-            _logger.info("checkpoint pos_embed %s -> %s.pos_embed %s", tuple(pos.shape), path, tuple(dst.shape))
+        src_prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
+        n = pos.shape[1] - src_prefix
+        src_grid = grid if n == math.prod(grid) else _square_grid(n, f"checkpoint pos_embed {tuple(pos.shape)}")
+        roles["abs_table"] = HostTable(pos, src_grid, src_prefix, "checkpoint pos_embed")
     freqs = sd.pop(f"{prefix}rope.freqs", None)
     if freqs is not None:
-        mixed = _find_named(pe, "rope_mixed")
-        if mixed and tuple(mixed[0][1].freqs.shape) == tuple(freqs.shape):
-            src = getattr(model, "_vispos_timm_rope_indexing", "xy")
-            sd[f"{prefix}{mixed[0][0]}.freqs"] = mixed[0][1].freqs_from(freqs, src)
-            mixed[0][1].clear_cache()
-            _logger.info("checkpoint rope.freqs -> %s.freqs (rows: timm grid_indexing=%r -> axis_order=%r)",
-                         mixed[0][0], src, mixed[0][1].axis_order)
-        else:
-            _logger.warning("checkpoint rope.freqs %s dropped: no matching 'rope_mixed' member", tuple(freqs.shape))
-    owners = {f"{prefix}{path}": m for path, m in pe.named_modules(prefix="pe") if isinstance(m, PositionalEmbedding)}
-    for key, p in own.items():
+        # rows follow the timm model's grid_indexing (recorded at install; timm's mixed models use "xy")
+        roles["mixed_freqs"] = HostFreqs(freqs, getattr(model, "_vispos_timm_rope_indexing", "xy"),
+                                         "checkpoint rope.freqs")
+    no_pe_keys = not any(k.startswith(f"{prefix}pe.") for k in sd)  # a timm checkpoint (or a parameter-free PE's)
+    timm_format = bool(roles) or no_pe_keys
+    if no_pe_keys:
+        warn_unreproduced(model, "load_state_dict")
+    host = _host(model, True, roles)
+    modules = _family_modules(pe)
+    for path, m in modules:
+        for name, value in m.state_from_host(host, path).items():
+            sd[f"{prefix}{path}.{name}"] = value
+        m.clear_cache()
+    _report_untaken(host, pe)
+    identity = {f"{prefix}{path}.{n}": v for path, m in modules for n, v in m.identity_state().items()}
+    for key, p in pe.named_parameters(prefix=f"{prefix}pe"):
         if key not in sd:
             if timm_format:
-                parts = key.split(".")[:-1]
-                while ".".join(parts) not in owners:
-                    parts.pop()
-                if owners[".".join(parts)].name == "peg":  # as conversion does: PEG starts as the identity
-                    sd[key] = torch.zeros_like(p)
-                    _logger.info("%s %s not in the timm checkpoint: zero (PEG is the identity)", key, tuple(p.shape))
+                if key in identity:
+                    sd[key] = identity[key]
+                    _logger.info("%s %s not in the timm checkpoint: the %r identity", key, tuple(p.shape),
+                                 _owner(pe, key[len(prefix):]).name)
                 else:
                     sd[key] = p.detach().clone()
                     _logger.info("%s %s not in the timm checkpoint: kept as initialised", key, tuple(p.shape))
             continue
         t = sd[key]
-        if t.shape == p.shape:
-            continue
-        if key.endswith("pos_embed") and t.dim() == 3 and t.shape[2] == p.shape[2]:
-            n_pre = p.shape[1] - n_patch
-            old = _square_grid(t.shape[1] - n_pre, f"checkpoint {key} {tuple(t.shape)}")
-            sd[key] = resample_abs_pe(t, grid, old, n_pre, "bicubic", True)
-            _logger.info("checkpoint %s resampled from grid %s to %s", key, old, grid)
-        elif "rel_pos_" in key and t.dim() == 2 and t.shape[1] == p.shape[1]:
-            sd[key] = resize_rel_pos(t, p.shape[0])
-            _logger.info("checkpoint %s resized from %d to %d rows", key, t.shape[0], p.shape[0])
+        if t.shape != p.shape:
+            owner = _owner(pe, key[len(prefix):])
+            path = next(pth for pth, m in modules if m is owner)
+            resized = owner.resize_state(key[len(prefix) + len(path) + 1:], t, host)
+            if resized is not None:
+                sd[key] = resized
 
 
 # ---- checkpoints -------------------------------------------------------------------------------------------------

@@ -125,7 +125,7 @@ def install_pe(
     _convert_state(model, module, convert)
 
     # remove timm's PE, install ours
-    for attr, value in host.own_pe.items():
+    for attr, value in host.own_pe:
         if hasattr(model, attr):
             setattr(model, attr, value)
     model.add_module("pe", module)

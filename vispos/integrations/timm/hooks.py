@@ -242,11 +242,11 @@ class _ModelHooks:
 
     @torch.jit.ignore
     def no_weight_decay(self):
+        """timm's set plus every PE module's own (:meth:`~vispos.pe.base.PositionalEmbedding.no_weight_decay`)."""
         out = set(super().no_weight_decay())
         for name, m in self.pe.named_modules(prefix="pe"):
-            if hasattr(m, "no_weight_decay") and isinstance(m, PositionalEmbedding):
+            if isinstance(m, PositionalEmbedding):
                 out |= {f"{name}.{n}" for n in m.no_weight_decay()}
-        out |= {n for n, _ in self.pe.named_parameters(prefix="pe") if n.endswith("pos_embed")}
         return out
 
     @torch.jit.ignore
@@ -371,7 +371,8 @@ class TimmHost:
         model_cls: the timm model class (matched with ``isinstance``).
         model_mixin / block_mixin: the hook subclasses' mixins for the model and each of its blocks.
         attentions: timm attention class -> its mixin (which adds only the projection step).
-        own_pe: attributes holding timm's own PE and the value each is set to when the vispos PE replaces it.
+        own_pe: ``(attribute, value)`` pairs: the model attributes holding timm's own PE (or saying it is there) and
+            the value each is set to when the vispos PE replaces it.
     """
 
     label: str
@@ -379,15 +380,15 @@ class TimmHost:
     model_mixin: type
     block_mixin: type
     attentions: Mapping[type, type]
-    own_pe: Mapping[str, object]
+    own_pe: Tuple[Tuple[str, object], ...]
 
 
 HOSTS: Tuple[TimmHost, ...] = (
     TimmHost("VisionTransformer (vit_*, deit_*)", VisionTransformer, _VitHooks, _VitBlockHooks,
-             {TimmAttention: _VitAttentionHooks}, {"pos_embed": None}),
+             {TimmAttention: _VitAttentionHooks}, (("pos_embed", None),)),
     TimmHost("Eva (eva02_*, vit_*_rope_*)", Eva, _EvaHooks, _EvaBlockHooks,
              {EvaAttention: _EvaAttentionHooks, AttentionRope: _RopeAttentionHooks},
-             {"pos_embed": None, "rope": None, "rope_mixed": False}),
+             (("pos_embed", None), ("rope", None), ("rope_mixed", False))),  # timm Eva's own attributes
 )
 
 #: Model classes vispos can host, and the attention classes each must use.
