@@ -783,6 +783,10 @@ class MixedRoPE(_RoPEBase):
                  path, f.axis_order, self.axis_order)
         return {"freqs": self.freqs_from(f.freqs, f.axis_order).to(self.freqs.dtype)}
 
+    def param_block(self, name: str):
+        """``freqs`` holds every layer's frequencies in one tensor: :data:`ALL_BLOCKS`."""
+        return self.ALL_BLOCKS if name == "freqs" else None
+
     def freqs_from(self, freqs: torch.Tensor, source_axis_order) -> torch.Tensor:
         """Another RoPE-Mixed's ``freqs`` (e.g. timm ``RotaryEmbeddingMixed``, whose rows follow its
         ``grid_indexing``) in this module's row order: row ``j`` here multiplies grid axis ``axis_order[j]``."""
