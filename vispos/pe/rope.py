@@ -45,7 +45,8 @@ from .base import PositionalEmbedding
 from .registry import register_family
 
 __all__ = ["PRESETS", "default_axis_dims", "AxialRoPE", "MixedRoPE", "VoPE", "init_mixed_freqs", "dinov3_options",
-           "ALLOCATIONS", "allocation_axes", "allocation_angles", "diagonal_coords", "p_rope_keep"]
+           "ALLOCATIONS", "allocation_axes", "allocation_angles", "allocation_plan", "diagonal_coords", "p_rope_keep",
+           "init_mixed_allocation"]
 
 #: Per-axis rotary dims and bases of well-known video models (head dims 64 / 128 / 128).
 PRESETS: Dict[str, dict] = {
@@ -165,6 +166,29 @@ def allocation_angles(allocation: str, coords: torch.Tensor, shape: Sequence[int
     if allocation == "hope":
         ang = ang * (axes != 0).to(ang.dtype)[None, :]
     return ang
+
+
+def allocation_plan(allocation: str, dims: Sequence[int], base: float,
+                    num_heads: Optional[int] = None) -> Tuple[Tuple[Tuple[int, float], ...], ...]:
+    """The ``(axis, band)`` of every rotated pair as :class:`AxialRoPE` with ``allocation`` assigns them, one tuple
+    of ``sum(dims)/2`` pairs per head (``num_heads`` heads for ``headwise``, else one shared tuple).
+
+    ``chunked``: pair ``j`` of axis ``a``'s block has band ``base^(-2j/d_a)``; the others use the shared band set
+    ``base^(-2j/R)`` with :func:`allocation_axes` (``headwise``: head ``h`` puts axis ``h * 3 // num_heads`` on
+    every pair)."""
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"unknown allocation {allocation!r}; expected one of {ALLOCATIONS}")
+    if allocation == "chunked":
+        axes = allocation_axes("chunked", dims)
+        bands = [b for d in dims for b in F_.rope_freqs_list(d, base)]
+        return (tuple(zip(axes, bands)),)
+    bands = F_.rope_freqs_list(sum(dims), base)
+    if allocation == "headwise":
+        if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 3:
+            raise ValueError(f"headwise allocation needs num_heads >= 3 (one group per axis), got {num_heads!r}")
+        allocation_axes("mrope", dims)  # validates the dims
+        return tuple(tuple((h * 3 // num_heads, b) for b in bands) for h in range(num_heads))
+    return (tuple(zip(allocation_axes(allocation, dims), bands)),)
 
 
 def p_rope_keep(n: int, p: float) -> Tuple[bool, ...]:
@@ -684,6 +708,43 @@ def init_mixed_freqs(
     return out.to(device=device, dtype=dtype)
 
 
+def init_mixed_allocation(
+    plan, depth: int, num_heads: int, head_dim: int, rotate: bool = True, hope: bool = False,
+    generator: Optional[torch.Generator] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """RoPE-Mixed frequencies ``(3, depth, num_heads, head_dim // 2)`` float64 for a 3D allocation, and the mask
+    ``(3, 1, num_heads, head_dim // 2)`` of the learnable entries.
+
+    ``plan`` is :func:`allocation_plan`'s ``(axis, band)`` per pair. A time pair learns only its t frequency,
+    initialised to its band (``hope``: 0 and masked, so exactly unrotated). A spatial pair learns an (h, w)
+    frequency: its axis' unit vector rotated in the (x, y) = (w, h) plane by the 2D RoPE-Mixed angle ``alpha`` of
+    its layer and head (uniform in ``[0, 2 pi)``; 0 with ``rotate=False``), times its band -- so pairs on w point
+    along ``(cos a, sin a)`` and pairs on h along ``(-sin a, cos a)``, as :func:`init_mixed_freqs` in 2D. Pairs past
+    ``sum(dims)`` stay unrotated (masked).
+    """
+    half = head_dim // 2
+    if rotate:
+        alpha = torch.rand(depth, num_heads, generator=generator, dtype=torch.float64) * 2 * math.pi
+    else:
+        alpha = torch.zeros(depth, num_heads, dtype=torch.float64)
+    ca, sa = torch.cos(alpha), torch.sin(alpha)
+    f = torch.zeros(3, depth, num_heads, half, dtype=torch.float64)
+    mask = torch.zeros(3, 1, num_heads, half, dtype=torch.float64)
+    for h in range(num_heads):
+        for j, (axis, band) in enumerate(plan[h if len(plan) > 1 else 0]):
+            if axis == 0:
+                if not hope:
+                    f[0, :, h, j] = band
+                    mask[0, 0, h, j] = 1.0
+                continue
+            if axis == 2:  # w: (x, y) = (cos a, sin a)
+                f[2, :, h, j], f[1, :, h, j] = band * ca[:, h], band * sa[:, h]
+            else:  # h: (x, y) = (-sin a, cos a)
+                f[2, :, h, j], f[1, :, h, j] = -band * sa[:, h], band * ca[:, h]
+            mask[1:, 0, h, j] = 1.0
+    return f, mask
+
+
 class MixedRoPE(_RoPEBase):
     """RoPE-Mixed: learned per-layer, per-head frequencies over every grid axis (2D or 3D).
 
@@ -699,7 +760,15 @@ class MixedRoPE(_RoPEBase):
             permutation. The init gives the same frequencies per grid axis in every order.
         grid_offset, normalize_coords, shift_coords, jitter_coords, rescale_coords: as :class:`AxialRoPE`.
         temporal_stride: 3D only: multiplies the t coordinate (VideoRoPE's temporal spacing, as ``rope_axial``'s
-            option); the learned frequencies decide the allocation across axes themselves.
+            option); default 2 for ``allocation="videorope"``, else 1.
+        allocation: 3D only. ``None`` (default): every pair mixes all three axes (random orthogonal init). One of
+            :data:`ALLOCATIONS`: the pairs :class:`AxialRoPE` with that allocation puts on t learn a t-only
+            frequency (initialised to its band; ``hope``: unrotated, not learned) and the pairs it puts on h or w
+            learn a mixed (h, w) frequency (its band along the axis, turned by a per-layer, per-head 2D RoPE-Mixed
+            angle; see :func:`init_mixed_allocation`). Bands use ``temperature`` as the base; ``videorope`` /
+            ``hope`` use the diagonal layout (:func:`diagonal_coords`). With ``rotate=False`` the initial tables
+            equal ``rope_axial(allocation=..., base=temperature)``'s.
+        dims: per-axis rotary dims ``(d_t, d_h, d_w)`` of the allocation (default :func:`default_axis_dims`).
 
     Parameter ``freqs (ndim, depth, num_heads, head_dim // 2)`` (no weight decay: see :meth:`no_weight_decay`).
     Angles are computed in float64 (never lowered by autocast), cos/sin cast once to float32:
@@ -710,7 +779,8 @@ class MixedRoPE(_RoPEBase):
     family = "rope"
     description = "RoPE-Mixed: learned per-layer, per-head frequencies mixing the grid axes (Heo et al. 2024)"
     build_sets = ("train_shape",)  # the builder sets it from grid=
-    _table_attrs = frozenset({"coords", "ref_shape", "grid_offset", "normalize_coords", "_perm", "temporal_stride"})
+    _table_attrs = frozenset({"coords", "ref_shape", "grid_offset", "normalize_coords", "_perm", "temporal_stride",
+                              "allocation", "dims"})
 
     def __init__(
         self, head_dim: int, depth: int, num_heads: int, ndim: int = 2, temperature: float = 10.0,
@@ -718,10 +788,31 @@ class MixedRoPE(_RoPEBase):
         axis_order: Union[str, Sequence[int]] = "ij", grid_offset: Union[float, Sequence[float]] = 0.0,
         normalize_coords: str = "separate", shift_coords: Optional[float] = None,
         jitter_coords: Optional[float] = None, rescale_coords: Optional[float] = None,
-        temporal_stride: float = 1.0, device=None, dtype=None,
+        temporal_stride: Optional[float] = None, allocation: Optional[str] = None,
+        dims: Optional[Sequence[int]] = None, device=None, dtype=None,
     ):
         super().__init__()
         head_dim = check_int(head_dim, "RoPE head_dim", 2, multiple_of=2)
+        if allocation is not None:
+            if allocation not in ALLOCATIONS:
+                raise ValueError(f"unknown allocation {allocation!r}; expected None or one of {ALLOCATIONS}")
+            if ndim != 3:
+                raise ValueError(f"allocation {allocation!r} is for 3D (t, h, w) grids, got ndim={ndim}")
+            if axis_order not in ("ij", (0, 1, 2), [0, 1, 2]):
+                raise ValueError(f"allocation {allocation!r} defines its own pair order: use axis_order='ij', got "
+                                 f"{axis_order!r}")
+            dims = default_axis_dims(head_dim, 3) if dims is None else tuple(dims)
+            if len(dims) != 3 or any(isinstance(d, bool) or not isinstance(d, int) or d <= 0 or d % 2 for d in dims) \
+                    or sum(dims) > head_dim:
+                raise ValueError(f"dims must be three positive even ints (t, h, w) summing to at most "
+                                 f"head_dim={head_dim}, got {dims!r}")
+            allocation_plan(allocation, dims, 10.0, num_heads if allocation == "headwise" else None)  # validates
+        elif dims is not None:
+            raise ValueError(f"dims= sets the per-axis dims of an allocation: give allocation= too, got dims={dims!r}")
+        self.allocation = allocation
+        self.dims = None if dims is None else tuple(dims)
+        if temporal_stride is None:
+            temporal_stride = 2.0 if allocation == "videorope" else 1.0
         if isinstance(temporal_stride, bool) or not isinstance(temporal_stride, (int, float)) or \
                 not temporal_stride > 0 or (temporal_stride != 1.0 and ndim != 3):
             raise ValueError(f"temporal_stride must be a positive number (3D grids only when != 1), got "
@@ -742,13 +833,29 @@ class MixedRoPE(_RoPEBase):
         self.rotate = rotate
         self._init_coord_options(ndim, axis_order, grid_offset, normalize_coords, shift_coords, jitter_coords,
                                  rescale_coords)
-        self.freqs = nn.Parameter(
-            init_mixed_freqs(head_dim, depth, num_heads, ndim, temperature, rotate, device=device,
-                             dtype=dtype or torch.float32)[list(self._perm)]
-        )
+        if allocation is None:
+            self.freqs = nn.Parameter(
+                init_mixed_freqs(head_dim, depth, num_heads, ndim, temperature, rotate, device=device,
+                                 dtype=dtype or torch.float32)[list(self._perm)]
+            )
+        else:
+            f, mask = self._allocation_init()
+            self.freqs = nn.Parameter(f.to(device=device, dtype=dtype or torch.float32))
+            # which entries are learned: time pairs only along t, spatial pairs only in (h, w); hope's time pairs
+            # and pairs past sum(dims) nowhere (their angles are exactly 0)
+            self.register_buffer("freq_mask", mask.to(device=device), persistent=False)
+
+    def _allocation_init(self):
+        plan = allocation_plan(self.allocation, self.dims, float(self.temperature),
+                               self.num_heads if self.allocation == "headwise" else None)
+        return init_mixed_allocation(plan, self.depth, self.num_heads, self.head_dim, self.rotate,
+                                     hope=self.allocation == "hope")
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
+            if self.allocation is not None:
+                self.freqs.copy_(self._allocation_init()[0])
+                return
             self.freqs.copy_(init_mixed_freqs(self.head_dim, self.depth, self.num_heads, self.ndims[0],
                                               self.temperature, self.rotate)[list(self._perm)])
 
@@ -800,12 +907,15 @@ class MixedRoPE(_RoPEBase):
         """Patch coordinates ``(prod(grid), ndim)`` float64 in ``freqs`` row order (``axis_order``), cached per
         layout and device; augmented (uncached) while training with a coordinate augmentation."""
         if self.augmenting:
-            return self._strided(self._augmented(self._patch_coords(layout, device), layout))[:, list(self._perm)]
+            c = self._strided(self._augmented(self._patch_coords(layout, device), layout), layout)
+            return c[:, list(self._perm)]
         return self.cached(("coords", layout, str(device)),
-                           lambda: self._strided(self._patch_coords(layout, device))[:, list(self._perm)])
+                           lambda: self._strided(self._patch_coords(layout, device), layout)[:, list(self._perm)])
 
-    def _strided(self, coords: torch.Tensor) -> torch.Tensor:
-        """Grid axis 0 (t) times ``temporal_stride`` (3D)."""
+    def _strided(self, coords: torch.Tensor, layout: GridLayout) -> torch.Tensor:
+        """Grid axis 0 (t) times ``temporal_stride`` (3D); the diagonal layout for ``videorope`` / ``hope``."""
+        if self.allocation in ("videorope", "hope"):
+            return diagonal_coords(coords, layout.shape, self.temporal_stride)
         if self.temporal_stride == 1.0:
             return coords
         return torch.cat([coords[:, :1] * self.temporal_stride, coords[:, 1:]], dim=-1)
@@ -819,6 +929,8 @@ class MixedRoPE(_RoPEBase):
         c = self.get_coords(layout, self.freqs.device)  # (N, ndim)
         # float64 angles (as AxialRoPE): float32 products at positions ~1e4 are off by ~5e-4 rad (ulp of 1e4)
         f = self.freqs[:, index].to(torch.float64)  # (ndim, heads, D/2)
+        if self.allocation is not None:
+            f = f * self.freq_mask[:, 0].to(f)
         ang = (c.t()[:, None, :, None] * f[:, :, None, :]).sum(0)  # (heads, N, D/2), elementwise: no autocast
         return rope_table(ang, layout.num_prefix, self.head_dim // 2)
 
@@ -836,6 +948,10 @@ class MixedRoPE(_RoPEBase):
             extra += f", grid_offset={self.grid_offset}"
         if self.coord_aug.active:
             extra += f", coord_aug={self.coord_aug}"
+        if self.allocation is not None:
+            extra += f", allocation={self.allocation!r}, dims={self.dims}"
+        if self.temporal_stride != 1.0:
+            extra += f", temporal_stride={self.temporal_stride:g}"
         return (f"head_dim={self.head_dim}, depth={self.depth}, num_heads={self.num_heads}, ndim={self.ndims[0]}, "
                 f"pairing={self.pairing!r}{extra}")
 
