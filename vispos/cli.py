@@ -6,9 +6,13 @@ Subcommands are implemented in the modules named in :data:`COMMANDS`; each modul
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib
 import logging
+import signal
 import sys
+import threading
 from typing import List, Optional
 
 from .utils.extras import MissingExtraError
@@ -225,13 +229,59 @@ def _main(argv: Optional[List[str]] = None) -> int:
         return 2 if argv else 0
     logging.basicConfig(level=logging.INFO if getattr(ns, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    verbose = getattr(ns, "verbose", False)
+    from .utils.io import Terminated, release_output_locks
+
+    with _sigterm_raises(Terminated):
+        try:
+            return int(ns._run(ns) or 0)
+        except (ValueError, TypeError, FileNotFoundError, MissingExtraError) as e:
+            if verbose:
+                raise
+            print(f"vispos: error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            if verbose:
+                raise
+            print(f"vispos: interrupted (Ctrl-C). {_KEPT}", file=sys.stderr)
+            return 130
+        except Terminated:
+            if verbose:
+                raise
+            print(f"vispos: terminated (SIGTERM). {_KEPT}", file=sys.stderr)
+            return 143
+        except OSError as e:
+            if verbose or e.errno not in _DISK_FULL:
+                raise
+            where = f" writing {e.filename!r}" if e.filename else ""
+            print(f"vispos: error: no space left on the device{where} ({e.strerror or e}). {_KEPT} Free some space "
+                  "(or choose another --out) and rerun with --resume.", file=sys.stderr)
+            return 1
+        finally:
+            release_output_locks()
+
+
+_KEPT = ("Files written so far are complete (atomic writes; temp files removed); checkpoints and finished cells are "
+         "kept for --resume.")
+_DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+@contextlib.contextmanager
+def _sigterm_raises(exc_type):
+    """While the command runs, SIGTERM raises ``exc_type`` (a ``BaseException``) in the main thread, so the run
+    unwinds like Ctrl-C: atomic writes remove their temp files and the command exits 143 with a message."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise exc_type(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
     try:
-        return int(ns._run(ns) or 0)
-    except (ValueError, TypeError, FileNotFoundError, MissingExtraError) as e:
-        if getattr(ns, "verbose", False):
-            raise
-        print(f"vispos: error: {e}", file=sys.stderr)
-        return 2
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

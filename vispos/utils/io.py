@@ -1,6 +1,14 @@
-"""Atomic writes: results and checkpoints are written to a temp file in the same folder, then renamed.
+"""Atomic writes, output-folder locks and stale temp files.
 
-A reader never sees a half-written file: either the old one or the complete new one.
+* Atomic writes: results and checkpoints are written to a temp file (``.vispos-tmp.<name>.<random>.tmp``) in the
+  same folder, fsync'ed, then renamed. A reader never sees a half-written file: either the old one or the complete
+  new one. An exception (also ``KeyboardInterrupt`` and :class:`Terminated`, raised on SIGTERM by the ``vispos``
+  command) removes the temp file; a SIGKILL cannot, so :func:`ensure_writable_dir` removes the temp files a killed
+  run left in its output folder when the next run (a resume) claims the folder.
+* Locks: :func:`ensure_writable_dir` takes an exclusive ``flock`` on ``<folder>/.vispos.lock`` (holding the pid),
+  so a second run into the same folder is refused (:class:`OutputFolderInUse`, a ``ValueError``) while the first
+  runs. The OS drops the lock when the process ends, however it ends (no stale locks after SIGKILL); the ``vispos``
+  command also releases it when a command returns (:func:`release_output_locks`).
 """
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -15,6 +24,13 @@ from typing import Any, Iterable, List, Mapping, Sequence, Union
 
 __all__ = [
     "ensure_writable_dir",
+    "lock_output_dir",
+    "release_output_locks",
+    "remove_stale_temps",
+    "OutputFolderInUse",
+    "Terminated",
+    "TEMP_PREFIX",
+    "LOCK_NAME",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -26,6 +42,20 @@ __all__ = [
 ]
 
 PathLike = Union[str, os.PathLike]
+logger = logging.getLogger(__name__)
+
+TEMP_PREFIX = ".vispos-tmp."
+"""Every temp file vispos writes starts with this (atomic writes, the writability probe)."""
+LOCK_NAME = ".vispos.lock"
+"""The lock file :func:`ensure_writable_dir` holds in each output folder."""
+
+
+class OutputFolderInUse(ValueError):
+    """Another live process holds the output folder's lock."""
+
+
+class Terminated(BaseException):
+    """Raised by the ``vispos`` command's SIGTERM handler: unwinds like Ctrl-C, so temp files are removed."""
 
 
 def _umask() -> int:
@@ -42,22 +72,98 @@ def _publish_mode(tmp: str) -> None:
     os.chmod(tmp, 0o666 & ~_UMASK)
 
 
-def ensure_writable_dir(path: PathLike, what: str = "output folder") -> Path:
+def ensure_writable_dir(path: PathLike, what: str = "output folder", lock: bool = True) -> Path:
     """Create ``path`` if needed and check it is a writable folder; ``ValueError`` naming it otherwise.
 
-    Call this before any work starts, so a long run never fails at the end for a bad output path.
+    With ``lock=True`` (the default) the folder is also claimed for this process (:func:`lock_output_dir`: a second
+    run into it is refused while this one runs) and the temp files a killed earlier run left in it are removed
+    (:func:`remove_stale_temps`). Call this before any work starts, so a long run never fails at the end for a bad
+    output path.
     """
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise ValueError(f"{what} {str(p)!r} exists and is not a folder")
     try:
         p.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".write-test-", dir=p)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + "write-test.", dir=p)
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:
         raise ValueError(f"{what} {str(p)!r} is not writable: {e.strerror or e}") from e
+    if lock:
+        lock_output_dir(p, what)
+        remove_stale_temps(p)
     return p
+
+
+# folder (resolved) -> open fd holding its flock, for this process
+_LOCKS: dict = {}
+
+
+def lock_output_dir(path: PathLike, what: str = "output folder") -> Path:
+    """Take an exclusive, non-blocking ``flock`` on ``<path>/.vispos.lock`` for this process.
+
+    Idempotent within a process (a demo that trains then evaluates into one folder takes it once). Raises
+    :class:`OutputFolderInUse` naming the folder and the holder's pid when another process holds it. The lock lasts
+    until :func:`release_output_locks` or the end of the process (also SIGKILL: the OS drops it). On platforms
+    without ``fcntl`` (Windows) folders are not locked.
+    """
+    p = Path(path)
+    key = os.path.realpath(p)
+    if key in _LOCKS:
+        return p
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        logger.warning("no fcntl on this platform: output folder %s is not locked against a second run", p)
+        return p
+    lock_path = p / LOCK_NAME
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise ValueError(f"{what} {str(p)!r}: cannot create its lock file {LOCK_NAME}: {e.strerror or e}") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+        finally:
+            os.close(fd)
+        raise OutputFolderInUse(
+            f"{what} {str(p)!r} is in use by another vispos run (pid {holder}); wait for it to finish or choose "
+            f"another output folder") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _LOCKS[key] = fd
+    return p
+
+
+def release_output_locks() -> None:
+    """Release every output-folder lock this process holds (the lock files stay; they are empty of meaning)."""
+    while _LOCKS:
+        _, fd = _LOCKS.popitem()
+        try:
+            os.close(fd)  # closing the last descriptor releases the flock
+        except OSError:  # pragma: no cover - already closed
+            pass
+
+
+def remove_stale_temps(folder: PathLike) -> List[Path]:
+    """Remove the temp files (``.vispos-tmp.*``) an interrupted run left under ``folder`` (recursively); returns
+    them. Only safe while the folder is locked by this process (no live writer can own them)."""
+    removed = []
+    root = Path(folder)
+    for t in root.rglob(TEMP_PREFIX + "*"):
+        if t.is_file() and not t.is_symlink():
+            try:
+                t.unlink()
+            except FileNotFoundError:  # pragma: no cover - raced with nobody (we hold the lock)
+                continue
+            removed.append(t)
+    if removed:
+        logger.warning("removed %d temp file(s) left by an interrupted run in %s: %s", len(removed), root,
+                       [str(t.relative_to(root)) for t in removed])
+    return removed
 
 
 @contextlib.contextmanager
@@ -66,7 +172,7 @@ def atomic_path(path: PathLike, suffix: str = ".tmp"):
     the file is fsync'ed and renamed onto ``path``; on any error it is removed and ``path`` is left untouched."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{p.name}.", suffix=suffix, dir=p.parent)
     os.close(fd)
     try:
         yield tmp
