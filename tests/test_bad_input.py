@@ -145,6 +145,55 @@ CASES = {
                   r"q must be a 4-D tensor \(B, heads, N, D\), got \(7, 16\)"),
     "sdpa-impl": ("sdpa", lambda t: sdpa(_q(), _q(), _q(), impl="flash3"), ValueError,
                   r"unknown attention impl 'flash3'"),
+    # ---- the tensor contract at every hook's entry (issue 13): floating point, device
+    "contract-int-tokens": ("forward_tokens", lambda t: vispos.build_pe("ape", dim=32, grid=(2, 3), num_prefix=1)
+                            .forward_tokens(torch.ones(1, 7, 32, dtype=torch.int64), L), TypeError,
+                            r"ape: x must be a floating-point tensor .*got dtype torch.int64"),
+    "contract-bool-block": ("forward_block", lambda t: vispos.build_pe("peg", dim=32, grid=(2, 3))
+                            .forward_block(torch.ones(1, 7, 32, dtype=torch.bool), L, 0), TypeError,
+                            r"peg: x must be a floating-point tensor .*got dtype torch.bool"),
+    "contract-int-attn-input": ("forward_attn_input", lambda t: vispos.build_pe(
+        "lape", dim=32, depth=1, grid=(2, 3), num_prefix=1).forward_attn_input(torch.ones(1, 7, 32, dtype=torch.int32),
+                                                                              L, 0),
+        TypeError, r"lape: x must be a floating-point tensor .*got dtype torch.int32"),
+    "contract-int-qk": ("forward_qk", lambda t: _rope().forward_qk(_q().long(), _q().long(), L), TypeError,
+                        r"rope_axial: q must be a floating-point tensor .*got dtype torch.int64"),
+    "contract-complex-qk": ("forward_qk", lambda t: MixedRoPE(16, 2, 2).forward_qk(_q().to(torch.complex64),
+                                                                                   _q().to(torch.complex64), L),
+                            TypeError, r"rope_mixed: q must be a floating-point tensor .*got dtype torch.complex64"),
+    "contract-complex-bias": ("attn_bias", lambda t: vispos.build_pe("rel_decomposed", dim=32, num_heads=2, depth=1,
+                                                                     grid=(2, 3)).attn_bias(_q().to(torch.complex64), L),
+                              TypeError, r"rel_decomposed: q must be a floating-point tensor .*complex64"),
+    "contract-int-value": ("forward_value", lambda t: vispos.build_pe("glpe", dim=32, num_heads=2, depth=1, grid=(2, 3))
+                           .forward_value(_q().int(), _q().int(), L, 0), TypeError,
+                           r"glpe: out must be a floating-point tensor .*got dtype torch.int32"),
+    "contract-device": ("forward_tokens", lambda t: vispos.build_pe("ape", dim=32, grid=(2, 3), num_prefix=1)
+                        .forward_tokens(torch.empty(1, 7, 32, device="meta"), L), ValueError,
+                        r"ape: x is on meta, the PE's parameters are on cpu"),
+    "build-dtype-int": ("build_pe", lambda t: vispos.build_pe("ape", dim=32, grid=(2, 3), dtype=torch.int64),
+                        TypeError, r"ape: dtype must be a floating-point dtype .*got torch.int64"),
+    "build-dtype-bool": ("build_pe", lambda t: vispos.build_pe("rope_mixed", dim=32, num_heads=2, depth=1,
+                                                               dtype=torch.bool), TypeError, r"got torch.bool"),
+    "build-dtype-complex": ("build_pe", lambda t: vispos.build_pe("glpe", dim=32, num_heads=2, depth=1, grid=(2, 3),
+                                                                  dtype=torch.complex64), TypeError,
+                            r"got torch.complex64"),
+    "build-num-heads-zero": ("build_pe", lambda t: vispos.build_pe("rope_axial", dim=32, num_heads=0), ValueError,
+                             r"rope_axial: num_heads must be an int >= 1, got 0"),
+    "build-heads-not-dividing": ("build_pe", lambda t: vispos.build_pe("rope_axial", dim=32, num_heads=3),
+                                 ValueError, r"dim=32 is not divisible by num_heads=3"),
+    "build-grid-nonpositive": ("build_pe", lambda t: vispos.build_pe("peg", dim=32, grid=(0, -3)), ValueError,
+                               r"peg: grid must contain positive sizes, got \(0, -3\)"),
+    "build-grid-nan": ("build_pe", lambda t: vispos.build_pe("glpe", dim=32, num_heads=2, depth=1,
+                                                             grid=(float("nan"), 3)), TypeError,
+                       r"glpe: grid must contain ints, got \(nan, 3\)"),
+    "build-grid-string": ("build_pe", lambda t: vispos.build_pe("peg", dim=32, grid="44"), TypeError,
+                          r"peg: grid must be a tuple of ints .*got '44'"),
+    "rule-attn-factor-not-bool": ("ScalingRule", lambda t: ScalingRule("yarn", 8, 16, attn_factor="no"), TypeError,
+                                  r"attn_factor must be True or False, got 'no'"),
+    "rule-option-not-used": ("ScalingRule", lambda t: ScalingRule("pi", 8, 16, factor=2.0), ValueError,
+                             r"rule 'pi' does not use option\(s\) \['factor'\]"),
+    "rule-option-not-used-yarn": ("ScalingRule", lambda t: ScalingRule("yarn", 8, 16, k=3), ValueError,
+                                  r"rule 'yarn' does not use option\(s\) \['k'\]"),
     # ---- files, folders, configs
     "out-is-file": ("ensure_writable_dir", lambda t: ensure_writable_dir(_file(t)), ValueError,
                     r"exists and is not a folder"),
@@ -253,6 +302,48 @@ def test_cli_bad_input(case, tmp_path, capsys):
     out = tmp_path / "out"  # nothing was trained or written before the error
     if out.is_dir():
         assert not any(out.rglob("*.pt")) and not (out / "results.json").exists(), f"{case}: work was done"
+
+
+# ---- the contract's valid edges: empty batches, float64, numpy integers ------------------------------------------
+@pytest.mark.parametrize("pe", ["rel_decomposed", "glpe", "rope_axial", "ape", "peg", "lape", "rope_mixed"])
+def test_timm_vit_runs_on_an_empty_batch(pe):
+    m = vispos.create_model("vit_tiny_patch16_224", pe=pe, img_size=32, patch_size=8, embed_dim=32, depth=1,
+                            num_heads=2, num_classes=5)
+    assert m(torch.randn(0, 3, 32, 32)).shape == (0, 5)
+
+
+@pytest.mark.parametrize("pe", ["rel_decomposed", "glpe", "rope_axial"])
+def test_video_dit_runs_on_an_empty_batch(pe):
+    from vispos.models import VideoDiT
+
+    m = VideoDiT(video_size=(2, 8, 8), patch=(1, 4, 4), dim=32, depth=1, num_heads=2, pe=pe)
+    x = torch.randn(0, 3, 2, 8, 8)
+    assert m(x, torch.rand(0)).shape == x.shape
+
+
+def test_float64_inputs_work_everywhere():
+    """lape used to fail with a mixed-dtype error on float64 input; every family takes float64 q/k/x."""
+    pe = vispos.build_pe("lape", dim=32, depth=1, grid=(2, 3), num_prefix=1)
+    x = torch.randn(1, 7, 32, dtype=torch.float64)
+    out = pe.forward_attn_input(x, L, 0)
+    assert out.dtype == torch.float64
+    ref = x + pe.layer_pe(L, 0, 1, torch.float32).double()
+    torch.testing.assert_close(out, ref)
+    q = _q().double()
+    qr, kr = _rope().forward_qk(q, q, L)
+    assert qr.dtype == torch.float64 and torch.isfinite(qr).all()
+
+
+def test_numpy_integers_are_ints():
+    import numpy as np
+
+    pe = vispos.build_pe("rope_axial", dim=np.int64(32), num_heads=np.int32(2), grid=(np.int64(2), np.int64(3)))
+    assert pe.head_dim == 16 and isinstance(pe.head_dim, int)
+    lay = GridLayout((np.int64(2), np.int64(3)), np.int64(1))
+    assert lay.shape == (2, 3) and lay.num_prefix == 1 and type(lay.num_prefix) is int
+    assert ScalingRule("riflex", 8, 16, k=np.int64(2)).k == 2
+    ape = vispos.build_pe("ape", dim=np.int64(32), grid=(2, 3), num_prefix=np.int64(1))
+    assert ape.forward_tokens(torch.randn(1, 7, 32), lay).shape == (1, 7, 32)
 
 
 def test_timm_own_checkpoint_round_trip(tmp_path):

@@ -34,6 +34,7 @@ float64 and returned in float64; callers cast once (float32) after computing ang
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, replace
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -62,6 +63,13 @@ RIFLEX_MODES = ("checked", "finetune", "unchecked")
 
 #: YaRN ramps: ``index`` (official code, HF transformers) and ``paper`` (the paper's equation in r_j).
 YARN_RAMPS = ("index", "paper")
+
+
+# the options each rule reads (besides train_len / test_len), and the defaults that mean "not given"
+_RULE_OPTIONS = {"riflex": ("k", "N", "gamma"), "yarn": ("alpha", "beta", "attn_factor", "ramp"),
+                 "ntk_base": ("factor",)}
+_OPTION_DEFAULTS = {"k": None, "N": None, "gamma": 0.9, "alpha": 1.0, "beta": 32.0, "factor": None,
+                    "attn_factor": None, "ramp": "index"}
 
 
 @dataclass(frozen=True)
@@ -107,7 +115,7 @@ class ScalingRule:
         check_positive(self.train_len, "train_len", allow_none=True)
         check_positive(self.test_len, "test_len", allow_none=True)
         check_positive(self.N, "N", allow_none=True)
-        if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
+        if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, numbers.Integral) or self.k < 1):
             raise ValueError(f"RIFLEx k is 1-indexed and must be an int >= 1, got {self.k!r}")
         if not 0 < self.gamma <= 1:
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
@@ -123,6 +131,12 @@ class ScalingRule:
             raise ValueError(f"unknown RIFLEx mode {self.mode!r}; expected one of {RIFLEX_MODES}")
         if self.mode != "checked" and self.name != "riflex":
             raise ValueError(f"mode={self.mode!r} is a RIFLEx option; rule {self.name!r} takes no mode")
+        # options that a rule does not read are refused rather than silently ignored
+        used = _RULE_OPTIONS.get(self.name, ())
+        given = [k for k, default in _OPTION_DEFAULTS.items() if getattr(self, k) != default and k not in used]
+        if given:
+            raise ValueError(f"rule {self.name!r} does not use option(s) {given}; its options are "
+                             f"{sorted(used) or 'none'} (plus train_len, test_len)")
     @property
     def scale(self) -> float:
         """``s = max(L'/L, 1)`` (1 when either length is unknown)."""

@@ -44,6 +44,7 @@ Two more things a positional scheme decides about coordinates, shared by the RoP
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence, Tuple, Union
 
@@ -70,7 +71,7 @@ Shape = Tuple[int, ...]
 
 def check_grid_shape(shape, name: str = "grid shape") -> Shape:
     """Validate a grid shape: a tuple of 1 to 3 positive ints. Returns it as a tuple of ints."""
-    if isinstance(shape, int) and not isinstance(shape, bool):
+    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):  # ints and numpy integers
         shape = (shape,)
     if isinstance(shape, torch.Size):
         shape = tuple(shape)
@@ -82,7 +83,7 @@ def check_grid_shape(shape, name: str = "grid shape") -> Shape:
             torch._check(s > 0, lambda: f"{name} must contain positive sizes, got {tuple(shape)!r}")
             out.append(s)
             continue
-        if isinstance(s, bool) or not isinstance(s, int):
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral):
             if isinstance(s, torch.Tensor) and s.numel() == 1 and not s.is_floating_point():
                 s = int(s)
             else:
@@ -120,8 +121,9 @@ class GridLayout:
     def __post_init__(self):
         shape = check_grid_shape(self.shape)
         object.__setattr__(self, "shape", shape)
-        if isinstance(self.num_prefix, bool) or not isinstance(self.num_prefix, int):
+        if isinstance(self.num_prefix, bool) or not isinstance(self.num_prefix, numbers.Integral):
             raise TypeError(f"num_prefix must be an int >= 0, got {self.num_prefix!r}")
+        object.__setattr__(self, "num_prefix", int(self.num_prefix))
         if self.num_prefix < 0:
             raise ValueError(f"num_prefix must be >= 0, got {self.num_prefix}")
         if self.positions is not None:

@@ -435,7 +435,7 @@ class _TokenPE(PositionalEmbedding):
     def forward_tokens(self, x: torch.Tensor, layout) -> torch.Tensor:
         """``x (B, num_prefix + prod(grid), C)`` -> ``x + PE`` (same shape)."""
         layout = as_layout(layout)
-        check_tokens_3d(x, layout, f"{self.name}: x")
+        check_tokens_3d(x, layout, f"{self.name}: x", self)
         if x.shape[-1] != self.dim:
             raise ValueError(f"{self.name}: x has {x.shape[-1]} channels, this PE was built for dim={self.dim}")
         return x + self.full_table(layout, x.shape[0], x.dtype, x.device)

@@ -34,16 +34,16 @@ import torch
 from torch import nn
 
 from ..grid import GridLayout
+from ..utils.contract import check_float_tensor
 
 __all__ = ["HOOKS", "PositionalEmbedding", "PECombination", "check_tokens_3d"]
 
 HOOKS = ("token", "block", "attn_input", "qk", "bias", "value")
 
 
-def check_tokens_3d(x: torch.Tensor, layout: GridLayout, what: str = "x") -> None:
-    """Validate ``x (B, N, C)`` against a layout (rank and token count)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+def check_tokens_3d(x: torch.Tensor, layout: GridLayout, what: str = "x", module=None) -> None:
+    """Validate ``x (B, N, C)`` against a layout (floating point, rank, token count; ``module``'s device)."""
+    check_float_tensor(x, what, module)
     if x.dim() != 3:
         raise ValueError(f"{what} must have shape (B, N, C), got {tuple(x.shape)}")
     layout.check_tokens(x.shape[1], what)

@@ -162,7 +162,7 @@ class PEG(PositionalEmbedding):
         """``x (B, num_prefix + prod(grid), C)`` -> same; PEG after block ``index`` if listed, else identity."""
         layout = as_layout(layout)
         self.check_layout(layout)
-        check_tokens_3d(x, layout, "peg: x")
+        check_tokens_3d(x, layout, "peg: x", self)
         if x.shape[-1] != self.dim:
             raise ValueError(f"peg: x has {x.shape[-1]} channels, this PEG was built for dim={self.dim}")
         if index not in self._blocks:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..grid import as_layout, grid_coords
+from ..utils.contract import check_float_tensor
 from .base import PositionalEmbedding, check_tokens_3d
 from .conditional import check_kernel_size, grid_to_tokens
 from .registry import register_family
@@ -110,7 +111,7 @@ def apply_glpe_local(out: torch.Tensor, v: torch.Tensor, layout, weight: torch.T
                          f"({'heads·head_dim' if per_head else 'head_dim'})")
     conv = F.conv2d if layout.ndim == 2 else F.conv3d
     y = conv(g, weight.to(v.dtype), None if bias is None else bias.to(v.dtype), padding=(k - 1) // 2, groups=groups)
-    y = y.reshape(B, Hh, D, -1).transpose(2, 3)  # (B, h, n, D)
+    y = y.reshape(B, Hh, D, N - P).transpose(2, 3)  # (B, h, n, D); explicit n: B = 0 is valid
     return torch.cat([out[:, :, :P], out[:, :, P:] + y.to(out.dtype)], dim=2)
 
 
@@ -186,7 +187,7 @@ class GlobalLocalPE(PositionalEmbedding):
         """``x (B, num_prefix + prod(grid), dim)`` -> ``x + global PE`` (prefix tokens unchanged)."""
         layout = as_layout(layout)
         self.check_layout(layout)
-        check_tokens_3d(x, layout, "glpe: x")
+        check_tokens_3d(x, layout, "glpe: x", self)
         if x.shape[-1] != self.dim:
             raise ValueError(f"glpe: x has {x.shape[-1]} channels, this PE was built for dim={self.dim}")
         table = self.get_table(layout, x.device)
@@ -198,6 +199,8 @@ class GlobalLocalPE(PositionalEmbedding):
         self.check_layout(layout)
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < self.depth:
             raise ValueError(f"glpe: layer index {index!r} out of range for depth {self.depth}")
+        check_float_tensor(out, "glpe: out", self)
+        check_float_tensor(v, "glpe: v", self)
         if v.dim() != 4 or v.shape[1] != self.num_heads or v.shape[-1] != self.head_dim:
             raise ValueError(f"glpe: v must be (B, {self.num_heads}, N, {self.head_dim}), got {tuple(v.shape)}")
         c = self.local_convs[index]

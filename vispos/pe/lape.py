@@ -162,10 +162,12 @@ class LaPE(PositionalEmbedding):
         """``x + ω_{index+1}`` on the normalised attention input ``x (B, num_prefix + prod(grid), C)``."""
         layout = as_layout(layout)
         self.check_layout(layout)
-        check_tokens_3d(x, layout, "lape: x")
+        check_tokens_3d(x, layout, "lape: x", self)
         if x.shape[-1] != self.dim:
             raise ValueError(f"lape: x has {x.shape[-1]} channels, this PE was built for dim={self.dim}")
-        return x + self.layer_pe(layout, index, x.shape[0], x.dtype, x.device)
+        # the chain runs in the PE's own dtype (LayerNorm needs its input and weights alike), then meets x's dtype
+        pe = self.layer_pe(layout, index, x.shape[0], self.norms[index].weight.dtype, x.device)
+        return x + pe.to(x.dtype)
 
     def layer_pes(self, layout) -> List[torch.Tensor]:
         """``[ω_1, ..., ω_depth]`` for a layout (reference / inspection)."""

@@ -158,10 +158,14 @@ def build_pe(
             ``build_pe(["ape", "rope_axial"], ..., rope_axial=dict(base=10000))``.
 
     Raises ``ValueError`` for unknown names (listing the valid ones) and incompatible combinations, ``TypeError``
-    for unknown options.
+    for unknown options. The geometry is checked first (:func:`vispos.utils.checks.check_common_options`): ints
+    >= 1 (numpy integers accepted; ``num_prefix`` >= 0), a grid of 1-3 positive ints, a floating-point ``dtype``.
     """
-    common = dict(dim=dim, num_heads=num_heads, depth=depth, grid=tuple(grid) if grid is not None else None,
-                  num_prefix=num_prefix, device=device, dtype=dtype)
+    from ..utils.checks import check_common_options
+
+    label = name if isinstance(name, str) else "build_pe"
+    common = dict(check_common_options(label, dim=dim, num_heads=num_heads, depth=depth, grid=grid,
+                                       num_prefix=num_prefix, dtype=dtype), device=device)
     if isinstance(name, str):
         return _call_builder(get_pe_info(name), common, options)
     if isinstance(name, PositionalEmbedding):

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..grid import GridLayout, as_layout, check_grid_shape
 from ..ops.attention import DecomposedBias
+from ..utils.contract import check_float_tensor
 from .base import PositionalEmbedding
 from .registry import register_family
 
@@ -117,7 +118,7 @@ def decomposed_rel_pos_factors(
         R = get_rel_pos(qs, ks, table, interpolate).to(q.dtype)  # (q_a, k_a, C)
         ax = letters[a]
         rel = torch.einsum(f"bn{grid_sub}c,{ax}kc->bn{grid_sub}k", rq, R)
-        out.append(rel.reshape(B, Hh, -1, ks))
+        out.append(rel.reshape(B, Hh, math.prod(q_shape), ks))  # explicit sizes: B = 0 is valid
     return out
 
 
@@ -206,9 +207,9 @@ class DecomposedRelPos(PositionalEmbedding):
         """
         layout = as_layout(layout)
         self.check_layout(layout)
-        if not isinstance(q, torch.Tensor) or q.dim() != 4:
-            raise ValueError(f"rel_decomposed: q must be (B, heads, N, head_dim), got "
-                             f"{tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__}")
+        check_float_tensor(q, "rel_decomposed: q", self)
+        if q.dim() != 4:
+            raise ValueError(f"rel_decomposed: q must be (B, heads, N, head_dim), got {tuple(q.shape)}")
         if q.shape[-1] != self.head_dim:
             raise ValueError(f"rel_decomposed: q has head dim {q.shape[-1]}, the tables were built for {self.head_dim}")
         layout.check_tokens(q.shape[-2], "rel_decomposed: q")

@@ -41,6 +41,7 @@ from .. import freqs as F_
 from ..grid import NORMALIZE_MODES, CoordAug, GridLayout, as_layout, axis_order, check_grid_shape, grid_coords
 from ..ops.rope import apply_rope_qk, check_pairing, rope_angles, rope_table
 from ..utils.checks import check_int
+from ..utils.contract import check_float_tensor
 from .base import PositionalEmbedding
 from .registry import register_family
 
@@ -80,10 +81,9 @@ def default_axis_dims(rotary_dim: int, ndim: int) -> Tuple[int, ...]:
     raise ValueError(f"grids have 1, 2 or 3 axes, got {ndim}")
 
 
-def _check_qk(q, k, head_dim, layout: GridLayout, who: str) -> None:
+def _check_qk(q, k, head_dim, layout: GridLayout, who: str, module=None) -> None:
     for name, t in (("q", q), ("k", k)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{who}: {name} must be a tensor (B, heads, N, head_dim), got {type(t).__name__}")
+        check_float_tensor(t, f"{who}: {name}", module)
         if t.dim() != 4:
             raise ValueError(f"{who}: {name} must have shape (B, heads, N, head_dim), got {tuple(t.shape)}")
         if t.shape[-1] != head_dim:
@@ -615,7 +615,7 @@ class AxialRoPE(_RoPEBase):
 
     def forward_qk(self, q, k, layout, index: int = 0):
         layout = as_layout(layout)
-        _check_qk(q, k, self.head_dim, layout, self.name)
+        _check_qk(q, k, self.head_dim, layout, self.name, self)
         if self.allocation == "headwise" and q.shape[1] != self.num_heads:
             raise ValueError(f"rope_axial (headwise): q has {q.shape[1]} heads, built for {self.num_heads}")
         cos, sin = self.get_table(layout, q.device, self._stride(layout))
@@ -936,7 +936,7 @@ class MixedRoPE(_RoPEBase):
 
     def forward_qk(self, q, k, layout, index: int = 0):
         layout = as_layout(layout)
-        _check_qk(q, k, self.head_dim, layout, self.name)
+        _check_qk(q, k, self.head_dim, layout, self.name, self)
         if q.shape[1] != self.num_heads:
             raise ValueError(f"rope_mixed: q has {q.shape[1]} heads, this RoPE was built for {self.num_heads}")
         cos, sin = self.build_table(layout, index)

@@ -5,7 +5,7 @@
   new one. An exception (also ``KeyboardInterrupt`` and :class:`Terminated`, raised on SIGTERM by the ``vispos``
   command) removes the temp file; a SIGKILL cannot, so :func:`ensure_writable_dir` removes the temp files a killed
   run left in its output folder when the next run (a resume) claims the folder.
-* Locks: :func:`ensure_writable_dir` takes an exclusive ``flock`` on ``<folder>/.vispos.lock`` (holding the pid),
+* Locks: :func:`ensure_writable_dir` (on rank 0 of a torchrun job; it is the one that writes) takes an exclusive ``flock`` on ``<folder>/.vispos.lock`` (holding the pid),
   so a second run into the same folder is refused (:class:`OutputFolderInUse`, a ``ValueError``) while the first
   runs. The OS drops the lock when the process ends, however it ends (no stale locks after SIGKILL); the ``vispos``
   command also releases it when a command returns (:func:`release_output_locks`).
@@ -90,10 +90,15 @@ def ensure_writable_dir(path: PathLike, what: str = "output folder", lock: bool 
         os.unlink(tmp)
     except OSError as e:
         raise ValueError(f"{what} {str(p)!r} is not writable: {e.strerror or e}") from e
-    if lock:
+    if lock and _is_main_rank():  # in a torchrun job rank 0 claims the folder for every rank (only it writes)
         lock_output_dir(p, what)
         remove_stale_temps(p)
     return p
+
+
+def _is_main_rank() -> bool:
+    r = os.environ.get("RANK", "0").strip()
+    return r in ("", "0")
 
 
 # folder (resolved) -> open fd holding its flock, for this process
