@@ -35,6 +35,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from ..data.files import scan_files
 from ..data.video import VIDEO_EXTENSIONS, VideoReadError, check_frames, read_video
 from ..utils.checks import check_int as _check_len  # an int >= minimum (the shared validator)
 
@@ -793,14 +794,18 @@ def score_video(frames, train_len: int, N_k: Optional[float] = None, true_centre
     return {k: _nan_to_none(v) for k, v in row.items()}
 
 
-def _video_files(root: Path, exts: Tuple[str, ...]) -> List[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+DECODE_SHORT_SIDE = 256
+""":func:`score_folder` decodes videos chunk by chunk, area-downsampled to this short side (never upsampled):
+memory stays bounded for any size and length (the grey metrics work at 64 px; trajectory errors are in pixels of
+the decoded size, ``decoded_size`` in each row)."""
 
 
 def score_folder(folder: PathLike, train_len: int, extensions: Sequence[str] = VIDEO_EXTENSIONS,
                  reference: Optional[PathLike] = None, progress: bool = False,
                  **kwargs) -> Tuple[List[Dict], List[Tuple[str, str]]]:
-    """Score every video file under ``folder`` (recursive, sorted) with :func:`score_video` (``kwargs``).
+    """Score every video file under ``folder`` (recursive, sorted) with :func:`score_video` (``kwargs``), each
+    decoded in bounded memory at a short side of at most :data:`DECODE_SHORT_SIDE`. Entries that are not readable
+    files (dangling symlinks, symlink loops, a folder named ``x.mp4``) are listed in ``skipped``.
 
     ``reference``: a folder of training-length videos made from the same prompts and seeds; each video is paired
     with the reference file of the same relative path (any video extension) and gets ``speed_vs_reference``. A
@@ -818,28 +823,32 @@ def score_folder(folder: PathLike, train_len: int, extensions: Sequence[str] = V
     if not root.is_dir():
         raise ValueError(f"video folder {str(root)!r} does not exist or is not a folder")
     exts = tuple(e.lower() for e in extensions)
-    files = _video_files(root, exts)
+    files, skipped = scan_files(root, exts)  # dangling symlinks, loops, a folder named x.mp4 -> skipped, named
+    for path, reason in skipped:
+        warnings.warn(f"score_folder: skipping {path!r}: {reason}", RuntimeWarning, stacklevel=2)
     if not files:
-        raise ValueError(f"video folder {str(root)!r} holds no files with extensions {exts}")
+        raise ValueError(f"video folder {str(root)!r} holds no files with extensions {exts}"
+                         + (f"; skipped: {skipped}" if skipped else ""))
     refs: Dict[Path, Path] = {}
     if reference is not None:
         rroot = Path(reference)
         if not rroot.is_dir():
             raise ValueError(f"reference folder {str(rroot)!r} does not exist or is not a folder")
-        by_stem = {p.relative_to(rroot).with_suffix(""): p for p in _video_files(rroot, exts)}
+        by_stem = {p.relative_to(rroot).with_suffix(""): p for p in scan_files(rroot, exts)[0]}
         missing = [str(p.relative_to(root)) for p in files if p.relative_to(root).with_suffix("") not in by_stem]
         if missing:
             raise ValueError(f"no reference video in {str(rroot)!r} for {missing} (references are paired by "
                              f"relative path without extension)")
         refs = {p: by_stem[p.relative_to(root).with_suffix("")] for p in files}
-    rows, skipped = [], []
+    rows = []
     bar = progress_bar(total=len(files), desc="score videos", enabled=progress, unit="video")
     for p in files:
         bar.update(1)
         try:
-            frames = read_video(p)
-            ref = read_video(refs[p]) if p in refs else None
+            frames = read_video(p, max_short_side=DECODE_SHORT_SIDE)  # streamed: never held at full resolution
+            ref = read_video(refs[p], max_short_side=DECODE_SHORT_SIDE) if p in refs else None
             row = score_video(frames, train_len, reference=ref, **kwargs)
+            row["decoded_size"] = list(frames.shape[1:3])
         except VideoReadError as e:
             reason = str(e)
         else:

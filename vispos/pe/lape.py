@@ -166,7 +166,7 @@ class LaPE(PositionalEmbedding):
         if x.shape[-1] != self.dim:
             raise ValueError(f"lape: x has {x.shape[-1]} channels, this PE was built for dim={self.dim}")
         # the chain runs in the PE's own dtype (LayerNorm needs its input and weights alike), then meets x's dtype
-        pe = self.layer_pe(layout, index, x.shape[0], self.norms[index].weight.dtype, x.device)
+        pe = self.layer_pe(layout, index, x.shape[0], self.norms[0].weight.dtype, x.device)
         return x + pe.to(x.dtype)
 
     def layer_pes(self, layout) -> List[torch.Tensor]:
