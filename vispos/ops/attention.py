@@ -61,7 +61,7 @@ class DecomposedBias:
         dt = dtype or f0.dtype
         out = torch.zeros(B, H, stop - start, self.k_layout.num_tokens, dtype=dt, device=f0.device)
         if hi > lo:
-            out[:, :, (lo + pq) - start :, pk:] = acc.expand(B, H, hi - lo, *kshape).reshape(B, H, hi - lo, -1).to(dt)
+            out[:, :, (lo + pq) - start :, pk:] = acc.expand(B, H, hi - lo, *kshape).reshape(B, H, hi - lo, math.prod(kshape)).to(dt)
         return out
 
     def key_onehot(self, dtype, device) -> torch.Tensor:

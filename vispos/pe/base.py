@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..grid import GridLayout
-from ..utils.contract import check_float_tensor
+from ..utils.checks import check_float_tensor
 
 __all__ = ["HOOKS", "PositionalEmbedding", "PECombination", "check_tokens_3d"]
 

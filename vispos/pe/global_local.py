@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..grid import as_layout, grid_coords
-from ..utils.contract import check_float_tensor
+from ..utils.checks import check_float_tensor
 from .base import PositionalEmbedding, check_tokens_3d
 from .conditional import check_kernel_size, grid_to_tokens
 from .registry import register_family

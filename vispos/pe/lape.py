@@ -130,14 +130,15 @@ class LaPE(PositionalEmbedding):
         if torch.compiler.is_compiling():
             return layout
         self.check_layout(layout)
-        check_tokens_3d(x, layout, "lape: x")
-        w0 = self.omega0(layout, x.shape[0], x.dtype, x.device)
+        check_tokens_3d(x, layout, "lape: x", self)
+        dtype = self.norms[0].weight.dtype  # the chain runs in the PE's dtype; forward_attn_input casts to x's
+        w0 = self.omega0(layout, x.shape[0], dtype, x.device)
         ws, bs = self._weights()
         chain, w = [], w0
         for i in range(self.depth):
             w = F.layer_norm(w0 if self.sharing else w, (self.dim,), ws[i], bs[i], self.eps)
             chain.append(w)
-        return layout.with_state(self, (x.shape[0], x.dtype, tuple(chain)))
+        return layout.with_state(self, (x.shape[0], dtype, tuple(chain)))
 
     def layer_pe(self, layout, index: int, batch_size: Optional[int] = None, dtype=None, device=None) -> torch.Tensor:
         """``ω_{index+1}``, ``(1 or B, N, C)``: from the chain :meth:`prepare` attached to ``layout``, else computed."""

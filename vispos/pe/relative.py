@@ -27,7 +27,7 @@ from torch import nn
 
 from ..grid import GridLayout, as_layout, check_grid_shape
 from ..ops.attention import DecomposedBias
-from ..utils.contract import check_float_tensor
+from ..utils.checks import check_float_tensor
 from .base import PositionalEmbedding
 from .registry import register_family
 

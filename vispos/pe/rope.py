@@ -40,8 +40,7 @@ from torch import nn
 from .. import freqs as F_
 from ..grid import NORMALIZE_MODES, CoordAug, GridLayout, as_layout, axis_order, check_grid_shape, grid_coords
 from ..ops.rope import apply_rope_qk, check_pairing, rope_angles, rope_table
-from ..utils.checks import check_int
-from ..utils.contract import check_float_tensor
+from ..utils.checks import check_float_tensor, check_int
 from .base import PositionalEmbedding
 from .registry import register_family
 

@@ -84,7 +84,7 @@ class _AttentionHooks:
                                                  scale=self.scale)
             if "value" in hooks:
                 out = pe.forward_value(out, v, layout, i)
-        out = self.norm(out.transpose(1, 2).reshape(B, N, -1))
+        out = self.norm(out.transpose(1, 2).reshape(B, N, out.shape[1] * out.shape[3]))  # explicit: B = 0 works
         if gate is not None:
             out = out * gate
         return self.proj_drop(self.proj(out))
@@ -121,11 +121,12 @@ class _EvaAttentionHooks(_RopeArgAttentionHooks):
             else:
                 qkv_bias = torch.cat((self.q_bias, self.k_bias, self.v_bias))
                 qkv = self.qkv(x) + qkv_bias if self.qkv_bias_separate else F.linear(x, self.qkv.weight, qkv_bias)
-            q, k, v = qkv.reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+            q, k, v = qkv.reshape(B, N, 3, self.num_heads, qkv.shape[-1] // (3 * self.num_heads)).permute(
+                2, 0, 3, 1, 4).unbind(0)
         else:
-            q = self.q_proj(x).reshape(B, N, self.num_heads, -1).transpose(1, 2)
-            k = self.k_proj(x).reshape(B, N, self.num_heads, -1).transpose(1, 2)
-            v = self.v_proj(x).reshape(B, N, self.num_heads, -1).transpose(1, 2)
+            q = self.q_proj(x).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+            k = self.k_proj(x).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+            v = self.v_proj(x).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
         return self.q_norm(q), self.k_norm(k), v
 
 
@@ -316,7 +317,7 @@ class _VitHooks(_ModelHooks):
         inter = [y[:, n_pre:] for y in inter]
         if output_fmt == "NCHW":
             H, W = call.layout.shape
-            inter = [y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous() for y in inter]
+            inter = [y.reshape(B, H, W, y.shape[-1]).permute(0, 3, 1, 2).contiguous() for y in inter]
         if output_dict:
             out = {"image_intermediates": inter}
             if prefix is not None and return_prefix_tokens:
