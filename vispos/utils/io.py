@@ -37,6 +37,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_csv",
     "atomic_torch_save",
+    "load_checkpoint_file",
     "atomic_savefig",
     "markdown_table",
 ]
@@ -249,6 +250,36 @@ def atomic_torch_save(obj: Any, path: PathLike) -> Path:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint_file(path: PathLike, map_location="cpu", what: str = "checkpoint"):
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, so a crafted file cannot run
+    code when it is loaded. Every failure is a ``ValueError`` naming the file: missing, empty (0 bytes), truncated or
+    not a torch file, or holding other objects (with what to do if the file is trusted)."""
+    import pickle
+
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{what} {str(p)!r} does not exist")
+    size = p.stat().st_size
+    if size == 0:
+        raise ValueError(f"{what} {str(p)!r} is empty (0 bytes): an interrupted copy? Delete it (a run then starts "
+                         "fresh) or restore the file")
+    try:
+        return torch.load(str(p), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()
+        detail = next((ln.strip() for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
+        raise ValueError(
+            f"{what} {str(p)!r} holds objects other than tensors and plain containers ({detail}); vispos loads "
+            "checkpoints with weights_only=True so that a file cannot run code. If you trust the file, convert it "
+            "once: torch.save(torch.load(path, weights_only=False)['model'] (or its state_dict()), new_path)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()
+        raise ValueError(f"{what} {str(p)!r} ({size} bytes) is truncated or not a torch checkpoint: "
+                         f"{first[0] if first else type(e).__name__}") from None
 
 
 def atomic_savefig(fig, path: PathLike, **kwargs) -> Path:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from ...models.video_dit import VideoDiT
 from ...utils.checks import check_size
 from ...utils.dist import resolve_device
+from ...utils.io import load_checkpoint_file
 from .config import MODEL_KEYS, SAMPLERS
 
 
@@ -88,7 +89,7 @@ def load_checkpoint(path, device="cpu", use_ema: bool = True):
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"checkpoint {str(p)!r} does not exist")
-    ck = torch.load(p, map_location="cpu", weights_only=False)
+    ck = load_checkpoint_file(p, map_location="cpu")
     if not isinstance(ck, dict) or ck.get("format") != "vispos.video_dit/1":
         raise ValueError(f"{str(p)!r} is not a vispos video DiT checkpoint (written by `vispos train video`)")
     cfg = ck["train_config"]

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ...utils.dist import resolve_device
-from ...utils.io import atomic_torch_save, atomic_write_json, ensure_writable_dir
+from ...utils.io import atomic_torch_save, atomic_write_json, ensure_writable_dir, load_checkpoint_file
 from ...utils.seeding import generator
 from ..common import lr_at
 from .config import MODEL_KEYS, TRAIN_DEFAULTS, check_train_config
@@ -40,8 +40,9 @@ def train_video(cfg: Dict[str, Any], resume: bool = False, progress: bool = True
     check_train_config(cfg)
     out = ensure_writable_dir(cfg["out"], "training output folder")
     ckpt_path = out / "checkpoint.pt"
-    if resume and not ckpt_path.is_file():
-        raise ValueError(f"--resume: no checkpoint at {str(ckpt_path)!r}")
+    if resume and not ckpt_path.is_file():  # like `train resolution`: --resume means "continue if there is one"
+        log.warning("--resume: no checkpoint at %s; starting a fresh run", ckpt_path)
+        resume = False
     info = D.init_distributed(cfg["device"])
     try:
         if cfg["batch_size"] % info.world_size:
@@ -71,7 +72,7 @@ def train_video(cfg: Dict[str, Any], resume: bool = False, progress: bool = True
         gen = generator(cfg["seed"])
         step, losses = 0, []
         if resume:
-            ck = torch.load(ckpt_path, map_location=dev, weights_only=False)
+            ck = load_checkpoint_file(ckpt_path, map_location=dev, what="--resume: checkpoint")
             _check_resume_config(ck["train_config"], cfg)
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])

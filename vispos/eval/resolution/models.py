@@ -6,6 +6,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from ...utils.io import load_checkpoint_file
 from .config import Variant, size_label
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,7 @@ def _state_dict_of(obj, path) -> dict:
 
 
 def _load_weights(model, variant: Variant, path, kw) -> None:
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # unreadable / not a torch file: report which file and why
-        raise ValueError(f"cannot read checkpoint {str(path)!r}: {e}") from e
+    obj = load_checkpoint_file(path)  # weights only; a ValueError naming the file and why it cannot be read
     traj = obj.get("trajectory") if isinstance(obj, dict) else None
     if isinstance(traj, dict) and traj.get("train_size") is not None:
         built = list(kw.get("img_size") or [])
@@ -106,10 +104,7 @@ def checkpoint_train_size(variants) -> Optional[Tuple[int, int]]:
     for v in variants:
         if not v.checkpoint:
             continue
-        try:
-            obj = torch.load(str(v.checkpoint), map_location="cpu", weights_only=True)
-        except Exception as e:  # unreadable / not a torch file: report which file and why
-            raise ValueError(f"cannot read checkpoint {str(v.checkpoint)!r}: {e}") from e
+        obj = load_checkpoint_file(v.checkpoint)
         traj = obj.get("trajectory") if isinstance(obj, dict) else None
         if isinstance(traj, dict) and traj.get("train_size") is not None:
             seen[v.name] = tuple(int(x) for x in traj["train_size"])

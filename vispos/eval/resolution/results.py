@@ -125,13 +125,14 @@ def results_table(result) -> str:
 
 
 def write_results(out, result: Dict[str, Any], cfg: Dict[str, Any]) -> None:
-    """results.json, results.csv, table.md, accuracy_vs_resolution.png, config.yaml in ``out`` (atomic writes)."""
+    """accuracy_vs_resolution.png, table.md, results.csv, config.yaml, then results.json (the "finished" marker)
+    in ``out``, each written atomically: a run killed before results.json is never taken as finished."""
     out = Path(out)
     fields = ["variant", "pe", "model", "seed", "size", "height", "width", "n", "correct1", "top1", "correct5",
               "top5", "checkpoint"]
+    plot_accuracy(out / "accuracy_vs_resolution.png", result)
     write_results_folder(out, {k: v for k, v in result.items() if k != "table"}, result["rows"], result["table"],
                          fields=fields, config=cfg)
-    plot_accuracy(out / "accuracy_vs_resolution.png", result)
 
 
 def plot_accuracy(path, result: Dict[str, Any]):

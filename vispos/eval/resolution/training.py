@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from ...utils.io import atomic_torch_save
+from ...utils.io import atomic_torch_save, load_checkpoint_file
 from ..common import autocast, lr_at
 from .config import TRAJECTORY_KEYS, Variant, size_label
 from .data import Data, train_batch, train_step_plan
@@ -65,7 +65,7 @@ def train_variant(variant: Variant, cfg: Dict[str, Any], data: Data, seed: int, 
     start = 0
     history: List[Dict[str, Any]] = []
     if cfg["resume"] and ckpt.is_file():
-        state = torch.load(str(ckpt), map_location="cpu", weights_only=True)
+        state = load_checkpoint_file(ckpt, what="--resume: checkpoint")
         saved = state.get("trajectory")
         if saved != json.loads(json.dumps(traj)):
             diff = sorted(k for k in set(traj) | set(saved or {}) if (saved or {}).get(k) != traj.get(k))
