@@ -266,6 +266,39 @@ def _image_folder(tmp_path):
     return root
 
 
+def _res_cfg(t, **over):
+    """train resolution argv with ``over`` in a YAML config (flags: the usual tiny run)."""
+    import yaml
+
+    f = t / "over.yaml"
+    f.write_text(yaml.safe_dump(over))
+    return _res_args(t, "--config", str(f))
+
+
+def _resume_empty_ckpt(t):
+    out = t / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "ape_seed0.pt").write_bytes(b"")
+    return _res_args(t, "--out", str(out), "--resume")
+
+
+def _resume_damaged_partial(t):
+    out = t / "run"
+    out.mkdir()
+    (out / "partial_rows.json").write_text('{"fingerprint": "abc", "rows": [{"variant"')
+    return _res_args(t, "--out", str(out), "--resume", cmd="eval")
+
+
+def _video_cfg(t, **over):
+    import yaml
+
+    f = t / "video.yaml"
+    f.write_text(yaml.safe_dump({**dict(num_videos=4, frames=4, size=8, num_objects=1, patch=[1, 4, 4], dim=32,
+                                        depth=1, num_heads=2, batch_size=2, steps=1, device="cpu",
+                                        out=str(t / "out")), **over}))
+    return ["train", "video", "--config", str(f), "--no-progress"]
+
+
 CLI_CASES = {
     "cli-unknown-pe": (lambda t: _res_args(t, "--pe", "rope2d"), r"unknown PE 'rope2d'"),
     "cli-two-qk": (lambda t: _res_args(t, "--pe", "rope_axial+vope"), r"incompatible PE combination"),
@@ -284,6 +317,23 @@ CLI_CASES = {
     "cli-size-nonpositive": (lambda t: _res_args(t, "--sizes", "0"), r"must be positive"),
     "cli-steps-nonpositive": (lambda t: _res_args(t, "--steps", "0"), r"steps"),
     "cli-batch-nonpositive": (lambda t: _res_args(t, "--batch-size", "-4"), r"batch_size"),
+    # ---- config numbers that used to pass validation and crash later (issue 13, item 6)
+    "cli-lr-inf": (lambda t: _res_cfg(t, lr=float("inf")), r"lr must be a finite number > 0, got inf"),
+    "cli-weight-decay-nan": (lambda t: _res_cfg(t, weight_decay=float("nan")), r"weight_decay must be a finite"),
+    "cli-grad-clip-nan": (lambda t: _res_cfg(t, grad_clip=float("nan")), r"grad_clip must be a finite"),
+    "cli-label-smoothing": (lambda t: _res_cfg(t, label_smoothing=1.5), r"label_smoothing must be .*< 1, got 1.5"),
+    "cli-heads-not-dividing": (lambda t: _res_args(t, "--model-kwargs", "{embed_dim: 32, num_heads: 3, depth: 1}"),
+                               r"embed_dim=32 is not divisible by num_heads=3"),
+    "cli-embed-dim-zero": (lambda t: _res_args(t, "--model-kwargs", "{embed_dim: 0, num_heads: 2, depth: 1}"),
+                           r"model_kwargs.embed_dim must be an int >= 1, got 0"),
+    "cli-device-unavailable": (lambda t: [a if a != "cpu" else "cuda:99" for a in _res_args(t)], r"cuda"),
+    "cli-batch-huge": (lambda t: _res_args(t, "--batch-size", "1000000000"),
+                       r"batch_size=1000000000 at 16x16 needs .* GiB .* more than this machine's"),
+    "cli-resume-empty-checkpoint": (_resume_empty_ckpt, r"--resume: checkpoint .*ape_seed0.pt' is empty \(0 bytes\)"),
+    "cli-resume-damaged-partial": (_resume_damaged_partial,
+                                   r"cannot resume from .*partial_rows.json': the file is damaged"),
+    "cli-video-lr-inf": (lambda t: _video_cfg(t, lr=float("inf")), r"lr must be a finite number"),
+    "cli-video-batch-huge": (lambda t: _video_cfg(t, batch_size=10 ** 9), r"batch_size=1000000000 of 4x8x8 videos"),
     "cli-frames-videos-missing": (lambda t: ["eval", "frames", "--videos", str(t / "nope"), "--out", str(t / "o")],
                                   r"nope"),
 }

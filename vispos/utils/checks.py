@@ -31,6 +31,7 @@ __all__ = [
     "check_float_dtype",
     "check_float_tensor",
     "check_common_options",
+    "check_fits_in_memory",
 ]
 
 
@@ -235,3 +236,20 @@ def check_common_options(name: str, dim=None, num_heads=None, depth=None, grid=N
     if out["dim"] is not None and out["num_heads"] is not None and out["dim"] % out["num_heads"]:
         raise ValueError(f"{name}: dim={out['dim']} is not divisible by num_heads={out['num_heads']}")
     return out
+
+
+def _physical_memory() -> Optional[int]:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return None
+
+
+def check_fits_in_memory(nbytes: int, what: str) -> None:
+    """``ValueError`` when one tensor of ``nbytes`` (e.g. a batch of input images) could not fit in this machine's
+    physical memory: a setting such as ``batch_size=1e9`` is refused at once instead of running until the machine
+    kills it. (Only the obvious cases: the model's activations need many times more.)"""
+    total = _physical_memory()
+    if total is not None and nbytes > total:
+        raise ValueError(f"{what} needs {nbytes / 2 ** 30:.3g} GiB for its input tensor alone, more than this "
+                         f"machine's {total / 2 ** 30:.3g} GiB of memory")

@@ -109,7 +109,11 @@ def check_train_config(cfg: Dict[str, Any]) -> None:
     check_number(cfg["weight_decay"], "weight_decay", 0.0)
     check_number(cfg["grad_clip"], "grad_clip", 0.0)
     check_number(cfg["ema"], "ema (0 = off)", 0.0, 1.0, max_open=True)
-    check_size(cfg["size"], "size")
+    H, W = check_size(cfg["size"], "size")
+    from ...utils.checks import check_fits_in_memory
+
+    check_fits_in_memory(cfg["batch_size"] * cfg["in_channels"] * cfg["frames"] * H * W * 4,
+                         f"batch_size={cfg['batch_size']} of {cfg['frames']}x{H}x{W} videos")
     check_choice(cfg["t_sampling"], "t_sampling", ("uniform", "logit_normal"))
     if not isinstance(cfg["data"], str):
         raise TypeError(f"data must be 'synthetic' or a folder path, got {cfg['data']!r}")

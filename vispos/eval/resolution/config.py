@@ -301,6 +301,22 @@ def _parse_mapping(s, what: str):
     return v
 
 
+def _check_model_kwargs(kw: Dict[str, Any]) -> None:
+    """The timm geometry keys that otherwise fail deep in timm (AssertionError, ZeroDivisionError)."""
+    for key in ("embed_dim", "num_heads", "depth", "in_chans"):
+        if key in kw:
+            check_int(kw[key], f"model_kwargs.{key}", 1)
+    if "patch_size" in kw:
+        ps = kw["patch_size"]
+        for v in (ps if isinstance(ps, (list, tuple)) else [ps]):
+            check_int(v, "model_kwargs.patch_size", 1)
+    if "mlp_ratio" in kw:
+        check_number(kw["mlp_ratio"], "model_kwargs.mlp_ratio", 0, min_open=True)
+    if "embed_dim" in kw and "num_heads" in kw and kw["embed_dim"] % kw["num_heads"]:
+        raise ValueError(f"model_kwargs: embed_dim={kw['embed_dim']} is not divisible by "
+                         f"num_heads={kw['num_heads']}")
+
+
 def load_config(config_path=None, args: Optional[argparse.Namespace] = None, **overrides) -> Dict[str, Any]:
     """:data:`DEFAULTS` <- YAML ``config_path`` (or ``args.config``) <- given flags <- ``overrides``; checked.
 
@@ -349,7 +365,20 @@ def load_config(config_path=None, args: Optional[argparse.Namespace] = None, **o
     check_number(cfg.get("lr"), "lr", 0, min_open=True)
     check_number(cfg.get("weight_decay"), "weight_decay", 0)
     check_number(cfg.get("grad_clip"), "grad_clip", 0, min_open=True, allow_none=True)
-    check_number(cfg.get("label_smoothing"), "label_smoothing", 0)
+    check_number(cfg.get("label_smoothing"), "label_smoothing", 0, 1, max_open=True)
+    _check_model_kwargs(cfg["model_kwargs"])
+    # a batch whose input images alone exceed the machine's memory is refused now, not when it is allocated
+    from ...utils.checks import check_fits_in_memory
+
+    pix = [parse_size(sz) for sz in [cfg.get("train_size")] + list(cfg.get("train_sizes") or []) if sz is not None]
+    if pix:
+        h, w = max(pix, key=lambda hw: hw[0] * hw[1])
+        check_fits_in_memory(cfg["batch_size"] * 3 * h * w * 4, f"batch_size={cfg['batch_size']} at {h}x{w}")
+    if cfg.get("sizes"):
+        h, w = max((parse_size(sz) for sz in cfg["sizes"]),
+                   key=lambda hw: hw[0] * hw[1])
+        check_fits_in_memory(cfg["eval_batch_size"] * 3 * h * w * 4,
+                             f"eval_batch_size={cfg['eval_batch_size']} at {h}x{w}")
     from ..timm_data import CROP_MODES, INTERPOLATIONS, read_class_map, resolve_eval_config
 
     check_number(cfg.get("crop_pct"), "crop_pct", 0, 1, min_open=True, allow_none=True)

@@ -60,7 +60,11 @@ def run_experiment(cfg: Dict[str, Any], train: bool, *, callback=None, progress:
     if train:
         check_sizes += [tuple(cfg["train_size"])] + [tuple(s) for s in (cfg.get("train_sizes") or [])]
     for v in variants:  # build each model once (cheap) to check its PE options and patch size before any work
-        m = build_model(v, data.num_classes, cfg.get("train_size"))
+        try:
+            m = build_model(v, data.num_classes, cfg.get("train_size"))
+        except (AssertionError, ZeroDivisionError, RuntimeError) as e:  # timm's own checks, named
+            raise ValueError(f"variant {v.name!r}: cannot build {cfg['model']!r} with model_kwargs "
+                             f"{cfg['model_kwargs']}: {type(e).__name__}: {e}") from e
         ph, pw = patch_size_of(m)
         bad = [size_label(s) for s in check_sizes if s[0] % ph or s[1] % pw]
         if bad:
@@ -98,7 +102,13 @@ def _run(cfg, train, variants, data, sizes, out, t0, callback, progress) -> Dict
         fingerprint = eval_fingerprint(cfg, variants)
         done: Dict[tuple, Dict[str, Any]] = {}
         if not train and cfg.get("resume") and partial.is_file():
-            saved = json.loads(partial.read_text())
+            try:
+                saved = json.loads(partial.read_text())
+                if not isinstance(saved, dict) or not isinstance(saved.get("rows"), list):
+                    raise ValueError("not a mapping with 'rows'")
+            except ValueError as e:  # json.JSONDecodeError is a ValueError
+                raise ValueError(f"cannot resume from {str(partial)!r}: the file is damaged ({e}); delete it to "
+                                 f"evaluate every cell again") from None
             if saved.get("fingerprint") != fingerprint:
                 raise ValueError(f"cannot resume from {str(partial)!r}: it was made with other settings; drop "
                                  f"--resume or use another --out")
