@@ -120,3 +120,44 @@ def test_results_json_is_written_last(tmp_path, monkeypatch):
     assert written[-1] == "results.json", written
     assert {"table.md", "results.csv", "accuracy_vs_resolution.png"} <= set(written), written
     assert json.loads((tmp_path / "r" / "results.json").read_text())["rows"]
+
+
+def test_replacing_the_checkpoint_invalidates_the_resume(tmp_path, capsys):
+    """eval resolution --resume keeps finished cells only while the checkpoint's content is the same (item 3)."""
+    from vispos.eval import resolution as R
+
+    v = R.parse_variants(R.load_config(None, model_kwargs={"patch_size": 8, "embed_dim": 32, "depth": 1,
+                                                           "num_heads": 2, "mlp_ratio": 2.0}, pe="ape",
+                                       train_size=16))[0]
+    ckpt = tmp_path / "m.pt"
+    torch.manual_seed(0)
+    torch.save(R.build_model(v, 4, (16, 16)).state_dict(), ckpt)
+    out = tmp_path / "run"
+    argv = ["eval", "resolution", "--model-kwargs", TINY_VIT, "--pe", "ape", "--checkpoint", str(ckpt), "--task",
+            "quadrant", "--sizes", "16,24", "--train-size", "16", "--eval-samples", "8", "--device", "cpu",
+            "--out", str(out), "--no-progress"]
+    # an interrupted evaluation: one finished cell kept in partial_rows.json
+    assert main(argv) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    (out / "results.json").unlink()
+    from vispos.eval.resolution.experiment import eval_fingerprint
+
+    cfg = R.load_config(None, model_kwargs={"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2,
+                                            "mlp_ratio": 2.0}, pe="ape", checkpoint=str(ckpt), task="quadrant",
+                        sizes="16,24", train_size=16, eval_samples=8, device="cpu", out=str(out))
+    fingerprint = eval_fingerprint(cfg, R.parse_variants(cfg))
+    (out / "partial_rows.json").write_text(json.dumps({"fingerprint": fingerprint, "rows": rows[:1]}))
+    # the same checkpoint: the resume is accepted
+    assert main(argv + ["--resume"]) == 0
+    (out / "results.json").unlink()
+    (out / "partial_rows.json").write_text(json.dumps({"fingerprint": fingerprint, "rows": rows[:1]}))
+    # another model at the same path, same size and time stamp: refused, naming what changed
+    st = os.stat(ckpt)
+    torch.manual_seed(1)
+    torch.save(R.build_model(v, 4, (16, 16)).state_dict(), ckpt)
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(ckpt).st_size == st.st_size and os.stat(ckpt).st_mtime_ns == st.st_mtime_ns
+    assert main(argv + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume from" in err and "checkpoint_content" in err, err
+    assert not (out / "results.json").exists()

@@ -11,7 +11,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from ...utils.io import atomic_write_csv, atomic_write_json
+from ...utils.io import atomic_write_csv, atomic_write_json, file_fingerprint, folder_fingerprint
 from . import evaluation
 from .config import VARIANT_KEYS, default_sizes, parse_variants, size_label, sizes_from_ratios
 from .data import plan_data
@@ -110,8 +110,13 @@ def _run(cfg, train, variants, data, sizes, out, t0, callback, progress) -> Dict
                 raise ValueError(f"cannot resume from {str(partial)!r}: the file is damaged ({e}); delete it to "
                                  f"evaluate every cell again") from None
             if saved.get("fingerprint") != fingerprint:
-                raise ValueError(f"cannot resume from {str(partial)!r}: it was made with other settings; drop "
-                                 f"--resume or use another --out")
+                try:
+                    old, new = json.loads(saved.get("fingerprint") or "{}"), json.loads(fingerprint)
+                    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+                except (ValueError, TypeError, AttributeError):
+                    diff = ["(unreadable fingerprint)"]
+                raise ValueError(f"cannot resume from {str(partial)!r}: it was made with other settings or files "
+                                 f"({', '.join(diff)} differ); drop --resume or use another --out")
             done = {(r["variant"], r["size"]): r for r in saved["rows"]}
             log.info("resuming the evaluation: %d of %d cells done", len(done), len(variants) * len(sizes))
         loss_log: List[Dict[str, Any]] = []
@@ -214,9 +219,14 @@ def near_chance(rows: List[Dict[str, Any]], cfg: Dict[str, Any], data) -> List[s
 
 
 def eval_fingerprint(cfg: Dict[str, Any], variants) -> str:
-    """What an evaluation's numbers depend on: a partial evaluation is resumed only if this matches."""
+    """What an evaluation's numbers depend on: a partial evaluation is resumed only if this matches (settings,
+    each checkpoint's size + mtime + sha256, the data folder's listing)."""
     keys = ("model", "model_kwargs", "task", "data", "sizes", "train_size", "eval_samples", "data_seed", "crop_pct",
             "interpolation", "mean", "std", "crop_mode", "num_classes", "class_map", "pretrained", "amp")
     body = {k: cfg.get(k) for k in keys}
     body["variants"] = [{k: getattr(v, k) for k in VARIANT_KEYS} for v in variants]
+    # content, not only paths: a checkpoint replaced at the same path (or data changed in place) invalidates it
+    body["checkpoint_content"] = [file_fingerprint(v.checkpoint) if v.checkpoint else None for v in variants]
+    if cfg.get("data"):
+        body["data_content"] = folder_fingerprint(cfg["data"])
     return json.dumps(body, sort_keys=True, default=str)
