@@ -144,3 +144,32 @@ def test_scan_lists_dangling_symlinks_loops_and_folders_named_like_files(tmp_pat
     assert "symlink loop" in why["loop.mp4"]
     assert "directory" in why["dir.mp4"]
     assert "symlink loop" in why["up"]
+
+
+def test_training_on_a_folder_with_corrupt_images_finishes_also_after_a_resume(tmp_path):
+    """train resolution on ImageFolders holding every kind of bad file (and one that fails only when decoded):
+    the run finishes, results.json names the skipped files, and a --resume of the finished run finishes too."""
+    import json
+
+    from vispos.cli import main
+
+    train = make_folder(tmp_path / "train")
+    (train / "b" / "ok1.png").write_bytes(_png_bad_pixels())  # passes the scan, fails when decoded
+    evald = make_folder(tmp_path / "eval")
+    out = tmp_path / "out"
+    argv = ["train", "resolution", "--model-kwargs", "{patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2}",
+            "--pe", "ape", "--sizes", "16", "--train-size", "16", "--steps", "3", "--batch-size", "4",
+            "--ckpt-every", "1", "--train-data", str(train), "--data", str(evald), "--device", "cpu", "--out",
+            str(out), "--no-progress"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert main(argv) == 0
+        first = json.loads((out / "results.json").read_text())
+        assert main(argv + ["--resume"]) == 0
+    again = json.loads((out / "results.json").read_text())
+    sk = first["skipped_images"]
+    assert sorted(Path(p).name for p, _ in sk["data"]) == sorted(BAD)
+    names = {Path(p).name for p, _ in sk["train_data"]}
+    assert set(BAD) <= names <= set(BAD) | {"ok1.png"}  # scan-time skips, plus the decode failure if drawn
+    assert [r["top1"] for r in again["rows"]] == [r["top1"] for r in first["rows"]]
+    assert again["skipped_images"]["data"] == sk["data"]

@@ -62,15 +62,14 @@ def make_eval_transform(size, crop_pct=0.875, interpolation="bicubic", mean=IMAG
 
 
 def _open_image_folder(root, what: str):
-    from torchvision.datasets import ImageFolder
+    """A :class:`vispos.data.image_folder.CheckedImageFolder`: bad images are skipped, warned about and listed
+    (``skipped`` in results.json); an empty class folder or no images at all is a ``ValueError`` naming it."""
+    from ...data.image_folder import CheckedImageFolder
 
     p = Path(root)
     if not p.is_dir():
         raise ValueError(f"{what} {str(p)!r} is not a folder (expected an ImageFolder: one sub-folder per class)")
-    try:
-        ds = ImageFolder(str(p))
-    except FileNotFoundError as e:
-        raise ValueError(f"{what} {str(p)!r} holds no images in class sub-folders: {e}") from None
+    ds = CheckedImageFolder(p, what=what)
     if len(ds) == 0:
         raise ValueError(f"{what} {str(p)!r} holds no images")
     return ds
@@ -102,10 +101,9 @@ class _TrainImages(torch.utils.data.Dataset):
 
     def __getitem__(self, item):
         i, size, seed = item
-        path, label = self.folder.samples[i]
+        img, label = self.folder.load(i)  # a file that fails to decode is replaced by the next one (named)
         if self.label_map is not None:
             label = self.label_map[label]
-        img = self.folder.loader(path)
         from timm.data.transforms import str_to_interp_mode
 
         mode = str_to_interp_mode(self.cfg["interpolation"])

@@ -31,6 +31,9 @@ def make_result(cfg, data: "Data", variants: Sequence[Variant], rows: List[Dict[
         train_size=None if cfg.get("train_size") is None else size_label(tuple(cfg["train_size"])),
         train_sizes=[size_label(tuple(s)) for s in cfg["train_sizes"]] if cfg.get("train_sizes") else None,
         variants=[asdict(v) for v in variants], world_size=world_size, rows=rows,
+        skipped_images={k: [list(x) for x in f.skipped] for k, f in (("data", data.eval_folder),
+                                                                    ("train_data", data.train_folder))
+                        if f is not None and getattr(f, "skipped", None)},
         wall_time_s=None if wall_time_s is None else round(wall_time_s, 2))
     result["summary"] = summarize(result)
     result["deltas"] = deltas(result)
