@@ -173,3 +173,44 @@ def test_training_on_a_folder_with_corrupt_images_finishes_also_after_a_resume(t
     assert set(BAD) <= names <= set(BAD) | {"ok1.png"}  # scan-time skips, plus the decode failure if drawn
     assert [r["top1"] for r in again["rows"]] == [r["top1"] for r in first["rows"]]
     assert again["skipped_images"]["data"] == sk["data"]
+
+
+def test_short_videos_are_skipped_not_scored_and_decoders_stay_quiet(tmp_path):
+    """1- and 2-frame videos are listed as skipped (they used to be scored with every metric None, diluting the
+    summary), and decord/ffmpeg print nothing on stderr for broken files: the reasons are in ``skipped``."""
+    import subprocess
+    import sys
+
+    from vispos.data.video import write_video
+
+    root = tmp_path / "v"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    write_video(root / "good.mp4", (rng.random((12, 32, 32, 3)) * 255).astype(np.uint8))
+    write_video(root / "one.mp4", (rng.random((1, 32, 32, 3)) * 255).astype(np.uint8))
+    write_video(root / "two.mp4", (rng.random((2, 32, 32, 3)) * 255).astype(np.uint8))
+    data = (root / "good.mp4").read_bytes()
+    (root / "trunc.mp4").write_bytes(data[: len(data) // 3])
+    (root / "junk.mp4").write_bytes(b"\x00junk" * 100)
+    code = f"""
+import json, warnings
+from vispos.data.video import VideoFolder
+from vispos.eval.video_metrics import score_folder
+warnings.simplefilter("ignore")
+rows, skipped = score_folder({str(root)!r}, 4)
+ds = VideoFolder({str(root)!r}, 4)
+print(json.dumps(dict(rows=[r["path"] for r in rows], skipped=skipped, folder_skipped=ds.skipped)))
+"""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert [Path(p).name for p in out["rows"]] == ["good.mp4"]
+    why = {Path(p).name: reason for p, reason in out["skipped"]}
+    assert set(why) == {"one.mp4", "two.mp4", "trunc.mp4", "junk.mp4"}, why
+    assert "too short to score: 1 frame" in why["one.mp4"] and "2 frame" in why["two.mp4"]
+    assert {Path(p).name for p, _ in out["folder_skipped"]} == {"one.mp4", "two.mp4", "trunc.mp4", "junk.mp4"}
+    for noise in ("moov atom", "partial file", "ERROR opening", "video_reader.cc", "Invalid data"):
+        assert noise not in r.stderr, r.stderr

@@ -27,6 +27,7 @@ by repeating the last row/column (logged), so a read-back video can be one pixel
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
@@ -446,12 +447,43 @@ class _GifReader:
         return np.stack(out)
 
 
+_QUIET = []
+
+
+def _quiet_decord(decord) -> None:
+    """decord's ffmpeg prints "moov atom not found", "partial file" ... to stderr for every bad file; those reasons
+    reach the user as the skip reason instead (VideoFolder.skipped / the results' ``skipped``)."""
+    if not _QUIET:
+        decord.logging.set_level(decord.logging.QUIET)
+        _QUIET.append(True)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Point file descriptor 2 at /dev/null while native code runs (its messages bypass Python's sys.stderr)."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # pragma: no cover - no fd 2
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class _DecordReader:
     def __init__(self, path: Path):
         import decord
 
+        _quiet_decord(decord)
+
         try:
-            self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+            with _native_stderr_silenced():  # decord logs "ERROR opening: ..." itself; the exception says it
+                self._vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
         except (decord.DECORDError, RuntimeError) as e:
             raise VideoReadError(f"cannot open video {str(path)!r}: {_first_line(e)}") from e
         self.path = path

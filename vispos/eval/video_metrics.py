@@ -794,6 +794,9 @@ def score_video(frames, train_len: int, N_k: Optional[float] = None, true_centre
     return {k: _nan_to_none(v) for k, v in row.items()}
 
 
+MIN_SCORE_FRAMES = 4
+""":func:`score_folder` lists shorter videos as skipped (their metrics would all be None)."""
+
 DECODE_SHORT_SIDE = 256
 """:func:`score_folder` decodes videos chunk by chunk, area-downsampled to this short side (never upsampled):
 memory stays bounded for any size and length (the grey metrics work at 64 px; trajectory errors are in pixels of
@@ -846,6 +849,9 @@ def score_folder(folder: PathLike, train_len: int, extensions: Sequence[str] = V
         bar.update(1)
         try:
             frames = read_video(p, max_short_side=DECODE_SHORT_SIDE)  # streamed: never held at full resolution
+            if frames.shape[0] < MIN_SCORE_FRAMES:  # scored, it would be all None and dilute every share
+                raise VideoReadError(f"too short to score: {frames.shape[0]} frame(s); the repetition metrics need "
+                                     f">= {MIN_SCORE_FRAMES}")
             ref = read_video(refs[p], max_short_side=DECODE_SHORT_SIDE) if p in refs else None
             row = score_video(frames, train_len, reference=ref, **kwargs)
             row["decoded_size"] = list(frames.shape[1:3])
