@@ -214,3 +214,31 @@ print(json.dumps(dict(rows=[r["path"] for r in rows], skipped=skipped, folder_sk
     assert {Path(p).name for p, _ in out["folder_skipped"]} == {"one.mp4", "two.mp4", "trunc.mp4", "junk.mp4"}
     for noise in ("moov atom", "partial file", "ERROR opening", "video_reader.cc", "Invalid data"):
         assert noise not in r.stderr, r.stderr
+
+
+def test_train_video_on_a_folder_with_bad_files_finishes_and_names_them(tmp_path):
+    import json
+
+    from vispos.data.video import write_video
+    from vispos.eval import frames as FR
+
+    root = tmp_path / "v"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        write_video(root / f"good{i}.mp4", (rng.random((8, 16, 16, 3)) * 255).astype(np.uint8))
+    (root / "junk.mp4").write_bytes(b"\x00junk" * 100)
+    os.symlink(root / "gone.mp4", root / "dangling.mp4")
+    cfg = dict(data=str(root), frames=4, size=8, patch=[1, 4, 4], dim=32, depth=1, num_heads=2, batch_size=2,
+               pe_kwargs={"dims": [8, 4, 4], "base": 10.0}, steps=2, warmup=1, ckpt_every=1, ema=0.0, device="cpu",
+               out=str(tmp_path / "out"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        s = FR.train_video(dict(cfg, stop_after=1), progress=False)
+        assert not s["done"]
+        s = FR.train_video(cfg, resume=True, progress=False)  # the resume finishes past the bad files too
+    assert s["done"] and s["steps"] == 2
+    names = sorted(Path(p).name for p, _ in s["skipped_videos"])
+    assert names == ["dangling.mp4", "junk.mp4"]
+    written = json.loads((tmp_path / "out" / "train.json").read_text())["summary"]["skipped_videos"]
+    assert sorted(Path(p).name for p, _ in written) == names

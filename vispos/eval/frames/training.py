@@ -128,7 +128,8 @@ def train_video(cfg: Dict[str, Any], resume: bool = False, progress: bool = True
         bar.close()
         summary = dict(steps=step, final_loss=float(np.mean(losses[-50:])) if losses else None,
                        checkpoint=str(ckpt_path), wall_s=time.time() - t_start, done=step >= cfg["steps"],
-                       world_size=info.world_size)
+                       world_size=info.world_size,
+                       skipped_videos=[list(x) for x in folder.skipped] if folder is not None else [])
         if info.is_main:
             atomic_write_json(out / "train.json", dict(summary=summary, config=cfg,
                                                        loss_every_50=losses[::50]))
