@@ -479,3 +479,20 @@ def test_docs_table_matches_cases():
         assert f"`{exc.__name__}`" in rows[case][1], f"{case}: the doc says {rows[case][1]!r}, the code {exc.__name__}"
     for case in CLI_CASES:
         assert "exit 2" in rows[case][1], f"{case}: the doc must say exit 2"
+
+
+@pytest.mark.parametrize("name", [i.name for i in vispos.list_pes()])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64])
+def test_every_family_refuses_non_float_inputs_at_every_hook(name, dtype):
+    """The contract holds for every registered family (a new one is covered the day it lands)."""
+    pe = vispos.build_pe(name, dim=32, num_heads=2, depth=2, grid=(2, 3), num_prefix=1)
+    x = torch.ones(1, 7, 32).to(dtype)
+    q = torch.ones(1, 2, 7, 16).to(dtype)
+    calls = {"token": lambda: pe.forward_tokens(x, L), "block": lambda: pe.forward_block(x, L, 0),
+             "attn_input": lambda: pe.forward_attn_input(x, L, 0), "qk": lambda: pe.forward_qk(q, q, L, 0),
+             "bias": lambda: pe.attn_bias(q, L, 0), "value": lambda: pe.forward_value(q, q, L, 0)}
+    hooks = [h for h in calls if h in pe.hooks and (h != "block" or 0 in pe.block_indices)]
+    assert hooks, name
+    for h in hooks:
+        with pytest.raises(TypeError, match=rf"must be a floating-point tensor .*got dtype {dtype}"):
+            calls[h]()

@@ -23,6 +23,7 @@ import torch
 
 from ..grid import GridLayout, as_layout, grid_coords
 from ..ops.attention import DecomposedBias
+from ..utils.checks import check_float_tensor
 from .base import PositionalEmbedding
 from .registry import register_family
 
@@ -155,9 +156,9 @@ class ALiBi(PositionalEmbedding):
         tensor (Euclidean), in ``q``'s dtype. ``k_layout``: pooled keys (Manhattan only)."""
         layout = as_layout(layout)
         self.check_layout(layout)
-        if not isinstance(q, torch.Tensor) or q.dim() != 4:
-            raise ValueError(f"alibi: q must be (B, heads, N, head_dim), got "
-                             f"{tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__}")
+        check_float_tensor(q, "alibi: q", self)
+        if q.dim() != 4:
+            raise ValueError(f"alibi: q must be (B, heads, N, head_dim), got {tuple(q.shape)}")
         if q.shape[1] != self.num_heads:
             raise ValueError(f"alibi: q has {q.shape[1]} heads, the slopes were built for {self.num_heads}")
         layout.check_tokens(q.shape[-2], "alibi: q")

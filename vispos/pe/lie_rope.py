@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..grid import as_layout, check_grid_shape, grid_coords
+from ..utils.checks import check_float_tensor
 from .base import PositionalEmbedding
 from .registry import register_family
 
@@ -125,7 +126,8 @@ class GeneratorRoPE(PositionalEmbedding):
     def forward_qk(self, q, k, layout, index: int = 0):
         layout = as_layout(layout)
         for nm, t in (("q", q), ("k", k)):
-            if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.shape[-1] != self.head_dim or \
+            check_float_tensor(t, f"{self.name}: {nm}", self)
+            if t.dim() != 4 or t.shape[-1] != self.head_dim or \
                     t.shape[1] != self.num_heads:
                 raise ValueError(f"{self.name}: {nm} must be (B, {self.num_heads}, N, {self.head_dim}), got "
                                  f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
