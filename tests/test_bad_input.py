@@ -310,7 +310,7 @@ CLI_CASES = {
                                r"must hold a mapping"),
     "cli-config-missing": (lambda t: _res_args(t, "--config", str(t / "nope.yaml")), r"does not exist"),
     "cli-data-missing": (lambda t: _res_args(t, "--data", str(t / "nope"), cmd="eval"), r"is not a folder"),
-    "cli-data-empty": (lambda t: _res_args(t, "--data", str(_empty(t)), cmd="eval"), r"has no class sub-folders"),
+    "cli-data-empty": (lambda t: _res_args(t, "--data", str(_empty(t)), cmd="eval"), r"holds no images"),
     "cli-train-data-empty": (lambda t: _res_args(t, "--train-data", str(_empty(t))), r"has no class sub-folders"),
     "cli-size-not-divisible": (lambda t: _res_args(t, "--sizes", "16,30"), r"\['30'\] are not multiples of its "
                                                                            r"patch size 8x8"),

@@ -194,7 +194,7 @@ def test_bad_input_fails_before_work(tmp_path):
     with pytest.raises(ValueError, match="is not a folder"):
         R.run_experiment(_cfg(tmp_path, data=str(tmp_path / "missing"), pe="ape"), train=False)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="has no class sub-folders"):
+    with pytest.raises(ValueError, match="holds no images"):
         R.run_experiment(_cfg(tmp_path, data=str(tmp_path / "empty"), pe="ape"), train=False)
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="not a folder"):

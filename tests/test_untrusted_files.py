@@ -122,13 +122,13 @@ def test_results_json_is_written_last(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "r" / "results.json").read_text())["rows"]
 
 
-def test_replacing_the_checkpoint_invalidates_the_resume(tmp_path, capsys):
+def test_replacing_the_checkpoint_invalidates_the_resume(tmp_path, capsys, monkeypatch):
     """eval resolution --resume keeps finished cells only while the checkpoint's content is the same (item 3)."""
     from vispos.eval import resolution as R
+    from vispos.eval.resolution import evaluation
 
-    v = R.parse_variants(R.load_config(None, model_kwargs={"patch_size": 8, "embed_dim": 32, "depth": 1,
-                                                           "num_heads": 2, "mlp_ratio": 2.0}, pe="ape",
-                                       train_size=16))[0]
+    kw = {"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0}
+    v = R.parse_variants(R.load_config(None, model_kwargs=kw, pe="ape", train_size=16))[0]
     ckpt = tmp_path / "m.pt"
     torch.manual_seed(0)
     torch.save(R.build_model(v, 4, (16, 16)).state_dict(), ckpt)
@@ -136,27 +136,38 @@ def test_replacing_the_checkpoint_invalidates_the_resume(tmp_path, capsys):
     argv = ["eval", "resolution", "--model-kwargs", TINY_VIT, "--pe", "ape", "--checkpoint", str(ckpt), "--task",
             "quadrant", "--sizes", "16,24", "--train-size", "16", "--eval-samples", "8", "--device", "cpu",
             "--out", str(out), "--no-progress"]
-    # an interrupted evaluation: one finished cell kept in partial_rows.json
-    assert main(argv) == 0
-    rows = json.loads((out / "results.json").read_text())["rows"]
-    (out / "results.json").unlink()
-    from vispos.eval.resolution.experiment import eval_fingerprint
+    real = evaluation.evaluate
 
-    cfg = R.load_config(None, model_kwargs={"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2,
-                                            "mlp_ratio": 2.0}, pe="ape", checkpoint=str(ckpt), task="quadrant",
-                        sizes="16,24", train_size=16, eval_samples=8, device="cpu", out=str(out))
-    fingerprint = eval_fingerprint(cfg, R.parse_variants(cfg))
-    (out / "partial_rows.json").write_text(json.dumps({"fingerprint": fingerprint, "rows": rows[:1]}))
-    # the same checkpoint: the resume is accepted
-    assert main(argv + ["--resume"]) == 0
+    def interrupted_run(resume):
+        calls = []
+
+        def second_cell_interrupts(*a, **k):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return real(*a, **k)
+
+        monkeypatch.setattr(evaluation, "evaluate", second_cell_interrupts)
+        rc = main(argv + (["--resume"] if resume else []))
+        monkeypatch.setattr(evaluation, "evaluate", real)
+        return rc
+
+    assert interrupted_run(False) == 130  # one finished cell kept in partial_rows.json
+    assert len(json.loads((out / "partial_rows.json").read_text())["rows"]) == 1
+    capsys.readouterr()
+    # the same checkpoint: the resume is accepted and finishes
+    assert main(argv + ["--resume"]) == 0, capsys.readouterr().err
+    assert (out / "results.json").is_file()
     (out / "results.json").unlink()
-    (out / "partial_rows.json").write_text(json.dumps({"fingerprint": fingerprint, "rows": rows[:1]}))
-    # another model at the same path, same size and time stamp: refused, naming what changed
+    assert interrupted_run(True) == 130  # a new interrupted evaluation of the same model
+    assert (out / "partial_rows.json").is_file()
+    # another model at the same path, with the same size and time stamp: refused, naming what changed
     st = os.stat(ckpt)
     torch.manual_seed(1)
     torch.save(R.build_model(v, 4, (16, 16)).state_dict(), ckpt)
     os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert os.stat(ckpt).st_size == st.st_size and os.stat(ckpt).st_mtime_ns == st.st_mtime_ns
+    capsys.readouterr()
     assert main(argv + ["--resume"]) == 2
     err = capsys.readouterr().err
     assert "cannot resume from" in err and "checkpoint_content" in err, err

@@ -14,6 +14,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from ..utils.io import load_checkpoint_file
+
 __all__ = ["CHECKPOINT_SUFFIXES", "find_checkpoint", "checkpoint_record", "run_checkpoints"]
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".tar", ".ckpt")
@@ -46,10 +48,7 @@ def checkpoint_record(path) -> Dict[str, Any]:
     num_classes)`` (``None`` where it stores nothing: a plain state dict). vispos training checkpoints record their
     ``trajectory`` (variant, seed, train_size); timm training checkpoints their ``arch``."""
     p = Path(path)
-    try:
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as e:  # unreadable / not a torch file / pickled objects: report which file and why
-        raise ValueError(f"cannot read checkpoint {str(p)!r}: {e}") from e
+    obj = load_checkpoint_file(p)  # weights only: a ValueError naming the file and why it cannot be read
     rec: Dict[str, Any] = dict(path=str(p), variant=None, seed=None, train_size=None, step=None, arch=None,
                                num_classes=None)
     if not isinstance(obj, dict):

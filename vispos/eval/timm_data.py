@@ -15,6 +15,7 @@ input size replaced by each test size of the sweep:
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
@@ -147,8 +148,25 @@ def image_dataset(root, class_map=None, split: str = "validation", transform=Non
         if "Found 0 images" in str(e):
             raise ValueError(f"data folder {str(p)!r} holds no images in class sub-folders ({e})") from None
         raise ValueError(f"data folder {str(p)!r} cannot be read as an ImageFolder: {e}") from None
+    # bad files (zero-byte, text, truncated, decompression bombs) are left out and named, before any evaluation:
+    # timm's loader would otherwise retry the next index and count a sample twice, or crash the run
+    from ..data.image_folder import check_image
+
+    reader = getattr(ds, "reader", None)
+    skipped = []
+    if reader is not None and isinstance(getattr(reader, "samples", None), list):
+        good = []
+        for path, target in reader.samples:
+            why = check_image(path)
+            if why:
+                skipped.append((str(path), why))
+                warnings.warn(f"data folder: skipping {str(path)!r}: {why}", RuntimeWarning, stacklevel=2)
+            else:
+                good.append((path, target))
+        reader.samples = good
+    ds.skipped = skipped
     if len(ds) == 0:
-        raise ValueError(f"data folder {str(p)!r} holds no images")
+        raise ValueError(f"data folder {str(p)!r} holds no images" + (f"; skipped: {skipped}" if skipped else ""))
     return ds
 
 
