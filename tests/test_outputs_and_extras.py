@@ -140,9 +140,11 @@ def test_no_decord_reads_with_pyav_and_neither_gives_the_install_line(tmp_path, 
     V.write_video(tmp_path / "v.mp4", frames, fps=8)
     monkeypatch.setitem(sys.modules, "decord", None)
     monkeypatch.setattr(V, "_warned_no_decord", [])
-    with caplog.at_level(logging.WARNING):
-        got = V.read_video(tmp_path / "v.mp4")
+    got = V.read_video(tmp_path / "v.mp4")  # whole-file reads are PyAV's anyway (sequential, bounded memory)
     assert got.shape == (6, 16, 16, 3)
+    with caplog.at_level(logging.WARNING):  # clip reads (VideoFolder) fall back from decord to PyAV, with a hint
+        clip = V._decode(V._open_reader(tmp_path / "v.mp4"), [1, 2], tmp_path / "v.mp4")
+    assert clip.shape == (2, 16, 16, 3)
     assert any("decord is not installed: reading videos with PyAV" in r.getMessage() for r in caplog.records)
     # the whole --videos evaluation finishes
     out = tmp_path / "eval"
