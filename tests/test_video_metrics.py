@@ -181,7 +181,7 @@ def test_score_video_keys_json_and_verdicts():
     rows = [score_video(v, L, N_k=9, true_centres=ds.trajectories(0, 36)) for v in (full, loop)]
     json.dumps(rows, allow_nan=False)
     novel, looped = rows
-    assert novel["norepeat_repetitive"] is False and looped["norepeat_repetitive"] is True
+    assert novel["norepeat_repeats"] is False and looped["norepeat_repeats"] is True
     assert looped["repetition_frame"] == 9 and novel["repetition_frame"] is None
     assert looped["selfsim_score"] > 0.95 > 0.4 > novel["selfsim_score"]
     assert novel["traj_tail_px"] < 1.0 < looped["traj_tail_px"]
@@ -206,7 +206,7 @@ def test_score_folder(tmp_path):
     assert [r["path"].split("/")[-1] for r in rows] == ["a.mp4", "b.mp4"]
     assert len(skipped) == 1 and skipped[0][0].endswith("bad.mp4")
     assert any("bad.mp4" in str(x.message) for x in w)
-    assert rows[1]["repetition_frame"] == 6 and rows[1]["norepeat_repetitive"] is True
+    assert rows[1]["repetition_frame"] == 6 and rows[1]["norepeat_repeats"] is True
     with pytest.raises(ValueError, match="does not exist"):
         score_folder(tmp_path / "missing", train_len=8)
     with pytest.raises(ValueError):

@@ -129,7 +129,7 @@ def test_slowed_clips_read_against_reference(photos, tmp_path):
     for r in res["per_video"]:
         assert r["speed_vs_reference"] == pytest.approx(1 / 3, abs=0.08)
         assert r["norepeat_N_k"] == 12 and r["norepeat_window"] == 2 and r["norepeat_scale_free"] is True
-        assert r["norepeat_repetitive"] is False
+        assert r["norepeat_repeats"] is False
     assert res["summary"]["mean_speed_vs_reference"] == pytest.approx(1 / 3, abs=0.08)
     assert "speed_vs_reference" in (out / "table.md").read_text()
     (gen[2] / "extra.mp4").write_bytes((gen[2] / "rocket_zoom.mp4").read_bytes())

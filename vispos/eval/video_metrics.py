@@ -716,8 +716,8 @@ def score_video(frames, train_len: int, N_k: Optional[float] = None, true_centre
     static_displacement, speed_vs_reference, reference_motion, selfsim_score, selfsim_period, loop_score,
     loop_period, loop_period_subframe, loop_start, repetition_frame, tail_novelty, tail_novelty_final,
     norepeat_N_k, norepeat_window, norepeat_tau, norepeat_scale_free, norepeat_s_star, norepeat_D,
-    norepeat_D_rel, norepeat_repetitive`` and, with trajectories, ``traj_source, traj_mean_px, traj_tail_px,
-    traj_final_px, traj_missing``. Periods are ``None`` unless a loop was detected.
+    norepeat_D_rel, norepeat_repeats`` (True when ``D <= tau``: the video repeats) and, with trajectories,
+    ``traj_source, traj_mean_px, traj_tail_px, traj_final_px, traj_missing``. Periods are ``None`` unless a loop was detected.
     """
     static_floor = _check_score_args(train_len, N_k, window, tau, scale_free, min_repeat_score, static_floor)
     f = check_frames(frames)
@@ -767,12 +767,14 @@ def score_video(frames, train_len: int, N_k: Optional[float] = None, true_centre
         row["tail_novelty"], row["tail_novelty_final"] = nov["novelty"], nov["final"]
     else:
         row["tail_novelty"] = row["tail_novelty_final"] = None
-    nr_keys = ("N_k", "window", "tau", "scale_free", "s_star", "D", "D_rel", "repetitive")
+    # row key -> no_repeat key; the verdict is ``norepeat_repeats`` (True: D <= tau, the video repeats or freezes)
+    nr_keys = {f"norepeat_{k}": k for k in ("N_k", "window", "tau", "scale_free", "s_star", "D", "D_rel")}
+    nr_keys["norepeat_repeats"] = "repetitive"
     if N_k is not None:
         nr = no_repeat(x, N_k, window=window, tau=tau, scale_free=scale_free)
-        row.update({f"norepeat_{k}": nr[k] for k in nr_keys})
+        row.update({rk: nr[k] for rk, k in nr_keys.items()})
     else:
-        row.update({f"norepeat_{k}": None for k in nr_keys})
+        row.update({rk: None for rk in nr_keys})
     if true_centres is not None or fit_trajectories:
         pred, radii = object_centres(f, num_objects=num_objects, return_radii=True)
         if true_centres is not None:
@@ -881,7 +883,7 @@ def summarize_scores(rows: Sequence[Dict]) -> Dict:
     """
     rows = list(rows)
     out: Dict = {"n": len(rows)}
-    verdicts = [r.get("norepeat_repetitive") for r in rows if r.get("norepeat_repetitive") is not None]
+    verdicts = [r.get("norepeat_repeats") for r in rows if r.get("norepeat_repeats") is not None]
     out["n_norepeat"] = len(verdicts)
     out["norepeat_share"] = (sum(1 for v in verdicts if not v) / len(verdicts)) if verdicts else None
     loops = [r for r in rows if r.get("repetition_frame") is not None]

@@ -209,7 +209,7 @@ def score_videos_dir(cfg: Dict[str, Any], progress: bool = False) -> Dict[str, A
                f"are blank; is --train-len {L} the training length of the model that made them?")
         log.warning(msg)
         warnings.append(msg)
-    keys = ["num_frames", "repetition_frame", "loop_score", "loop_start", "norepeat_D", "norepeat_repetitive",
+    keys = ["num_frames", "repetition_frame", "loop_score", "loop_start", "norepeat_D", "norepeat_repeats",
             "motion", "static", "slowdown_ratio"] + (["speed_vs_reference"] if cfg["reference"] else []) + \
         ["tail_novelty"] + (["traj_tail_px"] if cfg["trajectories"] else [])
     table = markdown_table(["file"] + keys, [[r["file"]] + ["–" if r.get(k) is None else r[k] for k in keys]
