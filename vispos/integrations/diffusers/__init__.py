@@ -49,8 +49,8 @@ from .support import REFUSED
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ADAPTERS", "AXES", "SUPPORTED", "RuleHandle", "TimeAware", "apply_rule", "cogvideox_rotary_emb",
-           "detect_host"]
+__all__ = ["ADAPTERS", "AXES", "RELEASED_CLASSES", "SUPPORTED", "RuleHandle", "TimeAware", "apply_rule",
+           "cogvideox_rotary_emb", "detect_host", "released_train_frames"]
 
 SUPPORTED = tuple(f"{a.name}: {a.layout}" for a in ADAPTERS) + ("any pipeline whose .transformer is one of these",)
 
@@ -109,6 +109,28 @@ def _rule_in_positions(rule, adapter: Adapter, model, axis: int, units: str, fac
     return replace(rule, **changes) if changes else rule
 
 
+#: diffusers transformer class -> the keys of :data:`vispos.integrations.diffusers.report.HOSTS` it may be
+RELEASED_CLASSES = {"HunyuanVideoTransformer3DModel": ("hunyuanvideo",), "WanTransformer3DModel": ("wan",),
+                    "SkyReelsV2Transformer3DModel": ("skyreels-v2",), "LTXVideoTransformer3DModel": ("ltx",),
+                    "CogVideoXTransformer3DModel": ("cogvideox", "cogvideox1.5")}
+
+
+def released_train_frames(adapter: Adapter, model) -> Optional[Tuple[int, str, str]]:
+    """``(train latent frames, host key, source)`` of the released checkpoint whose temporal RoPE this ``model``
+    has (its class in :data:`RELEASED_CLASSES`, the same temporal patch and band count as the entry of
+    ``adapter.released``, the table ``vispos riflex`` uses), or ``None`` when no released length is known (another
+    class, e.g. HunyuanVideo 1.5 with the same RoPE, or a RoPE of another size)."""
+    p_t, n_t = adapter.patch(model)[0], adapter.n_components(model)[0]
+    for key in RELEASED_CLASSES.get(type(model).__name__, ()):
+        rel = adapter.released.get(key)
+        if rel is None:
+            continue
+        bands = rel.dim // 6 if rel.bands == "ltx" else rel.dim // 2
+        if rel.p_t == p_t and bands == n_t:
+            return rel.train, key, rel.source
+    return None
+
+
 def _build_axes(adapter: Adapter, model, pipe, time, space, lengths, units, vae_scale) -> List[Axis]:
     if units not in UNITS:
         raise ValueError(f"units must be one of {UNITS}, got {units!r}")
@@ -128,6 +150,18 @@ def _build_axes(adapter: Adapter, model, pipe, time, space, lengths, units, vae_
         else:
             subs = [_rule_in_positions(rules[a], adapter, model, a, units, f)]
             rule = subs[0]
+        # a temporal rule that needs the training length and was given none: the released one, when known (the
+        # released length is not the fine-tuning length RIFLEx's finetune mode needs: that one stays required)
+        wants = [r.name for r in subs if r.name != "none" and r.train_len is None and needs_train(r)
+                 and not (r.name == "riflex" and r.mode == "finetune")]
+        if a == 0 and train is None and wants:
+            known = released_train_frames(adapter, model)
+            if known is not None:
+                train = adapter.positions(model, 0, known[0])
+                logger.info("vispos: %s on the time axis: train_frames defaults to %d latent frames (%g RoPE "
+                            "positions), the released %s training length (%s); pass train_frames= if this "
+                            "checkpoint was trained at another length", "/".join(wants), known[0], train,
+                            known[1], known[2])
         for r in subs:
             if r.name != "none" and train is None and r.train_len is None and needs_train(r):
                 raise ValueError(f"rule {r.name!r} on the {adapter.axes[a]} axis needs its training length: pass "
@@ -190,6 +224,10 @@ def apply_rule(
         num_frames, height, width: target lengths (see the module docstring for units); ``None``: the grid the
             host sees at each call.
         train_frames, train_height, train_width: training lengths, required by the rules that use them.
+            ``train_frames`` defaults to the released training length of the host's checkpoint when the model is
+            one whose length is known (:func:`released_train_frames`: HunyuanVideo, Wan, SkyReels-V2, LTX-Video,
+            CogVideoX; the table of ``vispos riflex``), logged at INFO; elsewhere, and for RIFLEx ``mode="finetune"``
+            (whose length is the fine-tuning one), a rule that needs it raises.
         units: ``"latent"`` (default) or ``"pixel"``.
         vae_scale: ``(temporal, spatial)`` VAE compression for ``units="pixel"`` (default: the pipeline's, else
             the adapter's usual one).
