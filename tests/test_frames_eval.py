@@ -142,6 +142,9 @@ def test_videos_dir_mode_scores_files_and_identifies_k(tmp_path):
     assert (ident["k"], ident["N_k"]) == identify_k(10.0, 8, 6.0)
     table = (out / "table.md").read_text()
     assert table.count("| loop0.mp4 |") == 1 and table.count("| loop1.mp4 |") == 1
+    # the per-video plot, as the generated-video mode writes its plots
+    assert res["files"]["plots"] == ["videos.png"]
+    assert (out / "videos.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # no model is needed, but the training length is
     assert main(["eval", "frames", "--videos", str(vdir), "--out", str(tmp_path / "x")]) == 2
 
@@ -155,3 +158,26 @@ def test_demo_presets_match_the_yaml_configs():
     train = yaml.safe_load((ROOT / "configs" / "video" / "train_example.yaml").read_text())
     assert set(train) <= set(FR.TRAIN_DEFAULTS)
     FR.check_train_config(dict(FR.TRAIN_DEFAULTS, **train))
+
+
+def test_videos_dir_mode_without_matplotlib_skips_the_plot_with_a_hint(tmp_path, monkeypatch, caplog):
+    import logging
+    import sys
+
+    from vispos.data.video import SyntheticVideos, to_uint8, write_video
+
+    vdir = tmp_path / "videos"
+    vdir.mkdir()
+    write_video(vdir / "a.mp4", to_uint8(SyntheticVideos(1, 8, size=(16, 16), num_objects=1, seed=0).render(0, 8)),
+                fps=8)
+    for mod in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    out = tmp_path / "scored"
+    with caplog.at_level(logging.WARNING):
+        assert main(["eval", "frames", "--videos", str(vdir), "--train-len", "4", "--out", str(out),
+                     "--no-progress"]) == 0
+    hints = [r.getMessage() for r in caplog.records if "matplotlib is not installed" in r.getMessage()]
+    assert len(hints) == 1 and "videos.png" in hints[0] and "pip install 'vispos[plots]'" in hints[0]
+    res = json.loads((out / "results.json").read_text())
+    assert res["files"]["plots"] == [] and not (out / "videos.png").exists() and (out / "table.md").is_file()

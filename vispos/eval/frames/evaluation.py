@@ -17,7 +17,8 @@ from ..common import jsonable, write_results_folder
 from .config import EVAL_DEFAULTS, check_eval_config
 from .data import to_uint8_frames
 from .models import load_checkpoint, sample
-from .results import PLOT_KEYS, TABLE_KEYS, aggregate, is_finite, table_header, table_md, write_grid, write_plots
+from .results import (PLOT_KEYS, TABLE_KEYS, aggregate, is_finite, table_header, table_md, write_grid, write_plots,
+                      write_videos_plot)
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +247,7 @@ def score_videos_dir(cfg: Dict[str, Any], progress: bool = False) -> Dict[str, A
     res = dict(mode="videos", environment=run_environment(), config=jsonable(cfg), train_len=L,
                train_len_latent=L_lat, N_k=N_k,
                summary=summary, per_video=rows, skipped=skipped, identified=identified, warnings=warnings,
-               files=dict(table="table.md", json="results.json", csv="results.csv"))
+               files=dict(table="table.md", json="results.json", csv="results.csv",
+                          plots=write_videos_plot(rows, out, L)))
     write_results_folder(out, res, rows, head + "\n" + table)
     return res

@@ -157,3 +157,51 @@ def table_header(cfg, L, n_max, tinfo, k_used, identified) -> str:
                  "rule's motion at the training length; slowdown_ratio: tail motion / head motion; traj_tail_px: "
                  "object distance to the constant-velocity continuation of the first L frames.")
     return "\n".join(lines) + "\n\n"
+
+
+#: ``--videos`` mode: the per-video metrics drawn in ``videos.png`` (one panel each, a point per file).
+VIDEO_PLOT_KEYS = ("repetition_frame", "norepeat_D", "motion", "slowdown_ratio", "tail_novelty")
+VIDEO_PLOT_TITLES = {"repetition_frame": "repetition frame (dotted: training length)",
+                     "norepeat_D": "NoRepeat D (dotted: tau; at or below: repeats)", "motion": "motion",
+                     "slowdown_ratio": "slow-down ratio (tail / head motion)", "tail_novelty": "tail novelty"}
+
+
+def write_videos_plot(rows: List[Dict[str, Any]], out: Path, train_len: int, stem: str = "videos") -> List[str]:
+    """``--videos`` mode: ``<stem>.png``, one panel per metric of :data:`VIDEO_PLOT_KEYS`, a point per video file
+    (x: the files in table order; a missing value leaves a gap and a panel without values says so). The repetition
+    panel marks ``train_len``, the NoRepeat panel the threshold ``tau`` used. Without matplotlib: no plot, one
+    warning (returns ``[]``)."""
+    from ..plots import matplotlib_or_hint
+
+    if not rows:
+        raise ValueError("write_videos_plot needs at least one scored video")
+    path = out / f"{stem}.png"
+    if matplotlib_or_hint(path) is None:
+        return []
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = [str(r.get("file", i)) for i, r in enumerate(rows)]
+    x = list(range(len(rows)))
+    fig = Figure(figsize=(max(5.5, 0.5 * len(rows) + 2.0), 2.2 * len(VIDEO_PLOT_KEYS)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(VIDEO_PLOT_KEYS), 1, sharex=True)
+    for ax, k in zip(axes, VIDEO_PLOT_KEYS):
+        ys = [float(r[k]) if is_finite(r.get(k)) else float("nan") for r in rows]
+        ax.plot(x, ys, marker="o", ls="none", ms=5)
+        if k == "repetition_frame":
+            ax.axhline(train_len, color="gray", ls=":", lw=1)
+        taus = {float(r["norepeat_tau"]) for r in rows if is_finite(r.get("norepeat_tau"))}
+        if k == "norepeat_D" and len(taus) == 1:
+            ax.axhline(taus.pop(), color="gray", ls=":", lw=1)
+        if not any(math.isfinite(v) for v in ys):
+            ax.text(0.5, 0.5, "no values (undefined for these videos)", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=8)
+        ax.set_title(VIDEO_PLOT_TITLES.get(k, k), fontsize=9)
+    axes[-1].set_xticks(x)
+    crowded = len(rows) > 6 or max(len(n) for n in names) > 10
+    axes[-1].set_xticklabels(names, rotation=45 if crowded else 0, ha="right" if crowded else "center", fontsize=7)
+    axes[-1].set_xlabel(f"video file (training length {train_len} frames)")
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=100)
+    return [path.name]
