@@ -17,8 +17,17 @@ from ..common import jsonable, write_results_folder
 from .config import EVAL_DEFAULTS, check_eval_config
 from .data import to_uint8_frames
 from .models import load_checkpoint, sample
-from .results import (PLOT_KEYS, TABLE_KEYS, aggregate, is_finite, table_header, table_md, write_grid, write_plots,
-                      write_videos_plot)
+from .results import (
+    PLOT_KEYS,
+    TABLE_KEYS,
+    aggregate,
+    is_finite,
+    table_header,
+    table_md,
+    write_grid,
+    write_plots,
+    write_videos_plot,
+)
 
 log = logging.getLogger(__name__)
 
