@@ -29,13 +29,15 @@ no per-forward state. The PE is registered once, at ``model.pe``. timm's own PE 
 ``rope`` become ``None``): the vispos PE is the model's only PE. A learned APE is kept by asking for it, e.g.
 ``pe=["ape", "rope_axial"]``.
 
-Conversion (:func:`install_pe` with ``convert=True``, implied by ``pretrained=True`` / ``checkpoint_path=``):
-``pos_embed`` goes to the PE's ``ape`` member (prefix rows added as zeros or dropped to match ``embed_prefix``),
-EVA's RoPE-Mixed ``rope.freqs`` to ``rope_mixed`` (rows as stored: ``axis_order`` follows timm's
-``grid_indexing``), the host's own RoPE settings become the member families' defaults (each family's
-``host_defaults``: base, pairing, axis order, grid offset, reference grid, DINOv3 coordinates, coordinate
-augmentation), and new PE parameters default to the identity where the family offers it (``peg``
-``zero_init=True``). One ``INFO`` log line per converted, dropped or new key (logger ``vispos.integrations.timm``);
+Conversion (:func:`install_pe` with ``convert=True``, implied by ``pretrained=True`` / ``checkpoint_path=``): the
+host describes timm's own PE once, by role (:class:`vispos.pe.host.HostPE`: ``abs_table`` = ``pos_embed``,
+``rotary`` = EVA's ``rope`` module, ``mixed_freqs`` = its RoPE-Mixed ``rope.freqs``), and asks every PE module of
+the vispos PE, generically: ``options_from_host`` gives the build defaults (an APE's prefix rows and antialias, a
+RoPE's base / pairing / axis order / grid offset / reference grid / DINOv3 coordinates / augmentation, PEG's
+``zero_init``), ``state_from_host`` takes the state it can use (``pos_embed`` with prefix rows added as zeros or
+dropped to match ``embed_prefix``; ``rope.freqs`` with rows as stored, ``axis_order`` following timm's
+``grid_indexing``), ``identity_state`` / ``resize_state`` serve checkpoints that lack a parameter or were saved at
+another grid. A role no member takes is reported as dropped. One ``INFO`` log line per converted, dropped or new key (logger ``vispos.integrations.timm``);
 what a family cannot reproduce is a ``WARNING`` at conversion and at every ``load_state_dict`` of a checkpoint
 without ``pe.*`` keys. vispos models carry their ``vispos_<name>`` architecture and PE arguments in
 ``pretrained_cfg`` / model args, so ``save_for_hf`` then ``timm.create_model("local-dir:...", pretrained=True)``
