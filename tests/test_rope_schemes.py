@@ -27,7 +27,7 @@ def _qk(n, heads=2, seed=0, hd=HD):
             torch.randn(2, heads, n, hd, generator=g, dtype=torch.float64))
 
 
-def _close(a, b, tol=2e-6):
+def _assert_close(a, b, tol=2e-6):
     err = (a - b).abs().max().item()
     assert err <= tol * max(1.0, b.abs().max().item()), err
 
@@ -50,8 +50,8 @@ def test_rotary_cat_axis_order_offset(indexing, offset, half, ref):
         q, k = _qk(n)
         emb = timm_rope.get_embed(list(shape))
         oq, ok = ours.forward_qk(q, k, GridLayout(shape))
-        _close(oq, _timm_rot(q, emb, half))
-        _close(ok, _timm_rot(k, emb, half))
+        _assert_close(oq, _timm_rot(q, emb, half))
+        _assert_close(ok, _timm_rot(k, emb, half))
 
 
 def test_axis_order_matters():
@@ -77,8 +77,8 @@ def test_dinov3_schemes(normalize, periods, indexing, offset):
         q, k = _qk(n, seed=shape[1])
         emb = timm_rope.get_embed(list(shape))
         oq, ok = ours.forward_qk(q, k, GridLayout(shape, num_prefix=0))
-        _close(oq, _timm_rot(q, emb, True))
-        _close(ok, _timm_rot(k, emb, True))
+        _assert_close(oq, _timm_rot(q, emb, True))
+        _assert_close(ok, _timm_rot(k, emb, True))
 
 
 def test_dinov3_prefix_tokens_untouched():
@@ -102,8 +102,8 @@ def test_rope_mixed_axis_order(indexing):
         for i in range(depth):
             q, k = _qk(n, heads, seed=i)
             oq, ok = ours.forward_qk(q, k, GridLayout(shape), i)
-            _close(oq, _timm_rot(q, emb[i], False))
-            _close(ok, _timm_rot(k, emb[i], False))
+            _assert_close(oq, _timm_rot(q, emb[i], False))
+            _assert_close(ok, _timm_rot(k, emb[i], False))
 
 
 def test_rope_mixed_init_same_per_grid_axis():
@@ -138,7 +138,7 @@ def test_3d_mixed_axis_order_is_storage_order():
         c.freqs.copy_(a.freqs)
     q, k = _qk(2 * 3 * 4, 2, hd=12)
     lay = GridLayout((2, 3, 4))
-    _close(b.forward_qk(q, k, lay, 1)[0], c.forward_qk(q, k, lay, 1)[0], 1e-12)
+    _assert_close(b.forward_qk(q, k, lay, 1)[0], c.forward_qk(q, k, lay, 1)[0], 1e-12)
     # the offset matters
     assert (a.forward_qk(q, k, lay, 1)[0] - c.forward_qk(q, k, lay, 1)[0]).abs().max() > 1e-3
 
@@ -166,7 +166,7 @@ def test_dinov3_augmentation_equals_timm_seeded(aug):
         torch.manual_seed(seed)
         lay = ours.prepare(torch.zeros(1, 15, 4), GridLayout(shape))  # the per-forward draw rides on the layout
         oq, _ = ours.forward_qk(q, k, lay)
-        _close(oq, _timm_rot(q, emb, True), 1e-5)
+        _assert_close(oq, _timm_rot(q, emb, True), 1e-5)
 
 
 def test_rotary_cat_and_mixed_augmentation_equal_timm():
@@ -178,7 +178,7 @@ def test_rotary_cat_and_mixed_augmentation_equal_timm():
     emb = cat.get_embed(list(shape))
     torch.manual_seed(5)
     ours.sample_coord_aug()
-    _close(ours.forward_qk(q, k, GridLayout(shape))[0], _timm_rot(q, emb, False), 1e-5)
+    _assert_close(ours.forward_qk(q, k, GridLayout(shape))[0], _timm_rot(q, emb, False), 1e-5)
 
     torch.manual_seed(0)
     mixed = RotaryEmbeddingMixed(HD * 2, 2, 2, grid_indexing="xy", **AUG).train()
@@ -190,7 +190,7 @@ def test_rotary_cat_and_mixed_augmentation_equal_timm():
     torch.manual_seed(7)
     om.sample_coord_aug()
     for i in range(2):  # one draw shared by every layer, as timm
-        _close(om.forward_qk(q, k, GridLayout(shape), i)[0], _timm_rot(q, emb[i], False), 1e-5)
+        _assert_close(om.forward_qk(q, k, GridLayout(shape), i)[0], _timm_rot(q, emb[i], False), 1e-5)
 
 
 def test_augmentation_off_in_eval_and_seeded_in_train():
@@ -257,7 +257,7 @@ def test_options_from_timm_modules():
         timm_rope.eval()
         half = bool(timm_rope.rotate_half)
         q, k = _qk(15)
-        _close(ours.forward_qk(q, k, GridLayout((3, 5)))[0], _timm_rot(q, timm_rope.get_embed([3, 5]), half))
+        _assert_close(ours.forward_qk(q, k, GridLayout((3, 5)))[0], _timm_rot(q, timm_rope.get_embed([3, 5]), half))
     assert AxialRoPE(HD, **axial_options_from_timm(cases[1])[0]).coord_aug.rescale == 2.0
     with pytest.raises(ValueError, match="in_pixels"):
         axial_options_from_timm(RotaryEmbeddingCat(HD, in_pixels=True))

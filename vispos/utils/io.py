@@ -277,7 +277,8 @@ def load_checkpoint_file(path: PathLike, map_location="cpu", what: str = "checkp
         raise ValueError(
             f"{what} {str(p)!r} holds objects other than tensors and plain containers ({detail}); vispos loads "
             "checkpoints with weights_only=True so that a file cannot run code. If you trust the file, convert it "
-            "once: torch.save(torch.load(path, weights_only=False)['model'] (or its state_dict()), new_path)") from None
+            "once in a trusted session (torch.load with weights_only disabled), then torch.save only its tensors "
+            "(['model'] or its state_dict()) to a new file") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()
         raise ValueError(f"{what} {str(p)!r} ({size} bytes) is truncated or not a torch checkpoint: "
