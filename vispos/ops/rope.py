@@ -107,7 +107,8 @@ def select_rope_impl(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: t
     """The path :func:`apply_rope_qk` takes (explicit and testable).
 
     ``auto``: under ``torch.compile`` -> ``reference`` (plain elementwise math that inductor fuses into one kernel;
-    the fast paths use complex views, ``out=`` and in-place ops that would only cost it graph breaks); CUDA tensors
+    the fast paths use complex views, ``out=`` and in-place ops that would only cost it graph breaks), and likewise under ``torch.jit.trace`` and the legacy ONNX exporter
+    (``torch.onnx.export(..., dynamo=False)``: no complex ops or autograd Functions there); CUDA tensors
     that the Triton kernel supports (:func:`vispos.ops.rope_triton.triton_supported`) -> ``triton``; everything
     else (CPU, float64 tables, Triton missing) -> ``fast`` (:mod:`vispos.ops.rope_fast`, eager torch, any device).
     An explicit ``impl`` is honoured or rejected with an error, never replaced.
@@ -124,7 +125,7 @@ def select_rope_impl(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: t
         return impl
     if impl != "auto":
         return impl
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return "reference"
     if q.is_cuda:
         from .rope_triton import triton_supported

@@ -596,8 +596,10 @@ class AbsolutePE(_TokenPE):
         if side * side != n or len(self.grid) != 2:
             raise ValueError(f"checkpoint pos_embed {tuple(tensor.shape)} has {n} patch rows, not a square grid; "
                              f"cannot tell its grid")
-        host.log("checkpoint pos_embed resampled from grid %s to %s", (side, side), self.grid)
-        return resample_abs_pe(tensor, self.grid, (side, side), self.table_prefix, self.mode or "bicubic", True)
+        # with this table's own rule (mode, antialias): equal to what the saved model computes at this grid
+        host.log("checkpoint pos_embed resampled from grid %s to %s (%s, antialias=%s)", (side, side), self.grid,
+                 self.mode, self.antialias)
+        return resample_abs_pe(tensor, self.grid, (side, side), self.table_prefix, self.mode, self.antialias)
 
     def _check(self, layout: GridLayout) -> None:
         self.check_layout(layout)

@@ -31,6 +31,7 @@ computed in the graph (no cache mutation, so no recompilation on the second call
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -43,6 +44,57 @@ from ..ops.rope import apply_rope_qk, check_pairing, rope_angles, rope_table
 from ..utils.checks import check_float_tensor, check_int
 from .base import PositionalEmbedding
 from .registry import register_family
+
+logger = logging.getLogger(__name__)
+
+#: the state-dict key (under the PE's prefix) recording a rotary PE's reference grids
+REF_GRID_KEY = "ref_grid"
+
+
+def _save_ref_grid(module, state_dict, prefix, local_metadata):
+    """State-dict hook: record ``train_shape`` / ``ref_shape`` as a float64 tensor ``(2, ndim)`` (NaN = unset), so
+    a checkpoint reloaded into a model built at another ``img_size`` keeps the grid its coordinates were made for."""
+    rows = [module.train_shape, module.ref_shape]
+    nd = len(module._perm)
+    state_dict[prefix + REF_GRID_KEY] = torch.tensor(
+        [[float("nan")] * nd if r is None else [float(v) for v in r] for r in rows], dtype=torch.float64)
+
+
+def _grid_row(row: torch.Tensor):
+    if bool(torch.isnan(row).all()):
+        return None
+    if bool(torch.isnan(row).any()) or not bool(torch.isfinite(row).all()) or bool((row <= 0).any()):
+        raise ValueError(f"invalid reference grid in checkpoint: {row.tolist()} (expected positive sizes or all NaN)")
+    return tuple(int(v) if float(v).is_integer() else float(v) for v in row.tolist())
+
+
+def _load_ref_grid(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    """Load pre-hook: adopt the checkpoint's reference grids (removing the key, so strict loading sees no extra
+    key); a checkpoint saved before the grids were recorded keeps the build-time ones, logged."""
+    key = prefix + REF_GRID_KEY
+    t = state_dict.pop(key, None)
+    if t is None:
+        if module.train_shape is not None or module.ref_shape is not None:
+            logger.info("%s at %r: the checkpoint has no %r (saved before vispos recorded it); keeping the "
+                        "build-time reference grid train_shape=%s, ref_shape=%s", module.name, prefix, key,
+                        module.train_shape, module.ref_shape)
+        return
+    nd = len(module._perm)
+    if not isinstance(t, torch.Tensor) or tuple(t.shape) != (2, nd):
+        error_msgs.append(f"{key}: expected a tensor of shape (2, {nd}), got "
+                          f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        return
+    if t.is_meta:  # assign / meta loading of a meta state dict: nothing to read
+        return
+    t = t.detach().to("cpu", torch.float64)
+    train, ref = _grid_row(t[0]), _grid_row(t[1])
+    if train is not None:
+        train = check_grid_shape(tuple(int(v) for v in train), "train_shape")
+    if (train, ref) != (module.train_shape, module.ref_shape):
+        logger.info("%s at %r: reference grid from the checkpoint train_shape=%s, ref_shape=%s (built with %s, %s)",
+                    module.name, prefix, train, ref, module.train_shape, module.ref_shape)
+        module.train_shape = train
+        module.ref_shape = ref
 
 __all__ = ["PRESETS", "default_axis_dims", "AxialRoPE", "MixedRoPE", "VoPE", "init_mixed_freqs", "dinov3_options",
            "ALLOCATIONS", "allocation_axes", "allocation_angles", "allocation_plan", "diagonal_coords", "p_rope_keep",
@@ -223,6 +275,10 @@ class _RoPEBase(PositionalEmbedding):
         self.normalize_coords = normalize_coords
         self.coord_aug = CoordAug(shift_coords, jitter_coords, rescale_coords)
         self._aug_draw = None  # the latest draw: used for a layout that carries none
+        # the reference grids travel with the state dict (a tensor key, no buffer: meta-device init, dtype casts and
+        # safetensors are unaffected)
+        self._register_state_dict_hook(_save_ref_grid)
+        self._register_load_state_dict_pre_hook(_load_ref_grid, with_module=True)
 
     def _patch_coords(self, layout: GridLayout, device=None) -> torch.Tensor:
         """Coordinates ``(prod(grid), ndim)`` float64 in grid-axis order (offset and mode applied, no augmentation)."""
