@@ -57,7 +57,8 @@ def _save_ref_grid(module, state_dict, prefix, local_metadata):
     rows = [module.train_shape, module.ref_shape]
     nd = len(module._perm)
     state_dict[prefix + REF_GRID_KEY] = torch.tensor(
-        [[float("nan")] * nd if r is None else [float(v) for v in r] for r in rows], dtype=torch.float64)
+        [[float("nan")] * nd if r is None else [float(v) for v in r] for r in rows], dtype=torch.float64,
+        device=module.__dict__.get("_state_device"))
 
 
 def _grid_row(row: torch.Tensor):
@@ -277,6 +278,8 @@ class _RoPEBase(PositionalEmbedding):
         self._aug_draw = None  # the latest draw: used for a layout that carries none
         # the reference grids travel with the state dict (a tensor key, no buffer: meta-device init, dtype casts and
         # safetensors are unaffected)
+        # on the module's device (meta for a meta build, until to_empty): the device the build happens on
+        self._state_device = torch.empty(0).device  # the default device (a torch.device context); see below
         self._register_state_dict_hook(_save_ref_grid)
         self._register_load_state_dict_pre_hook(_load_ref_grid, with_module=True)
 
@@ -284,6 +287,11 @@ class _RoPEBase(PositionalEmbedding):
         """Coordinates ``(prod(grid), ndim)`` float64 in grid-axis order (offset and mode applied, no augmentation)."""
         return grid_coords(layout, self.coords, self.ref_shape, device=device, dtype=torch.float64,
                            offset=self.grid_offset, normalize_coords=self.normalize_coords)
+
+    def _apply(self, fn, *args, **kwargs):
+        if "_state_device" in self.__dict__:  # follow .to / to_empty / .cuda for the ref_grid state entry
+            self._state_device = fn(torch.empty(0, device=self._state_device)).device
+        return super()._apply(fn, *args, **kwargs)
 
     @property
     def augmenting(self) -> bool:
@@ -484,6 +492,8 @@ class AxialRoPE(_RoPEBase):
             raise TypeError(f"dtype must be a floating torch.dtype (the RoPE tables' dtype), got {dtype!r}")
         self.table_dtype = torch.float32 if dtype is None else dtype
         self.table_device = None if device is None else torch.device(device)
+        if device is not None:
+            self._state_device = torch.device(device)
         self._init_allocation(allocation, temporal_stride, temporal_scales, num_heads, p_rope)
 
     def _init_allocation(self, allocation, temporal_stride, temporal_scales, num_heads, p_rope) -> None:
@@ -899,6 +909,7 @@ class MixedRoPE(_RoPEBase):
             # which entries are learned: time pairs only along t, spatial pairs only in (h, w); hope's time pairs
             # and pairs past sum(dims) nowhere (their angles are exactly 0)
             self.register_buffer("freq_mask", mask.to(device=device), persistent=False)
+        self._state_device = self.freqs.device
 
     def _allocation_init(self):
         plan = allocation_plan(self.allocation, self.dims, float(self.temperature),
