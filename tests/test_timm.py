@@ -163,7 +163,8 @@ def test_ape_rope_keeps_every_non_pe_weight(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="vispos.integrations.timm"):
         model = vispos.create_model(VIT, pe=["ape", "rope_axial"], checkpoint_path=path, **TINY)
     sd, ref = model.state_dict(), plain.state_dict()
-    assert set(sd) == (set(ref) - {"pos_embed"}) | {"pe.pes.0.pos_embed"}
+    # + the rotary member's recorded reference grids (a plain tensor entry, see docs/timm.md)
+    assert set(sd) == (set(ref) - {"pos_embed"}) | {"pe.pes.0.pos_embed", "pe.pes.1.ref_grid"}
     for k, v in ref.items():
         if k != "pos_embed":
             assert torch.equal(sd[k], v), k
