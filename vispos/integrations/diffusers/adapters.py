@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from ...freqs import ScalingRule, rope_freqs, rule_attention_factor
+from ...utils.checks import is_int, is_number
 from .bands import adjust_bands, interleaved_cos_sin, ltx_band_base, ltx_bands, standard_bands
 from .handle import AXES, Axis, RuleHandle, TimeAware
 
@@ -48,14 +49,6 @@ def _forward_params(module) -> List[str]:
         return list(inspect.signature(type(module).forward).parameters)[1:]
     except (TypeError, ValueError):
         return []
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _hidden_states(args, kwargs) -> torch.Tensor:
@@ -162,8 +155,8 @@ class HunyuanStyle(Adapter):
         rope = getattr(model, "rope", None)
         return (isinstance(rope, torch.nn.Module)
                 and _forward_params(rope) in (["hidden_states"], _FRAME_INDEX_FORWARD)
-                and _is_int(getattr(rope, "patch_size", None)) and _is_int(getattr(rope, "patch_size_t", None))
-                and _is_num(getattr(rope, "theta", None)) and len(getattr(rope, "rope_dim", ()) or ()) == 3
+                and is_int(getattr(rope, "patch_size", None)) and is_int(getattr(rope, "patch_size_t", None))
+                and is_number(getattr(rope, "theta", None)) and len(getattr(rope, "rope_dim", ()) or ()) == 3
                 and not hasattr(rope, "freqs_cos"))
 
     def patch(self, model):
@@ -252,7 +245,7 @@ class WanStyle(Adapter):
         rope = getattr(model, "rope", None)
         return (isinstance(rope, torch.nn.Module) and _forward_params(rope) == ["hidden_states"]
                 and all(isinstance(getattr(rope, b, None), torch.Tensor) for b in ("freqs_cos", "freqs_sin"))
-                and all(_is_int(getattr(rope, a, None)) for a in ("t_dim", "h_dim", "w_dim", "max_seq_len"))
+                and all(is_int(getattr(rope, a, None)) for a in ("t_dim", "h_dim", "w_dim", "max_seq_len"))
                 and len(getattr(rope, "patch_size", ()) or ()) == 3)
 
     def patch(self, model):
@@ -331,8 +324,8 @@ class BandBufferStyle(Adapter):
         rope = getattr(model, "rope", None)
         return (isinstance(rope, torch.nn.Module) and _forward_params(rope) == _FRAME_INDEX_FORWARD
                 and all(isinstance(getattr(rope, b, None), torch.Tensor) for b in _BAND_BUFFERS)
-                and all(_is_int(getattr(rope, a, None)) for a in ("DT", "DY", "DX"))
-                and _is_num(getattr(rope, "theta", None)))
+                and all(is_int(getattr(rope, a, None)) for a in ("DT", "DY", "DX"))
+                and is_number(getattr(rope, "theta", None)))
 
     def patch(self, model):
         p = getattr(getattr(model, "config", None), "patch_size", (1, 1, 1))
@@ -494,9 +487,9 @@ class LTXStyle(Adapter):
         rope = getattr(model, "rope", None)
         return (isinstance(rope, torch.nn.Module) and _forward_params(rope) == _LTX_FORWARD
                 and callable(getattr(rope, "_prepare_video_coords", None))
-                and all(_is_int(getattr(rope, a, None)) for a in ("dim", "base_num_frames", "base_height",
+                and all(is_int(getattr(rope, a, None)) for a in ("dim", "base_num_frames", "base_height",
                                                                   "base_width", "patch_size", "patch_size_t"))
-                and _is_num(getattr(rope, "theta", None)))
+                and is_number(getattr(rope, "theta", None)))
 
     def patch(self, model):
         r = model.rope
@@ -754,7 +747,7 @@ class IdsStyle(Adapter):
     def match(self, model, pipe) -> bool:
         rope = getattr(model, "pos_embed", None)
         return (isinstance(rope, torch.nn.Module) and _forward_params(rope) == ["ids"]
-                and _is_num(getattr(rope, "theta", None)) and len(getattr(rope, "axes_dim", ()) or ()) == 3)
+                and is_number(getattr(rope, "theta", None)) and len(getattr(rope, "axes_dim", ()) or ()) == 3)
 
     def target(self, model, pipe):
         return model.pos_embed
@@ -852,7 +845,7 @@ class QwenStyle(Adapter):
     def match(self, model, pipe) -> bool:
         rope = getattr(model, "pos_embed", None)
         return (isinstance(rope, torch.nn.Module) and _forward_params(rope) == _QWEN_FORWARD
-                and _is_num(getattr(rope, "theta", None)) and len(getattr(rope, "axes_dim", ()) or ()) == 3
+                and is_number(getattr(rope, "theta", None)) and len(getattr(rope, "axes_dim", ()) or ()) == 3
                 and all(isinstance(getattr(rope, t, None), torch.Tensor) and getattr(rope, t).is_complex()
                         for t in ("pos_freqs", "neg_freqs")))
 

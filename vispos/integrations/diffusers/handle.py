@@ -7,6 +7,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from ...freqs import ScalingRule, as_rule
+from ...utils import checks as _checks
 
 AXES = ("time", "height", "width")
 MARK = "_vispos_rule_handle"
@@ -17,13 +18,8 @@ RuleLike = Union[None, str, dict, ScalingRule]
 
 
 def check_len(value, name: str) -> Optional[int]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be a positive int or None, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return value
+    """A length in frames / tokens: an int >= 1, or None (shared validator)."""
+    return _checks.check_int(value, name, minimum=1, allow_none=True)
 
 
 def to_latent(value: Optional[int], units: str, factor: int, temporal: bool, name: str) -> Optional[int]:
