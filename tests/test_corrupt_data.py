@@ -115,6 +115,26 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path):
     np.testing.assert_array_equal(got[..., 0], np.rint(a16 * (255 / 65535)).astype(np.uint8))
 
 
+def test_16_bit_png_in_eval_data_is_scaled_not_clipped(tmp_path):
+    """``--data`` goes through timm's ImageDataset: its items are decoded like --train-data's (16-bit scaled)."""
+    from vispos.eval.timm_data import image_dataset
+
+    a16 = (np.arange(24 * 32, dtype=np.uint32).reshape(24, 32) * 85).astype(np.uint16)
+    for c in ("a", "b"):
+        (tmp_path / "d" / c).mkdir(parents=True)
+        Image.fromarray(a16).save(tmp_path / "d" / c / "g16.png")
+    ds = image_dataset(tmp_path / "d")
+    img, target = ds[1]
+    got = np.asarray(img)
+    assert target == 1 and got.shape == (24, 32, 3)
+    np.testing.assert_array_equal(got[..., 0], np.rint(a16 * (255 / 65535)).astype(np.uint8))
+    assert (got[..., 0] == 255).mean() < 0.01  # not PIL's clip to white
+    import pickle
+
+    again = pickle.loads(pickle.dumps(ds))
+    np.testing.assert_array_equal(np.asarray(again[1][0]), got)
+
+
 def test_empty_class_folder_is_named(tmp_path):
     root = make_folder(tmp_path / "imgs", bad=False)
     (root / "c_empty").mkdir()

@@ -165,9 +165,40 @@ def image_dataset(root, class_map=None, split: str = "validation", transform=Non
                 good.append((path, target))
         reader.samples = good
     ds.skipped = skipped
+    if reader is not None and isinstance(getattr(reader, "samples", None), list):
+        # decode as vispos's own loader does: 16-bit greyscale scaled to 8 bits (PIL's convert("RGB") clips it to
+        # white), strict decoding; everything else (transform, targets, class map) stays timm's
+        ds.__class__ = _decoded_subclass(type(ds))
     if len(ds) == 0:
         raise ValueError(f"data folder {str(p)!r} holds no images" + (f"; skipped: {skipped}" if skipped else ""))
     return ds
+
+
+_DECODED: Dict[type, type] = {}
+
+
+def _decoded_subclass(base: type) -> type:
+    """``base`` (timm's ``ImageDataset``) with items decoded by :func:`vispos.data.image_folder.load_rgb`."""
+    cls = _DECODED.get(base)
+    if cls is None:
+        def __getitem__(self, index):
+            from ..data.image_folder import load_rgb
+
+            path, target = self.reader.samples[index][:2]
+            img = load_rgb(path)
+            if self.transform is not None:
+                img = self.transform(img)
+            if target is None:
+                target = -1
+            elif self.target_transform is not None:
+                target = self.target_transform(target)
+            return img, target
+
+        name = f"Decoded{base.__name__}" + (f"_{len(_DECODED)}" if _DECODED else "")
+        cls = type(name, (base,), {"__getitem__": __getitem__, "__module__": __name__, "__qualname__": name})
+        globals()[name] = cls  # reachable by name, so the dataset pickles (DataLoader workers under spawn)
+        _DECODED[base] = cls
+    return cls
 
 
 def _split_dir(root: Path, split: str) -> Path:
