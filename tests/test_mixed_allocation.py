@@ -122,7 +122,9 @@ def test_default_build_unchanged_bit_for_bit():
     ref = init_mixed_freqs(12, 2, 2, 3, 10.0, True)
     assert m.allocation is None and m.temporal_stride == 1.0
     assert torch.equal(m.freqs.detach(), ref)
-    assert set(m.state_dict()) == {"freqs"} and not hasattr(m, "freq_mask")
+    # learned state is only `freqs` (`ref_grid` is the saved reference grid, not a parameter)
+    assert set(m.state_dict()) == {"freqs", "ref_grid"} and [n for n, _ in m.named_parameters()] == ["freqs"]
+    assert not hasattr(m, "freq_mask")
     lay = GridLayout((3, 2, 2), 1)
     c = torch.stack(torch.meshgrid(*[torch.arange(s, dtype=torch.float64) for s in (3, 2, 2)], indexing="ij"),
                     -1).reshape(-1, 3)
