@@ -40,7 +40,7 @@ def _x(size):
     return torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(size))
 
 
-def _check(saved, loaded, pe):
+def _assert_same(saved, loaded, pe):
     names = set(pe if isinstance(pe, list) else [pe])
     with torch.no_grad():
         assert torch.allclose(saved(_x(B)), loaded(_x(B)), atol=1e-5, rtol=1e-5)
@@ -58,12 +58,12 @@ def test_reload_at_other_img_size(pe, tmp_path):
     # the family's state: tensors only (safetensors), equal to what it had at build time
     loaded = vispos.create_model(VIT, pe=pe, img_size=B, **kw, **KW).eval()
     loaded.load_state_dict(sd)
-    _check(saved, loaded, pe)
+    _assert_same(saved, loaded, pe)
     # checkpoint routes: vispos checkpoint_path= and timm's own checkpoint_path=
     path = tmp_path / "m.pth"
     torch.save(sd, path)
-    _check(saved, vispos.create_model(VIT, pe=pe, img_size=B, checkpoint_path=str(path), **kw, **KW).eval(), pe)
-    _check(saved, timm.create_model(f"vispos_{VIT}", pe=pe, img_size=B, checkpoint_path=str(path), **kw,
+    _assert_same(saved, vispos.create_model(VIT, pe=pe, img_size=B, checkpoint_path=str(path), **kw, **KW).eval(), pe)
+    _assert_same(saved, timm.create_model(f"vispos_{VIT}", pe=pe, img_size=B, checkpoint_path=str(path), **kw,
                                     **KW).eval(), pe)
 
 
@@ -112,10 +112,10 @@ def test_safetensors_and_meta_init(tmp_path):
     st.save_file(saved.state_dict(), str(path))
     loaded = vispos.create_model(VIT, pe="vope", img_size=B, **KW).eval()
     loaded.load_state_dict(st.load_file(str(path)))
-    _check(saved, loaded, "vope")
+    _assert_same(saved, loaded, "vope")
     meta = vispos.create_model(VIT, pe="vope", img_size=A, device="meta", **KW)
     assert meta.state_dict()["pe.ref_grid"].is_meta  # state on the module's device, as its tensors
     meta.to_empty(device="cpu")
     assert meta.state_dict()["pe.ref_grid"].tolist() == [[4.0, 4.0], [4.0, 4.0]]  # no buffer to fill
     meta.load_state_dict(saved.state_dict())
-    _check(saved, meta.eval(), "vope")
+    _assert_same(saved, meta.eval(), "vope")
