@@ -188,7 +188,7 @@ def cogvideox_rotary_emb(
     pixels with ``units="pixel"``) and the rules' target lengths; the ``train_*`` lengths are in the same units.
     """
     adapter, model, _ = detect_host(transformer)
-    if not adapter.on_pipeline:
+    if adapter.name != "cogvideox-pipeline":
         raise ValueError(f"cogvideox_rotary_emb needs a CogVideoXTransformer3DModel, got a {adapter.name} model "
                          f"({type(model).__name__})")
     adapter.check(model)
@@ -239,8 +239,7 @@ def apply_rule(
     if adapter.on_pipeline and pipe is None:
         raise ValueError(
             f"{type(model).__name__} has its RoPE computed by the pipeline, not by the transformer: pass the pipeline "
-            "to apply_rule, or build image_rotary_emb for a bare transformer with cogvideox_rotary_emb(transformer, "
-            "...)"
+            f"to apply_rule{adapter.bare_hint}"
         )
     axes = _build_axes(adapter, model, pipe, time, space,
                        (num_frames, height, width, train_frames, train_height, train_width), units, vae_scale)

@@ -23,7 +23,7 @@ import torch
 
 from ...freqs import ScalingRule, rope_freqs, rule_attention_factor
 from ...utils.checks import is_int, is_number
-from .bands import adjust_bands, interleaved_cos_sin, ltx_band_base, ltx_bands, standard_bands
+from .bands import adjust_bands, interleaved_cos_sin, ltx_band_base, ltx_bands, merge_bands, standard_bands
 from .handle import AXES, Axis, RuleHandle, TimeAware
 
 __all__ = ["Adapter", "Released", "ADAPTERS", "find_adapter"]
@@ -64,6 +64,7 @@ class Adapter:
     vae: Tuple[int, int] = (4, 8)  # default (temporal, spatial) VAE compression
     components: Tuple[str, ...] = ("transformer", "transformer_2")  # pipeline attributes that take the rule
     on_pipeline = False  # the rule is installed on the pipeline (RoPE built there), not on the transformer
+    bare_hint = ""  # for an on-pipeline adapter: what to do with a bare transformer (appended to the error)
     released: Dict[str, Released] = {}
 
     def match(self, model, pipe) -> bool:  # pragma: no cover - abstract
@@ -612,6 +613,7 @@ class CogVideoXStyle(Adapter):
     (CogVideoX 1.0 / 1.5 and the pipelines that copy it, e.g. ConsisID)."""
 
     name = "cogvideox-pipeline"
+    bare_hint = ", or build image_rotary_emb for a bare transformer with cogvideox_rotary_emb(transformer, ...)"
     layout = ("the pipeline's `_prepare_rotary_positional_embeddings(height, width, num_frames, device)` builds "
               "cos/sin (`linspace` grid without `patch_size_t`, `slice` with it)")
     on_pipeline = True
@@ -675,6 +677,124 @@ class CogVideoXStyle(Adapter):
                 setattr(pipe, _COG_METHOD, saved)
             else:
                 vars(pipe).pop(_COG_METHOD, None)
+
+        return undo
+
+
+# ------------------------------------------------------------------------------------- Allegro (pipeline)
+_ALLEGRO_METHOD = "_prepare_rotary_positional_embeddings"
+_ALLEGRO_SIGNATURE = ["batch_size", "height", "width", "num_frames", "device"]
+_ALLEGRO_CONFIG = ("patch_size", "attention_head_dim", "interpolation_scale_t", "interpolation_scale_h",
+                   "interpolation_scale_w")
+_ALLEGRO_THETA = 10000.0
+
+
+def _allegro_scales(cfg) -> Tuple[float, float, float]:
+    scales = (cfg.interpolation_scale_t, cfg.interpolation_scale_h, cfg.interpolation_scale_w)
+    if not all(is_number(v) and v > 0 for v in scales):
+        raise ValueError(f"Allegro's interpolation_scale_t/_h/_w must be positive numbers in the transformer config, "
+                         f"got {scales}")
+    return tuple(float(v) for v in scales)
+
+
+def allegro_tables(model, rules: Optional[Sequence[ScalingRule]], grid_sizes: Sequence[int], device,
+                   handle: Optional[RuleHandle] = None, keep=None):
+    """Allegro's per-axis RoPE tables ``((cos_t, sin_t), (cos_h, sin_h), (cos_w, sin_w))`` as
+    ``get_3d_rotary_pos_embed_allegro`` builds them (float32 bands of ``head_dim // 3`` per axis, positions
+    ``linspace(0, n - 1, n) / interpolation_scale``, halves concatenated), the rules applied to the bands *per token
+    position* (``b^(-2j/d) / interpolation_scale``: the host's built-in interpolation stays, a rule acts on top of
+    it); ``keep``: the host's tables, kept on the axes the rules leave alone."""
+    cfg = model.config
+    d = int(cfg.attention_head_dim) // 3
+    scales = _allegro_scales(cfg)
+    out = []
+    for i, n in enumerate(grid_sizes):
+        rule = rules[i] if rules is not None else ScalingRule("none")
+        host = 1.0 / (_ALLEGRO_THETA ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d))
+        theta64 = rope_freqs(d, _ALLEGRO_THETA)
+        per_pos = theta64 / scales[i]
+        attn = rule_attention_factor(rule)
+        if rule.name == "none":
+            new, freqs = per_pos, host
+        else:
+            new = adjust_bands(per_pos, rule, _ALLEGRO_THETA, d, canonical=theta64)
+            freqs = merge_bands(host, theta64, new * scales[i])
+        if handle is not None:
+            handle.last_bands[AXES[i]] = new
+        if keep is not None and freqs is host and attn == 1.0:
+            out.append(keep[i])
+            continue
+        grid = torch.linspace(0, n * (n - 1) / n, n, device=device, dtype=torch.float32) if n else \
+            torch.zeros(0, device=device)
+        ang = torch.outer(grid / scales[i], freqs)
+        c, s = torch.cat([ang.cos(), ang.cos()], dim=-1).float(), torch.cat([ang.sin(), ang.sin()], dim=-1).float()
+        out.append((c * attn, s * attn) if attn != 1.0 else (c, s))
+    return tuple(out)
+
+
+class AllegroStyle(Adapter):
+    """RoPE built by the pipeline's ``_prepare_rotary_positional_embeddings(batch_size, height, width, num_frames,
+    device)``: per-axis tables (``head_dim // 3`` each) indexed by integer token positions, with Allegro's built-in
+    ``interpolation_scale_t/_h/_w`` dividing the positions (AllegroPipeline)."""
+
+    name = "allegro-pipeline"
+    layout = ("the pipeline's `_prepare_rotary_positional_embeddings(batch_size, height, width, num_frames, device)`"
+              " builds per-axis cos/sin tables (positions / `interpolation_scale_t/_h/_w`) and the token positions")
+    on_pipeline = True
+    components = ()
+    bare_hint = ("; a bare AllegroTransformer3DModel takes image_rotary_emb from the pipeline method, so wrap it in "
+                 "AllegroPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=..., scheduler=None)")
+
+    def match(self, model, pipe) -> bool:
+        cfg = getattr(model, "config", None)
+        if getattr(model, "rope", None) is not None or cfg is None:
+            return False
+        if not all(hasattr(cfg, a) for a in _ALLEGRO_CONFIG) or hasattr(cfg, "use_rotary_positional_embeddings"):
+            return False
+        if pipe is None:
+            return True
+        method = getattr(pipe, _ALLEGRO_METHOD, None)
+        return callable(method) and list(inspect.signature(method).parameters) == _ALLEGRO_SIGNATURE
+
+    def patch(self, model):
+        p = int(model.config.patch_size)
+        return 1, p, p  # the pipeline's temporal grid is latents.size(2): one position per latent frame
+
+    def n_components(self, model):
+        d = int(model.config.attention_head_dim) // 3 // 2
+        return d, d, d
+
+    def check(self, model) -> None:
+        _allegro_scales(model.config)
+        if int(model.config.attention_head_dim) // 3 % 2:
+            raise ValueError(f"Allegro's attention_head_dim // 3 must be even, got {model.config.attention_head_dim}")
+
+    def install(self, handle, model, pipe):
+        self.check(model)
+        before = getattr(pipe, _ALLEGRO_METHOD)
+        s = int(pipe.vae_scale_factor_spatial) * int(model.config.patch_size)
+        with torch.no_grad():
+            ref, _ = before(1, 3 * s, 5 * s, 4, "cpu")
+            got = allegro_tables(model, None, (4, 3, 5), "cpu")
+        if not all(torch.equal(a, b) for pa, pb in zip(got, ref) for a, b in zip(pa, pb)):
+            raise ValueError(f"{type(pipe).__name__}.{_ALLEGRO_METHOD} does not compute Allegro's RoPE (its tables "
+                             "differ on a probe grid): vispos cannot adjust it safely")
+        had = _ALLEGRO_METHOD in vars(pipe)
+        saved = vars(pipe).get(_ALLEGRO_METHOD)
+
+        def prepare(self, batch_size: int, height: int, width: int, num_frames: int, device):
+            tables, positions = before(batch_size, height, width, num_frames, device)
+            sizes = (int(num_frames), int(height) // s, int(width) // s)
+            rules = handle.resolve(sizes)
+            return allegro_tables(model, rules, sizes, device, handle, keep=tables), positions
+
+        setattr(pipe, _ALLEGRO_METHOD, types.MethodType(prepare, pipe))
+
+        def undo():
+            if had:
+                setattr(pipe, _ALLEGRO_METHOD, saved)
+            else:
+                vars(pipe).pop(_ALLEGRO_METHOD, None)
 
         return undo
 
@@ -798,6 +918,87 @@ class IdsStyle(Adapter):
         return undo
 
 
+# ------------------------------------------------------------------------ image DiTs: four-axis ids (FLUX.2)
+_IDS4_NAMES = ("index", "height", "width", "layer")
+
+
+class Ids4Style(IdsStyle):
+    """FLUX.2 / Flux3: ``pos_embed.forward(ids)`` with four-axis ids ``(index, row, column, layer)`` (``axes_dim`` of
+    four), called once for the image ids and once for the text ids. Rules act on the row / column axes (``space``)
+    and the index axis (``time``: 0 for the generated image, 10, 20, ... for reference images); the fourth axis (the
+    text token's sequence position, 0 for image tokens) is always the host's. The grid the rules see is the image's
+    (``img_ids`` of the transformer call), for the text ids too, so both streams get the same bands."""
+
+    name = "ids4-style"
+    layout = ("`transformer.pos_embed.forward(ids)`: cos/sin of four-axis ids (index, row, column, layer) with "
+              "`theta`, `axes_dim`, image and text ids in separate calls")
+
+    def match(self, model, pipe) -> bool:
+        rope = getattr(model, "pos_embed", None)
+        return (isinstance(rope, torch.nn.Module) and _forward_params(rope) == ["ids"]
+                and is_number(getattr(rope, "theta", None)) and len(getattr(rope, "axes_dim", ()) or ()) == 4)
+
+    def _host_dtype(self, rope) -> torch.dtype:
+        ids = torch.cartesian_prod(torch.tensor([0, 10]), torch.arange(6), torch.arange(5), torch.arange(3)).float()
+        with torch.no_grad():
+            ref = type(rope).forward(rope, ids)
+            for fd in (torch.float64, torch.float32):
+                if all(torch.equal(a, b) for a, b in zip(_ids_cos_sin(rope, ids, None, fd, _IDS4_NAMES), ref)):
+                    return fd
+        raise ValueError(f"{type(rope).__name__} looks like four-axis ids (forward(ids), theta, axes_dim of 4) but its "
+                         "output is not cos/sin of b^(-2j/d) bands of the ids (float64 or float32): vispos cannot "
+                         "adjust it safely")
+
+    def install(self, handle, model, pipe):
+        rope = model.pos_embed
+        fd = self._host_dtype(rope)
+        hooks = _timestep_hooks(handle, model, self.timestep_scale)
+        params = _forward_params(model)
+        state = {"sizes": None}
+
+        def sizes_of(ids: torch.Tensor, what: str) -> List[int]:
+            if ids.dim() == 3:  # the transformer takes (B, N, 4) and uses the first sample's ids
+                ids = ids[0]
+            if ids.dim() != 2 or ids.shape[-1] != 4:
+                raise ValueError(f"{type(rope).__name__}: vispos rules need {what} of shape (N, 4) or (B, N, 4), got "
+                                 f"{tuple(ids.shape)}")
+            return [int(ids[:, i].max().item()) + 1 if ids.numel() else 0 for i in range(3)]
+
+        def record(module, args, kwargs):
+            where = params.index("img_ids")
+            img = kwargs.get("img_ids", args[where] if len(args) > where else None)
+            state["sizes"] = sizes_of(img, "img_ids") if isinstance(img, torch.Tensor) else None
+
+        def forget(module, args, kwargs, output):
+            state["sizes"] = None
+
+        if "img_ids" in params:  # a transformer (not a bare holder of the rope): its image grid sets the rules
+            hooks += [model.register_forward_pre_hook(record, with_kwargs=True),
+                      model.register_forward_hook(forget, with_kwargs=True)]
+
+        def post_hook(module, args, kwargs, output):
+            ids = args[0] if args else kwargs["ids"]
+            if ids.dim() != 2:
+                raise ValueError(f"{type(module).__name__}: vispos rules need ids of shape (N, 4), got "
+                                 f"{tuple(ids.shape)}")
+            own = sizes_of(ids, "ids")
+            rules = handle.resolve(state["sizes"] or own) + [ScalingRule("none")]
+            if all(r.name == "none" for r in rules):
+                for i in range(4):
+                    handle.last_bands[_IDS4_NAMES[i]] = rope_freqs(int(module.axes_dim[i]), float(module.theta))
+                return None
+            return _ids_cos_sin(module, ids, rules, fd, _IDS4_NAMES, handle, keep=output)
+
+        hooks.append(rope.register_forward_hook(post_hook, with_kwargs=True))
+
+        def undo():
+            for h in reversed(hooks):
+                h.remove()
+            handle.sigma = None
+
+        return undo
+
+
 # ------------------------------------------------------------------------------- image DiTs: Qwen-Image
 _QWEN_FORWARD = ["video_fhw", "device", "max_txt_seq_len"]
 
@@ -858,6 +1059,9 @@ class QwenStyle(Adapter):
     def n_components(self, model):
         return tuple(int(d) // 2 for d in model.pos_embed.axes_dim)
 
+    def _positions(self, rope, video_fhw, max_txt):
+        return _qwen_positions(rope, video_fhw, max_txt)
+
     def _verify(self, rope) -> None:
         n = rope.pos_freqs.shape[0]
         for name, index in (("pos_freqs", torch.arange(n)), ("neg_freqs", torch.arange(n).flip(0) * -1 - 1)):
@@ -878,7 +1082,7 @@ class QwenStyle(Adapter):
             call = sig.bind(module, *args, **kwargs)
             call.apply_defaults()
             a = call.arguments
-            vid_pos, txt_pos, sizes = _qwen_positions(module, a["video_fhw"], a["max_txt_seq_len"])
+            vid_pos, txt_pos, sizes = self._positions(module, a["video_fhw"], a["max_txt_seq_len"])
             rules = handle.resolve(sizes)
             vid, txt = output
             if all(r.name == "none" for r in rules):
@@ -913,9 +1117,82 @@ class QwenStyle(Adapter):
         return undo
 
 
+# ----------------------------------------------------------------------- image DiTs: Qwen-Image layered
+_QWEN_LAYER_FORWARD = ["video_fhw", "max_txt_seq_len", "device"]
+
+
+def _qwen_layer_positions(rope, video_fhw, max_txt):
+    """As :func:`_qwen_positions`, for ``QwenEmbedLayer3DRope``: layers ``0 .. n-2`` at index ``idx .. idx+f-1``,
+    the last entry (the condition image) at index -1; text after ``max(image extent, number of layers)``. The index
+    axis's length for the rules is the span of its indices (``n`` entries: -1 .. n-2)."""
+    fhws = video_fhw[0] if isinstance(video_fhw, list) else video_fhw
+    fhws = fhws if isinstance(fhws, list) else [fhws]
+    cols = [[], [], []]
+    layers = len(fhws) - 1
+    max_vid, sizes = 0, [0, 0, 0]
+    for idx, (f, h, w) in enumerate(fhws):
+        if rope.scale_rope:
+            ph = torch.cat([torch.arange(-(h - h // 2), 0), torch.arange(0, h // 2)])
+            pw = torch.cat([torch.arange(-(w - w // 2), 0), torch.arange(0, w // 2)])
+            max_vid = max(h // 2, w // 2, max_vid)
+        else:
+            ph, pw = torch.arange(h), torch.arange(w)
+            max_vid = max(h, w, max_vid)
+        index = torch.arange(idx, idx + f) if idx != layers else torch.full((f,), -1)
+        grid = torch.meshgrid(index, ph, pw, indexing="ij")
+        for i in range(3):
+            cols[i].append(grid[i].reshape(-1))
+        top = idx + f if idx != layers else 0
+        sizes = [max(sizes[0], top), max(sizes[1], h), max(sizes[2], w)]
+    sizes[0] += 1  # the condition image's -1
+    max_vid = max(max_vid, layers)
+    txt = torch.arange(max_vid, max_vid + int(max_txt))
+    return [torch.cat(c) for c in cols], txt, sizes
+
+
+class QwenLayerStyle(QwenStyle):
+    """Qwen-Image layered (``QwenEmbedLayer3DRope``): Qwen-Image's complex tables, images stacked on the index axis
+    (layers 0, 1, ..., the condition image at -1), read by ``pos_embed.forward(video_fhw, max_txt_seq_len, device)``.
+    Rules act on the signed row / column axes (``space``); the index axis is left alone unless ``time=`` is given."""
+
+    name = "qwen-layer-style"
+    layout = ("`transformer.pos_embed.forward(video_fhw, max_txt_seq_len, device)`: Qwen-Image's complex tables, "
+              "image layers stacked on the index axis (condition image at -1), text after the extent")
+
+    def match(self, model, pipe) -> bool:
+        rope = getattr(model, "pos_embed", None)
+        return (isinstance(rope, torch.nn.Module) and _forward_params(rope) == _QWEN_LAYER_FORWARD
+                and is_number(getattr(rope, "theta", None)) and len(getattr(rope, "axes_dim", ()) or ()) == 3
+                and all(isinstance(getattr(rope, t, None), torch.Tensor) and getattr(rope, t).is_complex()
+                        for t in ("pos_freqs", "neg_freqs")))
+
+    def _positions(self, rope, video_fhw, max_txt):
+        return _qwen_layer_positions(rope, video_fhw, max_txt)
+
+    def _verify(self, rope) -> None:
+        super()._verify(rope)
+        # the layout, through the class forward: two layers and a condition image
+        shapes = [[(1, 4, 3), (1, 4, 3), (1, 4, 3)]]
+        with torch.no_grad():
+            vid, txt = type(rope).forward(rope, shapes, 5, torch.device("cpu"))
+        vid_pos, txt_pos, _ = self._positions(rope, shapes, 5)
+        start = 0
+        for i, d in enumerate(rope.axes_dim):
+            bands = _qwen_bands(rope.theta, int(d))
+            sl = slice(start, start + int(d) // 2)
+            start += int(d) // 2
+            for pos, got in ((vid_pos[i], vid), (txt_pos, txt)):
+                ang = torch.outer(pos, bands)
+                if not torch.equal(torch.polar(torch.ones_like(ang), ang), got[:, sl]):
+                    raise ValueError(f"{type(rope).__name__} looks like Qwen-Image's layered RoPE but its output is "
+                                     "not the layout vispos reproduces (layers on the index axis, condition image "
+                                     "at -1): vispos cannot adjust it safely")
+
+
 # --------------------------------------------------------------------------------------------------- table
 ADAPTERS: Tuple[Adapter, ...] = (HunyuanStyle(), WanStyle(), BandBufferStyle(), LTXStyle(), CogVideoXStyle(),
-                                  IdsStyle(), QwenStyle())
+                                  AllegroStyle(), IdsStyle(), Ids4Style(), QwenStyle(),
+                                  QwenLayerStyle())
 
 
 def find_adapter(model, pipe=None) -> Optional[Adapter]:

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from .adapters import find_adapter
+from .adapters import _ALLEGRO_SIGNATURE, _COG_SIGNATURE, find_adapter
 
 __all__ = ["REFUSED", "support_rows", "support_markdown"]
 
@@ -35,8 +35,6 @@ REFUSED: Dict[str, str] = {
                                     "factors): not yet an adapter",
     "ChronoEditRotaryPosEmbed": "Wan-like buffers, but no `t_dim`/`h_dim`/`w_dim` and a two-frame special case in "
                                 "its forward",
-    "QwenEmbedLayer3DRope": "Qwen-Image layered variant: images stacked on the index axis, forward(video_fhw, "
-                            "max_txt_seq_len, device); not yet an adapter",
 }
 
 _ROPE_NAME = ("Rot", "RoPE", "Rope", "PosEmbed")
@@ -127,8 +125,14 @@ def support_rows() -> List[dict]:
     return rows
 
 
-def _pipeline_built() -> List[str]:
-    """Pipelines that build RoPE themselves (``_prepare_rotary_positional_embeddings``), as CogVideoX does."""
+#: the pipeline-side adapters by the signature of the pipeline's RoPE method
+_PIPELINE_SIGNATURES = {tuple(_COG_SIGNATURE): "cogvideox-pipeline", tuple(_ALLEGRO_SIGNATURE): "allegro-pipeline"}
+
+
+def _pipeline_built() -> List[tuple]:
+    """``(pipeline, adapter or None)`` for the pipelines that build RoPE themselves
+    (``_prepare_rotary_positional_embeddings``), as CogVideoX and Allegro do; the adapter is the one whose method
+    signature it has (the adapter still checks the method's output at ``apply_rule``)."""
     import diffusers
 
     out = []
@@ -137,8 +141,10 @@ def _pipeline_built() -> List[str]:
             cls = getattr(diffusers, name)
         except Exception:  # noqa: S112 - a pipeline whose optional dependency is missing is not listed
             continue
-        if callable(getattr(cls, "_prepare_rotary_positional_embeddings", None)):
-            out.append(name)
+        method = getattr(cls, "_prepare_rotary_positional_embeddings", None)
+        if callable(method):
+            params = tuple(inspect.signature(method).parameters)[1:]
+            out.append((name, _PIPELINE_SIGNATURES.get(params)))
     return out
 
 
@@ -153,9 +159,9 @@ def support_markdown(rows: Optional[List[dict]] = None) -> str:
         status = f"served ({r['adapter']})" if r["adapter"] and not r["note"] else "refused"
         lines.append(f"| `{r['model']}` | `{r['rope']}` | {status} | {r['note'].replace('|', '/')} |")
     pipes = _pipeline_built()
-    lines += ["", "Pipelines that build RoPE themselves (the `cogvideox-pipeline` adapter serves a pipeline whose "
-              "method reproduces CogVideoX's RoPE, checked at `apply_rule`): " + ", ".join(f"`{p}`" for p in pipes)
-              + "."]
+    lines += ["", "Pipelines that build RoPE themselves (served by the adapter named when their method reproduces "
+              "that adapter's RoPE, checked at `apply_rule`): "
+              + ", ".join(f"`{p}` ({a or 'refused: no adapter has its method signature'})" for p, a in pipes) + "."]
     return "\n".join(lines) + "\n"
 
 
