@@ -14,7 +14,7 @@ from . import (
 from .api import Rows, evaluate_frames, evaluate_resolution
 from .attention import Attention, attend
 from .freqs import RULES, ScalingRule, default_k, identify_k, predicted_loop_length, riflex_report, rope_freqs
-from .grid import COORD_MODES, GridLayout, grid_coords
+from .grid import COORD_MODES, GridLayout, PackedLayout, grid_coords
 from .integrations.timm import create_model
 from .ops.rope import PAIRINGS, apply_rope
 from .pe import PECombination, PositionalEmbedding
@@ -40,6 +40,7 @@ __all__ = [
     "rope_freqs",
     "COORD_MODES",
     "GridLayout",
+    "PackedLayout",
     "grid_coords",
     "PAIRINGS",
     "apply_rope",

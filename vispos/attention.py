@@ -9,6 +9,9 @@
 
 :class:`Attention` is a drop-in for timm's ``Attention`` (same parameter names: ``qkv``, ``q_norm``, ``k_norm``,
 ``proj``) that takes ``layout``, ``pe`` and the layer ``index``; with ``pe=None`` it is plain attention.
+
+Both accept a :class:`~vispos.grid.PackedLayout` (a grid per sample, padded to one length): padding keys are
+masked (key-only, so padding queries stay finite) on top of any PE bias, and the PE hooks act per sample.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from .grid import GridLayout, as_layout
+from .grid import GridLayout, PackedLayout, as_layout
 from .ops.attention import sdpa
 
 __all__ = ["attend", "Attention"]
@@ -29,13 +32,20 @@ def attend(
     k: torch.Tensor,
     v: torch.Tensor,
     pe=None,
-    layout: Optional[GridLayout] = None,
+    layout=None,
     index: int = 0,
     scale: Optional[float] = None,
     dropout_p: float = 0.0,
     impl: str = "auto",
 ) -> torch.Tensor:
-    """Attention with a PE's attention-level hooks. ``q, k, v (B, heads, N, head_dim)`` -> ``(B, heads, N, head_dim)``."""
+    """Attention with a PE's attention-level hooks. ``q, k, v (B, heads, N, head_dim)`` -> ``(B, heads, N, head_dim)``.
+
+    ``layout``: a :class:`~vispos.grid.GridLayout`, or a :class:`~vispos.grid.PackedLayout` whose padding keys are
+    masked (also with ``pe=None``)."""
+    if layout is not None and not isinstance(layout, (GridLayout, PackedLayout)):
+        raise TypeError(f"attend: layout must be a GridLayout or a PackedLayout, got {type(layout).__name__}")
+    if isinstance(layout, PackedLayout):
+        layout.check_batch(q.shape[0], "attend: q")
     bias = None
     if pe is not None:
         hooks = pe.hooks
@@ -45,7 +55,8 @@ def attend(
             bias = pe.attn_bias(q, layout, index)
         if "qk" in hooks:
             q, k = pe.forward_qk(q, k, layout, index)
-    out = sdpa(q, k, v, bias, scale=scale, dropout_p=dropout_p, impl=impl)
+    out = sdpa(q, k, v, bias, scale=scale, dropout_p=dropout_p, impl=impl,
+               layout=layout if isinstance(layout, PackedLayout) else None)
     if pe is not None and "value" in pe.hooks:
         out = pe.forward_value(out, v, layout, index)
     return out
@@ -80,7 +91,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, layout: Optional[GridLayout] = None, pe=None, index: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layout=None, pe=None, index: int = 0) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.dim() != 3:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"Attention: x must be (B, N, dim={self.num_heads * self.head_dim}), got {got}")
@@ -92,6 +103,8 @@ class Attention(nn.Module):
         if layout is not None:
             layout = as_layout(layout)
             layout.check_tokens(x.shape[1], "Attention: x")
+            if isinstance(layout, PackedLayout):
+                layout.check_batch(x.shape[0], "Attention: x")
         if pe is not None and "attn_input" in pe.hooks:
             x = pe.forward_attn_input(x, layout, index)
         qkv = rearrange(self.qkv(x), "b n (qkv h d) -> qkv b h n d", qkv=3, h=self.num_heads)

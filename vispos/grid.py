@@ -5,6 +5,9 @@ A positional embedding is a function of *where tokens are*. This module owns tha
 * :class:`GridLayout` -- ``num_prefix`` tokens without a position (class, registers, distillation) followed by
   a row-major grid of patch tokens of shape ``(L,)``, ``(H, W)`` or ``(T, H, W)``, optionally with explicit
   per-axis positions (e.g. non-contiguous frame indices).
+* :class:`PackedLayout` -- a batch whose samples have their own grids (variable resolution, timm NaFlex): per
+  sample ``num_prefix`` prefix tokens, its grid's patch tokens row-major, then padding to a common length
+  (``docs/packed.md``).
 * :func:`grid_coords` -- float coordinates ``(N, ndim)`` of the grid's patch tokens, in one of the modes below.
 
 Coordinate modes (per axis, ``p`` the integer index ``0..size-1`` or the explicit position, ``ref`` the reference
@@ -43,6 +46,7 @@ Two more things a positional scheme decides about coordinates, shared by the RoP
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass, field, replace
@@ -53,6 +57,8 @@ import torch
 __all__ = [
     "COORD_MODES",
     "GridLayout",
+    "PackedLayout",
+    "is_packed",
     "as_layout",
     "grid_coords",
     "axis_positions",
@@ -185,9 +191,271 @@ class GridLayout:
         return f"GridLayout(shape={self.shape}, num_prefix={self.num_prefix}{extra})"
 
 
+def _sample_layout(s, num_prefix: int, b: int) -> GridLayout:
+    if isinstance(s, PackedLayout):
+        raise TypeError(f"PackedLayout samples must be grid shapes or GridLayouts, got a PackedLayout at index {b}")
+    if isinstance(s, GridLayout):
+        if s.num_prefix != num_prefix:
+            raise ValueError(f"PackedLayout: sample {b} is a GridLayout with num_prefix={s.num_prefix}, but the "
+                             f"packed layout has num_prefix={num_prefix} (every sample shares the prefix)")
+        return s.without_state()
+    return GridLayout(check_grid_shape(s, f"PackedLayout sample {b} grid shape"), num_prefix)
+
+
+@dataclass(frozen=True)
+class PackedLayout:
+    """Where the tokens of a batch are when every sample has its own grid (variable-resolution batches, NaFlex).
+
+    Args:
+        samples: one grid shape (``(H, W)``, ...) or :class:`GridLayout` per batch element, all of the same rank. A
+            GridLayout's ``num_prefix`` must equal ``num_prefix``; its explicit ``positions`` are kept.
+        num_prefix: prefix tokens (class, registers) at the start of every sample.
+        length: patch slots per sample after the prefix (default: the largest sample's ``prod(shape)``); the
+            sequence of sample ``b`` is ``num_prefix`` prefix tokens, its ``prod(shape_b)`` patch tokens row-major,
+            then padding up to ``length`` slots.
+        state: per-forward data attached by PEs (:meth:`with_state`), as :attr:`GridLayout.state`.
+
+    ``num_tokens = num_prefix + length`` is the sequence length ``N`` of the batch. Every PE hook accepts a
+    PackedLayout where it accepts a GridLayout: valid-token outputs equal running each sample alone with its own
+    :meth:`sample` layout, and padding tokens never change valid outputs (:func:`vispos.attention.attend` masks
+    padding keys). Hashable and comparable (state excluded), so per-layout tables are cached.
+    """
+
+    samples: Tuple[GridLayout, ...]
+    num_prefix: int = 0
+    length: Optional[int] = None
+    state: Tuple[Tuple[object, object], ...] = field(default=(), compare=False, repr=False)
+
+    def __post_init__(self):
+        if isinstance(self.num_prefix, bool) or not isinstance(self.num_prefix, numbers.Integral):
+            raise TypeError(f"PackedLayout: num_prefix must be an int >= 0, got {self.num_prefix!r}")
+        if self.num_prefix < 0:
+            raise ValueError(f"PackedLayout: num_prefix must be >= 0, got {self.num_prefix}")
+        num_prefix = int(self.num_prefix)
+        object.__setattr__(self, "num_prefix", num_prefix)
+        samples = self.samples
+        if isinstance(samples, (GridLayout, torch.Tensor)) or not isinstance(samples, (tuple, list)):
+            raise TypeError(f"PackedLayout: samples must be a sequence of grid shapes or GridLayouts, one per batch "
+                            f"element, e.g. [(4, 6), (7, 3)], got {type(samples).__name__}")
+        if not samples:
+            raise ValueError("PackedLayout: samples must hold at least one sample, got an empty sequence")
+        if all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in samples):
+            raise TypeError(f"PackedLayout: samples must be one grid shape per sample (a sequence of tuples), got "
+                            f"the single shape {tuple(samples)!r}; write [{tuple(samples)!r}] for a batch of one")
+        grids = tuple(_sample_layout(s, num_prefix, b) for b, s in enumerate(samples))
+        ndims = {g.ndim for g in grids}
+        if len(ndims) != 1:
+            raise ValueError(f"PackedLayout: every sample must have the same number of grid axes, got shapes "
+                             f"{[g.shape for g in grids]}")
+        object.__setattr__(self, "samples", grids)
+        longest = max(g.num_patches for g in grids)
+        if self.length is None:
+            object.__setattr__(self, "length", longest)
+        else:
+            if isinstance(self.length, bool) or not isinstance(self.length, numbers.Integral):
+                raise TypeError(f"PackedLayout: length must be an int (patch slots per sample), got {self.length!r}")
+            if self.length < longest:
+                b = max(range(len(grids)), key=lambda i: grids[i].num_patches)
+                raise ValueError(f"PackedLayout: length={self.length} patch slots is smaller than sample {b}'s grid "
+                                 f"{grids[b].shape} ({longest} patches); use length >= {longest}")
+            object.__setattr__(self, "length", int(self.length))
+
+    # ---- constructors -------------------------------------------------------------------------------------------
+    @classmethod
+    def from_patch_coord(cls, patch_coord: torch.Tensor, patch_valid: Optional[torch.Tensor] = None,
+                         num_prefix: int = 0) -> "PackedLayout":
+        """The layout of a timm NaFlex batch: ``patch_coord (B, N, ndim)`` integer grid coordinates (``(y, x)``)
+        of the patch tokens and ``patch_valid (B, N)`` bool (``None``: every token valid).
+
+        Each sample's valid tokens must come first and be its full row-major grid ``0..size-1`` per axis (the
+        order timm's NaFlex pipeline produces), else ``ValueError``; ``length`` is ``N``.
+        """
+        if not isinstance(patch_coord, torch.Tensor) or patch_coord.dim() != 3 or not 1 <= patch_coord.shape[-1] <= 3:
+            got = tuple(patch_coord.shape) if isinstance(patch_coord, torch.Tensor) else type(patch_coord).__name__
+            raise ValueError(f"from_patch_coord: patch_coord must be a (B, N, ndim) tensor with ndim 1-3, got {got}")
+        if patch_coord.is_floating_point() or patch_coord.is_complex() or patch_coord.dtype == torch.bool:
+            raise TypeError(f"from_patch_coord: patch_coord must hold integer grid coordinates, got {patch_coord.dtype}")
+        B, N, nd = patch_coord.shape
+        if B == 0 or N == 0:
+            raise ValueError(f"from_patch_coord: patch_coord must have at least one sample and token, got "
+                             f"{tuple(patch_coord.shape)}")
+        if patch_valid is None:
+            valid = torch.ones(B, N, dtype=torch.bool)
+        else:
+            if not isinstance(patch_valid, torch.Tensor) or tuple(patch_valid.shape) != (B, N):
+                got = tuple(patch_valid.shape) if isinstance(patch_valid, torch.Tensor) else type(patch_valid).__name__
+                raise ValueError(f"from_patch_coord: patch_valid must be a ({B}, {N}) bool tensor, got {got}")
+            if patch_valid.dtype != torch.bool:
+                raise TypeError(f"from_patch_coord: patch_valid must be a bool tensor, got {patch_valid.dtype}")
+            valid = patch_valid.detach().cpu()
+        coord = patch_coord.detach().cpu().long()
+        counts = valid.sum(1)
+        shapes = []
+        for b in range(B):
+            n = int(counts[b])
+            if n == 0:
+                raise ValueError(f"from_patch_coord: sample {b} has no valid patch tokens")
+            if not bool(valid[b, :n].all()):
+                raise ValueError(f"from_patch_coord: sample {b}'s valid tokens are not the first {n} of the sequence "
+                                 f"(NaFlex order: valid patches first, then padding)")
+            c = coord[b, :n]
+            if int(c.min()) < 0:
+                raise ValueError(f"from_patch_coord: sample {b} has negative coordinates")
+            shape = tuple(int(v) + 1 for v in c.max(0).values)
+            expect = grid_coords(shape, "index", dtype=torch.long) if math.prod(shape) == n else None
+            if expect is None or not torch.equal(c, expect):
+                raise ValueError(f"from_patch_coord: sample {b}'s {n} valid coordinates are not the full row-major "
+                                 f"grid {shape} (NaFlex order: coordinates 0..size-1 per axis, last axis fastest)")
+            shapes.append(shape)
+        return cls(tuple(shapes), num_prefix, N)
+
+    # ---- geometry -----------------------------------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        """Number of samples ``B``."""
+        return len(self.samples)
+
+    @property
+    def ndim(self) -> int:
+        """Number of grid axes of every sample."""
+        return self.samples[0].ndim
+
+    @property
+    def shapes(self) -> Tuple[Shape, ...]:
+        """Grid shape of every sample."""
+        return tuple(g.shape for g in self.samples)
+
+    @property
+    def num_patches(self) -> Tuple[int, ...]:
+        """Valid patch tokens of every sample."""
+        return tuple(g.num_patches for g in self.samples)
+
+    @property
+    def num_tokens(self) -> int:
+        """Sequence length ``N`` of the batch: ``num_prefix + length``."""
+        return self.num_prefix + self.length
+
+    def sample(self, b: int) -> GridLayout:
+        """Sample ``b``'s own layout (its grid with the shared prefix)."""
+        if isinstance(b, bool) or not isinstance(b, numbers.Integral) or not -self.batch_size <= b < self.batch_size:
+            raise ValueError(f"PackedLayout.sample: index {b!r} out of range for a batch of {self.batch_size}")
+        return self.samples[b]
+
+    def groups(self) -> Tuple[Tuple[GridLayout, Tuple[int, ...]], ...]:
+        """Unique sample layouts with the batch indices that have them, in first-appearance order."""
+        return _groups(self.samples)
+
+    @property
+    def uniform(self) -> Optional[GridLayout]:
+        """The single GridLayout when every sample has the same grid and there is no padding, else ``None``."""
+        g = self.samples[0]
+        if g.num_patches == self.length and all(s == g for s in self.samples[1:]):
+            return g
+        return None
+
+    def valid_mask(self, device=None) -> torch.Tensor:
+        """``(B, num_tokens)`` bool: True for prefix and patch tokens, False for padding."""
+        return _valid_mask(self.without_state(), _dev(device))
+
+    def key_padding_bias(self, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+        """Additive attention mask ``(B, 1, 1, num_tokens)``: 0 for valid keys, ``finfo(dtype).min`` for padding
+        (a finite value, so rows stay finite and sums with a PE bias do not turn into NaN)."""
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"key_padding_bias: dtype must be a floating torch.dtype, got {dtype!r}")
+        return _key_padding_bias(self.without_state(), dtype, _dev(device))
+
+    def group_index(self, device=None) -> torch.Tensor:
+        """``(B, num_tokens)`` long: the row of each token in the concatenation of the :meth:`groups`' own sequences
+        (group order, each ``num_prefix + prod(shape)`` rows); padding tokens get the row past the end (the total),
+        so ``torch.cat([table_g for each group] + [pad_row])[index]`` packs per-grid tables into the batch."""
+        return _group_index(self.without_state(), str(torch.device(device) if device is not None else "cpu"))
+
+    def check_tokens(self, n: int, what: str = "tokens") -> None:
+        """Raise ``ValueError`` if a sequence of ``n`` tokens does not match this layout."""
+        if n != self.num_tokens:
+            raise ValueError(
+                f"{what}: got a sequence of {n} tokens, but the packed layout ({self.num_prefix} prefix tokens + "
+                f"{self.length} patch slots) has {self.num_tokens}"
+            )
+
+    def check_batch(self, b: int, what: str = "tokens") -> None:
+        """Raise ``ValueError`` if a batch of ``b`` samples does not match this layout."""
+        if b != self.batch_size:
+            raise ValueError(f"{what}: got a batch of {b} samples, but the packed layout has {self.batch_size} "
+                             f"(one grid per sample)")
+
+    # ---- per-forward state (as GridLayout) ----------------------------------------------------------------------
+    def with_state(self, owner, value) -> "PackedLayout":
+        """This layout carrying ``value`` for ``owner`` (a PE module), replacing what ``owner`` attached before."""
+        kept = tuple((o, v) for o, v in self.state if o is not owner)
+        return replace(self, state=kept + ((owner, value),))
+
+    def state_of(self, owner, default=None):
+        """What ``owner`` attached with :meth:`with_state`, else ``default``."""
+        for o, v in self.state:
+            if o is owner:
+                return v
+        return default
+
+    def without_state(self) -> "PackedLayout":
+        """The same layout without per-forward state (what table caches key on)."""
+        return replace(self, state=()) if self.state else self
+
+    def __repr__(self) -> str:
+        return f"PackedLayout(shapes={list(self.shapes)}, num_prefix={self.num_prefix}, length={self.length})"
+
+
+def _dev(device) -> str:
+    return str(torch.device(device) if device is not None else torch.device("cpu"))
+
+
+# small per-layout tensors (a few bytes per token) reused by every layer of a forward; bounded LRU
+@functools.lru_cache(maxsize=64)
+def _valid_mask(layout: "PackedLayout", device: str) -> torch.Tensor:
+    n = torch.tensor(layout.num_patches, device=device)
+    slots = torch.arange(layout.length, device=device)
+    patch = slots[None, :] < n[:, None]
+    return torch.cat([torch.ones(layout.batch_size, layout.num_prefix, dtype=torch.bool, device=device), patch], 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _key_padding_bias(layout: "PackedLayout", dtype: torch.dtype, device: str) -> torch.Tensor:
+    valid = _valid_mask(layout, device)
+    out = torch.zeros(valid.shape, dtype=dtype, device=valid.device)
+    return out.masked_fill_(~valid, torch.finfo(dtype).min)[:, None, None, :]
+
+
+@functools.lru_cache(maxsize=64)
+def _group_index(layout: "PackedLayout", device: str) -> torch.Tensor:
+    rows = torch.full((layout.batch_size, layout.num_tokens), 0, dtype=torch.long)
+    start = 0
+    groups = layout.groups()
+    total = sum(g.num_tokens for g, _ in groups)
+    rows.fill_(total)
+    for g, idx in groups:
+        n = g.num_tokens
+        rows[list(idx), :n] = torch.arange(start, start + n)
+        start += n
+    return rows.to(device)
+
+
+@functools.lru_cache(maxsize=256)
+def _groups(samples):
+    order = {}
+    for b, g in enumerate(samples):
+        order.setdefault(g, []).append(b)
+    return tuple((g, tuple(idx)) for g, idx in order.items())
+
+
+def is_packed(layout) -> bool:
+    """Whether ``layout`` is a :class:`PackedLayout`."""
+    return isinstance(layout, PackedLayout)
+
+
 def as_layout(layout, num_prefix: int = 0) -> GridLayout:
-    """Accept a :class:`GridLayout` or a bare grid shape tuple (``num_prefix`` then applies)."""
-    if isinstance(layout, GridLayout):
+    """Accept a :class:`GridLayout`, a :class:`PackedLayout` (returned as is) or a bare grid shape tuple
+    (``num_prefix`` then applies)."""
+    if isinstance(layout, (GridLayout, PackedLayout)):
         return layout
     return GridLayout(check_grid_shape(layout, "layout"), num_prefix)
 
@@ -279,6 +547,9 @@ def grid_coords(
     Prefix tokens have no coordinates; PE modules give them the identity (RoPE) or their own rows (APE).
     """
     layout = as_layout(layout)
+    if isinstance(layout, PackedLayout):
+        raise TypeError("grid_coords takes one grid (a GridLayout or a shape); for a PackedLayout take each "
+                        "sample's layout with layout.sample(b) or layout.groups()")
     nd = layout.ndim
     modes = _per_axis(mode, nd, "mode")
     refs = _per_axis(ref_shape, nd, "ref_shape") if ref_shape is not None else [None] * nd

@@ -9,6 +9,11 @@
   q columns and the key's one-hot grid coordinates extra k columns, so one SDPA call computes
   ``scale·q·k + rel_h[kh] + rel_w[kw] (+ rel_t[kt])`` exactly. ``impl="dense"`` builds the full mask (the
   reference), ``impl="chunked"`` builds it a block of queries at a time.
+* a :class:`PackedDecomposedBias`: the same per-sample factors for a :class:`~vispos.grid.PackedLayout` batch
+  (each sample its own grid), folded the same way with per-sample one-hot key columns.
+
+``layout=PackedLayout(...)`` masks padding keys (``key_padding_bias``, additive ``finfo.min``), combined with any
+bias; padding queries attend to the valid keys of their sample, so every output stays finite.
 """
 from __future__ import annotations
 
@@ -20,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..grid import GridLayout
+from ..grid import GridLayout, PackedLayout
 
-__all__ = ["DecomposedBias", "sdpa", "SDPA_IMPLS", "select_bias_impl"]
+__all__ = ["DecomposedBias", "PackedDecomposedBias", "sdpa", "SDPA_IMPLS", "select_bias_impl"]
 
 SDPA_IMPLS = ("auto", "fold", "dense", "chunked")
 
@@ -81,6 +86,72 @@ class DecomposedBias:
         return oh
 
 
+
+@dataclass
+class PackedDecomposedBias:
+    """Factored relative-position bias of a :class:`~vispos.grid.PackedLayout` batch (self-attention).
+
+    Attributes:
+        factors: one tensor per grid axis, ``(B, heads, layout.length, K_a)`` with ``K_a`` the largest size of axis
+            ``a`` over the samples: row ``i`` (sample ``b``'s ``i``-th patch token) column ``j`` is that token's
+            bias towards the keys at coordinate ``j`` of axis ``a`` in sample ``b``'s own grid; rows of padding
+            tokens and columns ``j >= shape_b[a]`` are zero (they meet no valid key).
+        layout: the packed layout of queries and keys (prefix tokens get no bias, in either role).
+    """
+
+    factors: List[torch.Tensor]
+    layout: PackedLayout
+
+    @property
+    def widths(self) -> List[int]:
+        return [f.shape[-1] for f in self.factors]
+
+    def key_onehot(self, dtype, device) -> torch.Tensor:
+        """``(B, N, sum_a K_a)``: row m of sample b has a 1 at each axis' coordinate of key m in b's grid (column
+        offset by the widths of the axes before); zeros for prefix and padding keys."""
+        return _packed_onehot(self.layout.without_state(), tuple(self.widths), str(torch.device(device))).to(dtype)
+
+    def dense(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """The full bias ``(B, heads, N, N)``; zero rows/columns for prefix and padding tokens (reference)."""
+        f0 = self.factors[0]
+        dt = dtype or f0.dtype
+        P = self.layout.num_prefix
+        rel = torch.cat([f.to(dt) for f in self.factors], dim=-1)  # (B, H, length, sumK)
+        rel = F.pad(rel, (0, 0, P, 0))
+        oh = self.key_onehot(dt, f0.device)  # (B, N, sumK)
+        return torch.einsum("bhqc,bkc->bhqk", rel, oh)
+
+
+_ONEHOT_CACHE: "dict" = {}
+
+
+def _packed_onehot(layout: PackedLayout, widths, device: str) -> torch.Tensor:
+    key = (layout, widths, device)
+    hit = _ONEHOT_CACHE.get(key)
+    if hit is not None:
+        return hit
+    B, N, P = layout.batch_size, layout.num_tokens, layout.num_prefix
+    out = torch.zeros(B, N, sum(widths))
+    offs = [sum(widths[:a]) for a in range(len(widths))]
+    for g, idx in layout.groups():
+        for a, s in enumerate(g.shape):
+            if s > widths[a]:
+                raise ValueError(f"PackedDecomposedBias: axis {a} factor has {widths[a]} columns, sample grid "
+                                 f"{g.shape} needs {s}")
+        n = g.num_patches
+        m = torch.arange(n)
+        stride = 1
+        for a in reversed(range(g.ndim)):
+            c = (m // stride) % g.shape[a]
+            stride *= g.shape[a]
+            for b in idx:
+                out[b, P + m, offs[a] + c] = 1.0
+    out = out.to(device)
+    if len(_ONEHOT_CACHE) >= 64:  # bounded: drop the oldest entry
+        _ONEHOT_CACHE.pop(next(iter(_ONEHOT_CACHE)))
+    _ONEHOT_CACHE[key] = out
+    return out
+
 def _check(q, k, v):
     for n, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
@@ -97,28 +168,80 @@ def sdpa(
     dropout_p: float = 0.0,
     impl: str = "auto",
     chunk_size: int = 1024,
+    layout: Optional[PackedLayout] = None,
 ) -> torch.Tensor:
-    """Attention ``softmax(scale·q·kᵀ + bias)·v``; ``q, k, v (B, heads, N, D)`` -> ``(B, heads, Nq, Dv)``."""
+    """Attention ``softmax(scale·q·kᵀ + bias)·v``; ``q, k, v (B, heads, N, D)`` -> ``(B, heads, Nq, Dv)``.
+
+    ``layout``: a :class:`~vispos.grid.PackedLayout` masks the padding keys of each sample (key-only mask: padding
+    queries get finite outputs that valid tokens never see); a GridLayout or ``None`` masks nothing.
+    """
     if impl not in SDPA_IMPLS:
         raise ValueError(f"unknown attention impl {impl!r}; expected one of {SDPA_IMPLS}")
     _check(q, k, v)
     if scale is None:
         scale = q.shape[-1] ** -0.5
+    pad = None
+    if isinstance(layout, PackedLayout):
+        layout.check_batch(q.shape[0], "sdpa: q")
+        layout.check_tokens(q.shape[-2], "sdpa: q")
+        layout.check_tokens(k.shape[-2], "sdpa: k")
+        if layout.uniform is None:
+            pad = layout.key_padding_bias(q.dtype, q.device)
+    elif layout is not None and not isinstance(layout, GridLayout):
+        raise TypeError(f"sdpa: layout must be None, a GridLayout or a PackedLayout, got {type(layout).__name__}")
+    if isinstance(bias, PackedDecomposedBias):
+        if layout is not None and layout.without_state() != bias.layout.without_state():
+            raise ValueError("sdpa: a PackedDecomposedBias must come with the same PackedLayout as layout=")
+        bias.layout.check_tokens(q.shape[-2], "sdpa: q")
+        bias.layout.check_batch(q.shape[0], "sdpa: q")
+        if bias.layout.uniform is None:
+            pad = bias.layout.key_padding_bias(q.dtype, q.device)
+        return _fold_packed(q, k, v, bias, scale, dropout_p, pad, impl)
     if bias is None:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=pad, dropout_p=dropout_p, scale=scale)
     if isinstance(bias, torch.Tensor):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p, scale=scale)
+        mask = bias.to(q.dtype) if pad is None else bias.to(q.dtype) + pad
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
     if not isinstance(bias, DecomposedBias):
-        raise TypeError(f"bias must be None, a tensor or a DecomposedBias, got {type(bias).__name__}")
+        raise TypeError(f"bias must be None, a tensor, a DecomposedBias or a PackedDecomposedBias, got "
+                        f"{type(bias).__name__}")
     bias.q_layout.check_tokens(q.shape[-2], "sdpa: q")
     bias.k_layout.check_tokens(k.shape[-2], "sdpa: k")
     impl = select_bias_impl(q, bias, impl)
+    if pad is not None:  # one grid's factors over a padded batch: the dense mask plus the padding
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.dense(q.dtype) + pad, dropout_p=dropout_p,
+                                              scale=scale)
     if impl == "dense":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.dense(q.dtype), dropout_p=dropout_p,
                                               scale=scale)
     if impl == "chunked":
         return _chunked(q, k, v, bias, scale, dropout_p, chunk_size)
     return _fold(q, k, v, bias, scale, dropout_p, pad_v=q.device.type == "cpu")
+
+
+def _fold_packed(q, k, v, bias: PackedDecomposedBias, scale, dropout_p, pad, impl):
+    """:func:`_fold` for per-sample factors: ``[scale·q, rel]·[k, onehot_b]ᵀ`` plus the key padding mask;
+    ``impl="dense"`` (or ``"chunked"``: the same dense mask here) adds :meth:`PackedDecomposedBias.dense`."""
+    if impl in ("dense", "chunked"):
+        mask = bias.dense(q.dtype)
+        if pad is not None:
+            mask = mask + pad
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    B, H, N, D = q.shape
+    P = bias.layout.num_prefix
+    rel = torch.cat([f.to(q.dtype) for f in bias.factors], dim=-1)  # (B, H, length, sumK)
+    oh = bias.key_onehot(k.dtype, k.device)  # (B, N, sumK)
+    extra = (-(D + rel.shape[-1])) % 8
+    rel = F.pad(rel, (0, extra, P, 0))
+    if extra:
+        oh = F.pad(oh, (0, extra))
+    q2 = torch.cat([q * scale, rel.expand(B, H, *rel.shape[2:])], dim=-1)
+    k2 = torch.cat([k, oh[:, None].expand(B, H, *oh.shape[1:])], dim=-1)
+    dv = v.shape[-1]
+    if v.is_cuda and dv % 8:
+        vp = F.pad(v, (0, (-dv) % 8))
+        return F.scaled_dot_product_attention(q2, k2, vp, attn_mask=pad, dropout_p=dropout_p, scale=1.0)[..., :dv]
+    return F.scaled_dot_product_attention(q2, k2, v, attn_mask=pad, dropout_p=dropout_p, scale=1.0)
 
 
 def _fold(q, k, v, bias, scale, dropout_p, pad_v: bool):

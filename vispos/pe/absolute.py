@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..grid import COORD_MODES, GridLayout, as_layout, check_grid_shape, grid_coords
-from .base import PositionalEmbedding, check_tokens_3d
+from ..grid import COORD_MODES, GridLayout, PackedLayout, as_layout, check_grid_shape, grid_coords
+from .base import PositionalEmbedding, check_tokens_3d, packed_native
 from .registry import register_family
 
 __all__ = [
@@ -432,13 +432,36 @@ class _TokenPE(PositionalEmbedding):
         """PE for every token of ``layout``, ``(1 or B, N, C)``."""
         raise NotImplementedError
 
+    @packed_native
     def forward_tokens(self, x: torch.Tensor, layout) -> torch.Tensor:
-        """``x (B, num_prefix + prod(grid), C)`` -> ``x + PE`` (same shape)."""
+        """``x (B, num_prefix + prod(grid), C)`` -> ``x + PE`` (same shape).
+
+        A :class:`~vispos.grid.PackedLayout` gets each sample's own table: :meth:`full_table` once per unique grid
+        (for ``ape`` the table resampled to that grid, as timm NaFlex samples its learned table per unique grid
+        size), gathered into one ``(B, N, C)`` addend; padding tokens get zeros."""
         layout = as_layout(layout)
         check_tokens_3d(x, layout, f"{self.name}: x", self)
         if x.shape[-1] != self.dim:
             raise ValueError(f"{self.name}: x has {x.shape[-1]} channels, this PE was built for dim={self.dim}")
+        if isinstance(layout, PackedLayout):
+            if layout.uniform is None:
+                return x + self._packed_table(layout, x)
+            layout = layout.uniform
         return x + self.full_table(layout, x.shape[0], x.dtype, x.device)
+
+    def _packed_table(self, layout: PackedLayout, x: torch.Tensor) -> torch.Tensor:
+        groups = layout.groups()
+        tabs = [self.full_table(g, len(idx), x.dtype, x.device) for g, idx in groups]
+        C = x.shape[-1]
+        if all(t.shape[0] == 1 for t in tabs):  # deterministic tables: one gather
+            rows = torch.cat([t[0] for t in tabs] + [tabs[0].new_zeros(1, C)], dim=0)
+            return rows[layout.group_index(rows.device)]
+        # per-sample draws (crop_aug / fuzzy in training): each group's (B_g, n, C) rows into place
+        pe = x.new_zeros(x.shape)
+        for (g, idx), t in zip(groups, tabs):
+            ix = torch.tensor(idx, device=x.device)
+            pe[ix, :g.num_tokens] = t.expand(len(idx), -1, -1).to(pe.dtype)
+        return pe
 
 
 class AbsolutePE(_TokenPE):
@@ -623,13 +646,14 @@ class AbsolutePE(_TokenPE):
             return resample_abs_pe(self.pos_embed, grid, self.grid, self.table_prefix, self.mode, self.antialias)
         key = (grid, self.pos_embed.device, self.pos_embed.dtype)
         version = self.pos_embed._version
-        cache = self.__dict__.setdefault("_cache", {})
+        cache = self._table_cache()
         hit = cache.get(key)
         if hit is not None and hit[0] == version:
+            cache.move_to_end(key)
             return hit[1]
         out = resample_abs_pe(self.pos_embed.detach(), grid, self.grid, self.table_prefix, self.mode,
                               self.antialias)
-        cache[key] = (version, out)
+        self._cache_put(key, (version, out))
         return out
 
     def full_table(self, layout, batch_size: Optional[int] = None, dtype: Optional[torch.dtype] = None,

@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..grid import GridLayout, as_layout, check_grid_shape
-from ..ops.attention import DecomposedBias
+from ..grid import GridLayout, PackedLayout, as_layout, check_grid_shape
+from ..ops.attention import DecomposedBias, PackedDecomposedBias
 from ..utils.checks import check_float_tensor
-from .base import PositionalEmbedding
+from .base import PositionalEmbedding, packed_native
 from .registry import register_family
 
 __all__ = ["rel_pos_length", "resize_rel_pos", "rel_pos_index", "get_rel_pos", "decomposed_rel_pos_factors",
@@ -199,6 +199,7 @@ class DecomposedRelPos(PositionalEmbedding):
         m = self.layers[index]
         return tuple(getattr(m, f"rel_pos_{nm}") for nm in self.axis_names)
 
+    @packed_native
     def attn_bias(self, q: torch.Tensor, layout, index: int = 0, k_layout: Optional[GridLayout] = None):
         """Bias for ``q (B, heads, num_prefix + prod(grid), head_dim)`` (un-rotated, before any scaling).
 
@@ -206,6 +207,10 @@ class DecomposedRelPos(PositionalEmbedding):
         layout. Returns a :class:`DecomposedBias` with factors ``(B, heads, prod(q_grid), K_a)``.
         """
         layout = as_layout(layout)
+        if isinstance(layout, PackedLayout):
+            if layout.uniform is None:
+                return self._packed_bias(q, layout, index, k_layout)
+            layout = layout.uniform
         self.check_layout(layout)
         check_float_tensor(q, "rel_decomposed: q", self)
         if q.dim() != 4:
@@ -221,6 +226,35 @@ class DecomposedRelPos(PositionalEmbedding):
             qg = qg * self.head_dim ** -0.5
         factors = decomposed_rel_pos_factors(qg, self.tables(index), layout.shape, k_layout.shape, self.interpolate)
         return DecomposedBias(factors, layout, k_layout)
+
+    def _packed_bias(self, q: torch.Tensor, layout: PackedLayout, index: int, k_layout) -> PackedDecomposedBias:
+        """Per-sample factors of a PackedLayout (each group of samples with one grid computes its own, as alone),
+        padded to the largest size of each axis: a :class:`PackedDecomposedBias` that :func:`sdpa` folds with the
+        per-sample key coordinates and the padding mask."""
+        if k_layout is not None:
+            raise ValueError("rel_decomposed: pooled keys (k_layout=) are not supported with a PackedLayout")
+        self.check_layout(layout)
+        check_float_tensor(q, "rel_decomposed: q", self)
+        if q.dim() != 4:
+            raise ValueError(f"rel_decomposed: q must be (B, heads, N, head_dim), got {tuple(q.shape)}")
+        if q.shape[-1] != self.head_dim:
+            raise ValueError(f"rel_decomposed: q has head dim {q.shape[-1]}, the tables were built for {self.head_dim}")
+        layout.check_tokens(q.shape[-2], "rel_decomposed: q")
+        layout.check_batch(q.shape[0], "rel_decomposed: q")
+        P = layout.num_prefix
+        B, H = q.shape[:2]
+        widths = [max(s[a] for s in layout.shapes) for a in range(layout.ndim)]
+        tables = self.tables(index)
+        out = [q.new_zeros(B, H, layout.length, w) for w in widths]
+        for g, idx in layout.groups():
+            ix = torch.tensor(idx, device=q.device)
+            qg = q.index_select(0, ix)[:, :, P:P + g.num_patches]
+            if self.scaled_q:
+                qg = qg * self.head_dim ** -0.5
+            fs = decomposed_rel_pos_factors(qg, tables, g.shape, g.shape, self.interpolate)
+            for a, f in enumerate(fs):
+                out[a][ix, :, :g.num_patches, :g.shape[a]] = f
+        return PackedDecomposedBias(out, layout)
 
     def extra_repr(self) -> str:
         return (f"head_dim={self.head_dim}, depth={self.depth}, grid={self.grid}, interpolate={self.interpolate}, "

@@ -33,16 +33,26 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from .. import freqs as F_
-from ..grid import NORMALIZE_MODES, CoordAug, GridLayout, as_layout, axis_order, check_grid_shape, grid_coords
+from ..grid import (
+    NORMALIZE_MODES,
+    CoordAug,
+    GridLayout,
+    PackedLayout,
+    as_layout,
+    axis_order,
+    check_grid_shape,
+    grid_coords,
+)
 from ..ops.rope import apply_rope_qk, check_pairing, rope_angles, rope_table
 from ..utils.checks import check_float_tensor, check_int
-from .base import PositionalEmbedding
+from .base import PositionalEmbedding, packed_native
 from .registry import register_family
 
 logger = logging.getLogger(__name__)
@@ -141,6 +151,11 @@ def _check_qk(q, k, head_dim, layout: GridLayout, who: str, module=None) -> None
         if t.shape[-1] != head_dim:
             raise ValueError(f"{who}: {name} has head dim {t.shape[-1]}, this RoPE was built for {head_dim}")
         layout.check_tokens(t.shape[-2], f"{who}: {name}")
+
+
+def _with_packed_state(g: GridLayout, layout) -> GridLayout:
+    """A group's GridLayout carrying the per-forward state attached to its PackedLayout (coordinate draws)."""
+    return replace(g, state=layout.state) if layout.state else g
 
 
 # ---- 3D frequency allocations (which channel pairs carry which axis, at which frequency) ----------------------
@@ -306,17 +321,35 @@ class _RoPEBase(PositionalEmbedding):
         self._aug_draw = self.coord_aug.sample(len(self._perm), device=device, generator=generator)
         return self._aug_draw
 
+    @packed_native
     def prepare(self, x: torch.Tensor, layout: GridLayout) -> GridLayout:
         """Per forward (hosts call it once, before the blocks): while augmenting, draw this forward's coordinate
         transform and attach it to the layout every layer receives, so all layers of the forward -- and their
-        recomputation under activation checkpointing, even after later forwards -- share it. Else unchanged."""
+        recomputation under activation checkpointing, even after later forwards -- share it. Else unchanged.
+        A PackedLayout gets one draw for the whole batch (as a GridLayout batch)."""
         if not self.augmenting:
             return layout
         draw = self.sample_coord_aug(device=x.device if isinstance(x, torch.Tensor) else None)
         return layout.with_state(self, draw)
 
+    def _packed_qk_tables(self, layout: PackedLayout, build, device):
+        """Per-sample ``(cos, sin)`` of a PackedLayout: ``build(g)`` gives each group's tables ``(n_g, d)`` or
+        ``(heads, n_g, d)`` (``n_g`` its tokens, prefix included); they are gathered into one
+        ``(B, 1 or heads, N, d)`` pair, padding rows at angle 0 (cos 1, sin 0)."""
+        tabs = [build(_with_packed_state(g, layout)) for g, _ in layout.groups()]
+        idx = layout.group_index(device).reshape(-1)
+        out = []
+        for j, fill in ((0, 1.0), (1, 0.0)):
+            parts = [t[j] for t in tabs]
+            pad = torch.full((*parts[0].shape[:-2], 1, parts[0].shape[-1]), fill, dtype=parts[0].dtype,
+                             device=parts[0].device)
+            full = torch.cat(parts + [pad], dim=-2).index_select(-2, idx.to(parts[0].device))
+            full = full.unflatten(-2, (layout.batch_size, layout.num_tokens))  # (..., B, N, d)
+            out.append(full[:, None] if full.dim() == 3 else full.movedim(-3, 0))
+        return out[0], out[1]
+
     def _augmented(self, coords: torch.Tensor, layout=None) -> torch.Tensor:
-        draw = layout.state_of(self) if isinstance(layout, GridLayout) else None
+        draw = layout.state_of(self) if isinstance(layout, (GridLayout, PackedLayout)) else None
         if draw is None:
             draw = self._aug_draw
         if draw is None:
@@ -543,6 +576,7 @@ class AxialRoPE(_RoPEBase):
         i = int(torch.randint(len(self.temporal_scales), (1,)))
         return float(self.temporal_scales[i])
 
+    @packed_native
     def prepare(self, x: torch.Tensor, layout: GridLayout) -> GridLayout:
         """As :meth:`_RoPEBase.prepare`, plus HoPE's dynamic temporal scaling: in training, one stride from
         ``temporal_scales`` is drawn per forward and carried on the layout, so every layer of the forward (and its
@@ -556,7 +590,7 @@ class AxialRoPE(_RoPEBase):
         """The temporal stride of this forward: the draw the layout carries (see :meth:`prepare`) in training with
         ``temporal_scales`` -- a fresh draw per call when used without a host's ``prepare`` -- else the fixed one."""
         if self.temporal_scales is not None and self.training:
-            v = layout.state_of(self._dts_owner) if isinstance(layout, GridLayout) else None
+            v = layout.state_of(self._dts_owner) if isinstance(layout, (GridLayout, PackedLayout)) else None
             return self._draw_stride() if v is None else v
         return self.temporal_stride
 
@@ -678,12 +712,35 @@ class AxialRoPE(_RoPEBase):
             return self._build_table(layout, device, stride)
         return self.cached(("table", layout, str(device), stride), lambda: self._build_table(layout, device, stride))
 
+    def packed_table(self, layout: PackedLayout, device=None, stride: Optional[float] = None
+                     ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample ``(cos, sin)`` of a :class:`~vispos.grid.PackedLayout`, each ``(B, 1, N, d)`` (``(B, heads,
+        N, d)`` for the headwise allocation): every sample's rows are its own grid's :meth:`get_table` rows,
+        padding rows are angle 0. Built once per layout, device and stride (cached; rebuilt while augmenting)."""
+        device = self.table_device if device is None else device
+        stride = self.temporal_stride if stride is None else stride
+
+        def build():
+            return self._packed_qk_tables(layout, lambda g: self.get_table(g, device, stride), device)
+
+        if self.augmenting:
+            return build()
+        return self.cached(("packed_table", layout, str(device), stride), build)
+
+    @packed_native
     def forward_qk(self, q, k, layout, index: int = 0):
         layout = as_layout(layout)
+        if isinstance(layout, PackedLayout) and layout.uniform is not None:
+            layout = _with_packed_state(layout.uniform, layout)  # one grid, no padding: the single-grid path
         _check_qk(q, k, self.head_dim, layout, self.name, self)
         if self.allocation == "headwise" and q.shape[1] != self.num_heads:
             raise ValueError(f"rope_axial (headwise): q has {q.shape[1]} heads, built for {self.num_heads}")
-        cos, sin = self.get_table(layout, q.device, self._stride(layout))
+        if isinstance(layout, PackedLayout):
+            layout.check_batch(q.shape[0], f"{self.name}: q")
+            stride = self._stride(layout)
+            cos, sin = self.packed_table(layout, q.device, stride)
+        else:
+            cos, sin = self.get_table(layout, q.device, self._stride(layout))
         if self._partial_half:
             R = self.rotary_dim
             qr, kr = apply_rope_qk(q[..., :R], k[..., :R], cos, sin, "half")
@@ -1000,12 +1057,20 @@ class MixedRoPE(_RoPEBase):
         ang = (c.t()[:, None, :, None] * f[:, :, None, :]).sum(0)  # (heads, N, D/2), elementwise: no autocast
         return rope_table(ang, layout.num_prefix, self.head_dim // 2)
 
+    @packed_native
     def forward_qk(self, q, k, layout, index: int = 0):
         layout = as_layout(layout)
+        if isinstance(layout, PackedLayout) and layout.uniform is not None:
+            layout = _with_packed_state(layout.uniform, layout)  # one grid, no padding: the single-grid path
         _check_qk(q, k, self.head_dim, layout, self.name, self)
         if q.shape[1] != self.num_heads:
             raise ValueError(f"rope_mixed: q has {q.shape[1]} heads, this RoPE was built for {self.num_heads}")
-        cos, sin = self.build_table(layout, index)
+        if isinstance(layout, PackedLayout):
+            layout.check_batch(q.shape[0], f"{self.name}: q")
+            # per-grid tables of this layer (learned freqs: rebuilt each call, as on a GridLayout), (B, H, N, d)
+            cos, sin = self._packed_qk_tables(layout, lambda g: self.build_table(g, index), q.device)
+        else:
+            cos, sin = self.build_table(layout, index)
         return apply_rope_qk(q, k, cos, sin, self.pairing)
 
     def extra_repr(self) -> str:
