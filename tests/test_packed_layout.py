@@ -371,3 +371,31 @@ def test_cache_size_from_environment():
     env["VISPOS_TABLE_CACHE_SIZE"] = "lots"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode != 0 and "VISPOS_TABLE_CACHE_SIZE" in r.stderr
+
+
+# ---- parity with timm NaFlex --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("antialias", [True, False])
+def test_ape_matches_timm_naflex_pos_embed_sampling(antialias):
+    """``ape`` on a PackedLayout adds what timm NaFlexEmbeds._apply_learned_naflex_pos_embed adds (per unique grid,
+    bicubic, timm's default antialias), with its table copied (timm stores ``(1, H, W, C)``, no prefix rows)."""
+    from timm.models.naflexvit import NaFlexEmbeds
+
+    torch.manual_seed(0)
+    emb = NaFlexEmbeds(patch_size=4, embed_dim=DIM, class_token=False, pos_embed_grid_size=(5, 5),
+                       pos_embed_antialias=antialias)
+    with torch.no_grad():
+        emb.pos_embed.normal_()
+    pe = vispos.build_pe("ape", dim=DIM, grid=(5, 5), num_prefix=0, embed_prefix=False, mode="bicubic",
+                         antialias=antialias)
+    with torch.no_grad():
+        pe.pos_embed.copy_(emb.pos_embed.reshape(1, 25, DIM))
+    shapes = [(4, 6), (7, 3), (5, 5), (9, 8), (4, 6)]
+    pc, pv = _naflex_coords(shapes, 72)
+    L = PackedLayout.from_patch_coord(pc, pv)
+    x = torch.randn(len(shapes), 72, DIM)
+    ref = x.clone()
+    with torch.no_grad():
+        emb._apply_learned_naflex_pos_embed(ref, pc)
+        ours = pe.forward_tokens(x, L)
+    valid = pv[..., None].expand_as(x)
+    torch.testing.assert_close(ours[valid], ref[valid], atol=1e-5, rtol=1e-5)
