@@ -17,6 +17,7 @@ CUDA), forward (``eval()``, no grad) and forward+backward (``train()``). Prints 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -75,6 +76,13 @@ def build(name, args, device, dtype):
     return model
 
 
+def _step(model, x, layout, inference: bool):
+    if inference:
+        with torch.no_grad():
+            return model(x, layout)
+    model(x, layout).float().square().mean().backward()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -105,16 +113,10 @@ def main(argv=None):
             model.train(mode != "forward")
             xi = x.detach().requires_grad_(mode != "forward")
 
-            def run(layout):
-                if mode == "forward":
-                    with torch.no_grad():
-                        return model(xi, layout)
-                model(xi, layout).float().square().mean().backward()
-
             t = {}
-            for rep in range(2):  # alternate the two layouts; keep the best median of each
+            for _rep in range(2):  # alternate the two layouts; keep the best median of each
                 for label, layout in (("single", single), ("packed", packed)):
-                    v = timer(lambda: run(layout))
+                    v = timer(functools.partial(_step, model, xi, layout, mode == "forward"))
                     t[label] = min(t.get(label, math.inf), v)
             rows.append(dict(pe=name, mode=mode, single_ms=1e3 * t["single"], packed_ms=1e3 * t["packed"],
                              ratio=t["packed"] / t["single"]))

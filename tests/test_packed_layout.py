@@ -15,6 +15,8 @@ DIM, HEADS, DEPTH = 48, 2, 2
 SHAPES = {2: [(4, 6), (7, 3), (5, 5), (4, 6)], 3: [(2, 3, 4), (3, 2, 2), (2, 2, 5)]}
 TRAIN = {2: (5, 5), 3: (2, 3, 3)}
 FAMILIES = [(info.name, nd) for info in vispos.list_pes() for nd in (2, 3) if nd in info.ndims]
+#: smaller options for families whose default is slow to differentiate at these sizes (full-head matrix exponentials)
+FAST_OPTIONS = {"lie_rope": dict(block_size=4)}
 
 
 # ---- PackedLayout ------------------------------------------------------------------------------------------------
@@ -173,7 +175,7 @@ def _model(pe_spec, nd, num_prefix):
     if isinstance(pe_spec, (list, tuple)):
         pe = vispos.build_pe(list(pe_spec), **kwargs)
     else:
-        pe = vispos.build_pe(pe_spec, **kwargs)
+        pe = vispos.build_pe(pe_spec, **kwargs, **FAST_OPTIONS.get(pe_spec, {}))
     m = _Tiny(pe)
     with torch.no_grad():  # randomise every PE parameter so the PE matters (zero-initialised tables and convs)
         for p in pe.parameters():

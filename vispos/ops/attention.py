@@ -238,8 +238,9 @@ def _fold_packed(q, k, v, bias: PackedDecomposedBias, scale, dropout_p, pad, imp
     q2 = torch.cat([q * scale, rel.expand(B, H, *rel.shape[2:])], dim=-1)
     k2 = torch.cat([k, oh[:, None].expand(B, H, *oh.shape[1:])], dim=-1)
     dv = v.shape[-1]
-    if v.is_cuda and dv % 8:
-        vp = F.pad(v, (0, (-dv) % 8))
+    pad_v = q.device.type == "cpu"  # as _fold: CPU's flash kernel (which takes the mask) needs one head dim
+    if (pad_v and dv < q2.shape[-1]) or (v.is_cuda and dv % 8):
+        vp = F.pad(v, (0, (q2.shape[-1] if pad_v else dv + (-dv) % 8) - dv))
         return F.scaled_dot_product_attention(q2, k2, vp, attn_mask=pad, dropout_p=dropout_p, scale=1.0)[..., :dv]
     return F.scaled_dot_product_attention(q2, k2, v, attn_mask=pad, dropout_p=dropout_p, scale=1.0)
 

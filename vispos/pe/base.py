@@ -131,18 +131,19 @@ class _PackedPrepared:
         self.layouts = layouts
 
 
-def _group_runs(pe, layout: PackedLayout, device):
-    """``[(layout to call the single-grid hook with, batch indices tensor or None for all, tokens)]``."""
+def _group_runs(pe, layout: PackedLayout, device, use_prepared: bool = True):
+    """``[(layout to call the single-grid hook with, batch indices tensor or None for all, tokens)]``: each group's
+    layout as ``pe``'s generic :meth:`prepare` left it, else carrying the packed layout's state."""
     st = layout.state_of(pe)
-    prepared = st.layouts if isinstance(st, _PackedPrepared) else None
+    prepared = st.layouts if isinstance(st, _PackedPrepared) and use_prepared else None
     uni = layout.uniform
     groups = ((uni, None),) if uni is not None else layout.groups()
     out = []
     for g, idx in groups:
         if prepared is not None and g in prepared:
             run = prepared[g]
-        elif layout.state:
-            run = replace(g, state=layout.state)  # state a family's own prepare attached to the packed layout
+        elif layout.state:  # state other PEs' (or a family's own) prepare attached to the packed layout
+            run = replace(g, state=tuple((o, v) for o, v in layout.state if not isinstance(v, _PackedPrepared)))
         else:
             run = g
         ix = None if idx is None else torch.tensor(idx, device=device, dtype=torch.long)
@@ -187,8 +188,7 @@ def _check_packed_tensor(t, layout: PackedLayout, what: str, dim: int) -> None:
 def _generic_prepare(pe, fn, x, layout):
     _check_packed_tensor(x, layout, f"{pe.name}.prepare: x", 1)
     prepared = {}
-    for run, ix, n in _group_runs(pe, layout.without_state() if isinstance(layout.state_of(pe), _PackedPrepared)
-                                  else layout, x.device):
+    for run, ix, n in _group_runs(pe, layout, x.device, use_prepared=False):
         prepared[run.without_state()] = fn(pe, _take(x, ix, n, 1), run)
     return layout.with_state(pe, _PackedPrepared(prepared))
 

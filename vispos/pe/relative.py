@@ -18,6 +18,7 @@ Pure functions: :func:`resize_rel_pos`, :func:`get_rel_pos`, :func:`decomposed_r
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import List, Optional, Sequence, Tuple
 
@@ -67,6 +68,17 @@ def resize_rel_pos(table: torch.Tensor, length: int, interpolate: bool = True) -
 
 def rel_pos_index(q_size: int, k_size: int, device=None) -> torch.Tensor:
     """The MViTv2 / SAM index ``(q_size, k_size)`` into a table of ``2·max(q, k) − 1`` rows (long)."""
+    if torch.compiler.is_compiling() or isinstance(q_size, torch.SymInt) or isinstance(k_size, torch.SymInt):
+        return _rel_pos_index(q_size, k_size, device)
+    return _rel_pos_index_cached(int(q_size), int(k_size), str(torch.device(device or "cpu")))
+
+
+@functools.lru_cache(maxsize=128)  # a few hundred bytes per entry; read-only
+def _rel_pos_index_cached(q_size: int, k_size: int, device: str) -> torch.Tensor:
+    return _rel_pos_index(q_size, k_size, device)
+
+
+def _rel_pos_index(q_size, k_size, device=None) -> torch.Tensor:
     q_scale, k_scale = max(k_size / q_size, 1.0), max(q_size / k_size, 1.0)
     qc = torch.arange(q_size, device=device, dtype=torch.float32)[:, None] * q_scale
     kc = torch.arange(k_size, device=device, dtype=torch.float32)[None, :] * k_scale
@@ -242,18 +254,25 @@ class DecomposedRelPos(PositionalEmbedding):
         layout.check_tokens(q.shape[-2], "rel_decomposed: q")
         layout.check_batch(q.shape[0], "rel_decomposed: q")
         P = layout.num_prefix
-        B, H = q.shape[:2]
-        widths = [max(s[a] for s in layout.shapes) for a in range(layout.ndim)]
+        B, H, _, C = q.shape
+        nd = layout.ndim
+        widths = [max(s[a] for s in layout.shapes) for a in range(nd)]
         tables = self.tables(index)
         out = [q.new_zeros(B, H, layout.length, w) for w in widths]
+        letters = "thw"[3 - nd:]
+        rel = {}  # (axis, size) -> (size, size, C): each table resized once per size, not once per group
         for g, idx in layout.groups():
             ix = torch.tensor(idx, device=q.device)
             qg = q.index_select(0, ix)[:, :, P:P + g.num_patches]
             if self.scaled_q:
                 qg = qg * self.head_dim ** -0.5
-            fs = decomposed_rel_pos_factors(qg, tables, g.shape, g.shape, self.interpolate)
-            for a, f in enumerate(fs):
-                out[a][ix, :, :g.num_patches, :g.shape[a]] = f
+            rq = qg.reshape(len(idx), H, *g.shape, C)
+            for a, s in enumerate(g.shape):  # decomposed_rel_pos_factors, sharing the resized tables
+                R = rel.get((a, s))
+                if R is None:
+                    R = rel[(a, s)] = get_rel_pos(s, s, tables[a], self.interpolate).to(q.dtype)
+                f = torch.einsum(f"bn{letters}c,{letters[a]}kc->bn{letters}k", rq, R)
+                out[a][ix, :, :g.num_patches, :s] = f.reshape(len(idx), H, g.num_patches, s)
         return PackedDecomposedBias(out, layout)
 
     def extra_repr(self) -> str:
