@@ -105,7 +105,7 @@ def test_rule_errors_name_values():
         ScalingRule("riflex", test_len=-4, k=1)
     with pytest.raises(ValueError, match="1-indexed"):
         ScalingRule("riflex", k=0, test_len=3)
-    with pytest.raises(ValueError, match="needs train_len"):
+    with pytest.raises(ValueError, match="needs factor=, or train_len and test_len"):
         apply_rule(rope_freqs(8), ScalingRule("pi"), 1e4, 8)
     with pytest.raises(ValueError, match="even"):
         rope_freqs(7)

@@ -6,7 +6,8 @@ training length ``L`` and the test length ``L'`` of that axis (``s = L'/L``):
 
 ========== ===============================================================================================
 ``none``   plain extrapolation: unchanged.
-``pi``     position interpolation: ``theta_j / s``.
+``pi``     position interpolation: ``theta_j / s`` (``s = factor`` when given: a fixed interpolation factor, e.g.
+           Kandinsky's ``scale_factor``).
 ``ntk``    NTK-aware: ``theta_j = (lam * b)^(-2j/d)``, ``lam = s^(d/(d-2))``.
 ``ntk_base`` plain base multiplier (diffusers' ``ntk_factor``): ``theta_j = (f * b)^(-2j/d)``, ``f`` given or ``s``.
            Both NTK rules multiply the bands they are given by ``lam^(-2j/d)`` (equal to rebuilding with base
@@ -27,7 +28,7 @@ training length ``L`` and the test length ``L'`` of that axis (``s = L'/L``):
            ``L'``, without the check and without the ``min``, so it also changes the model below ``N_k``).
 ========== ===============================================================================================
 
-For ``pi``, ``ntk``, ``ntk_base`` (without ``factor``) and ``yarn`` the scale is ``max(L'/L, 1)``: a shorter test length leaves the bands unchanged
+For ``pi`` and ``ntk_base`` (without ``factor``), ``ntk`` and ``yarn`` the scale is ``max(L'/L, 1)``: a shorter test length leaves the bands unchanged
 (use ``interpolated`` coordinates in :mod:`vispos.grid` to squeeze a grid instead). Bands are built and rescaled in
 float64 and returned in float64; callers cast once (float32) after computing angles.
 """
@@ -67,7 +68,7 @@ YARN_RAMPS = ("index", "paper")
 
 # the options each rule reads (besides train_len / test_len), and the defaults that mean "not given"
 _RULE_OPTIONS = {"riflex": ("k", "N", "gamma"), "yarn": ("alpha", "beta", "attn_factor", "ramp"),
-                 "ntk_base": ("factor",)}
+                 "ntk_base": ("factor",), "pi": ("factor",)}
 _OPTION_DEFAULTS = {"k": None, "N": None, "gamma": 0.9, "alpha": 1.0, "beta": 32.0, "factor": None,
                     "attn_factor": None, "ramp": "index"}
 
@@ -86,7 +87,8 @@ class ScalingRule:
         gamma: RIFLEx safety factor (0.9 in the official code; 1.0 is the paper's equation).
         alpha, beta: YaRN ramp bounds in rotations over ``train_len`` (official names ``beta_slow``,
             ``beta_fast``).
-        factor: ``ntk_base`` base multiplier (default ``s``).
+        factor: ``ntk_base`` base multiplier; ``pi`` interpolation factor (both default ``s``; any positive value,
+            so ``pi`` with ``factor < 1`` extrapolates).
         attn_factor: YaRN only: scale cos/sin by ``mscale = 0.1 ln s + 1`` (YaRN attention temperature).
             ``None`` (default): as the ramp's source does -- on for ``ramp="index"`` (the official code always
             applies it), off for ``ramp="paper"``.
@@ -155,10 +157,10 @@ class ScalingRule:
 
 def _require_lengths(rule: "ScalingRule") -> None:
     """Lengths may be filled in late (from the grid at forward time); check them when the rule is applied."""
-    if rule.name in ("pi", "ntk", "yarn") and (rule.train_len is None or rule.test_len is None):
+    if rule.name in ("ntk", "yarn") and (rule.train_len is None or rule.test_len is None):
         raise ValueError(f"rule {rule.name!r} needs train_len and test_len, got {rule.train_len}, {rule.test_len}")
-    if rule.name == "ntk_base" and rule.factor is None and (rule.train_len is None or rule.test_len is None):
-        raise ValueError("rule 'ntk_base' needs factor=, or train_len and test_len")
+    if rule.name in ("pi", "ntk_base") and rule.factor is None and (rule.train_len is None or rule.test_len is None):
+        raise ValueError(f"rule {rule.name!r} needs factor=, or train_len and test_len")
     if rule.name == "riflex" and rule.mode == "finetune":
         if rule.train_len is None:
             raise ValueError("rule 'riflex' mode 'finetune' needs train_len: the length the checkpoint was "
@@ -295,7 +297,8 @@ def apply_rule_list(freqs, rule: Union[None, str, dict, ScalingRule], base: floa
         return f
     s = rule.scale
     if name == "pi":
-        return [x / s for x in f]
+        fac = rule.factor if rule.factor is not None else s
+        return [x / fac for x in f]
     if name == "ntk":
         if dim <= 2 or s == 1.0:
             return f

@@ -31,6 +31,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from .adapters import ADAPTERS, Adapter, cog_cos_sin, find_adapter
+from .adapters_builtin import builtin_rules
 from .handle import (
     AXES,
     MARK,
@@ -50,7 +51,7 @@ from .support import REFUSED
 logger = logging.getLogger(__name__)
 
 __all__ = ["ADAPTERS", "AXES", "RELEASED_CLASSES", "SUPPORTED", "RuleHandle", "TimeAware", "apply_rule",
-           "cogvideox_rotary_emb", "detect_host", "released_train_frames"]
+           "builtin_rules", "cogvideox_rotary_emb", "detect_host", "released_train_frames"]
 
 SUPPORTED = tuple(f"{a.name}: {a.layout}" for a in ADAPTERS) + ("any pipeline whose .transformer is one of these",)
 
@@ -165,7 +166,7 @@ def _build_axes(adapter: Adapter, model, pipe, time, space, lengths, units, vae_
         for r in subs:
             if r.name != "none" and train is None and r.train_len is None and needs_train(r):
                 raise ValueError(f"rule {r.name!r} on the {adapter.axes[a]} axis needs its training length: pass "
-                                 f"{names[3 + a]}= (or k=/N= for riflex, factor= for ntk_base)")
+                                 f"{names[3 + a]}= (or k=/N= for riflex, factor= for pi / ntk_base)")
             if r.name == "riflex" and r.k is not None and r.k > ncomp[a]:
                 raise ValueError(f"RIFLEx k={r.k} is out of range: the {adapter.axes[a]} axis has {ncomp[a]} "
                                  "components")

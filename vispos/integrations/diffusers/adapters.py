@@ -1190,9 +1190,13 @@ class QwenLayerStyle(QwenStyle):
 
 
 # --------------------------------------------------------------------------------------------------- table
+# adapters_builtin imports this module's base class and helpers, defined above
+from .adapters_builtin import ChronoEditStyle, CosmosStyle, KandinskyStyle, LTX2VideoStyle  # noqa: E402
+
 ADAPTERS: Tuple[Adapter, ...] = (HunyuanStyle(), WanStyle(), BandBufferStyle(), LTXStyle(), CogVideoXStyle(),
                                   AllegroStyle(), IdsStyle(), Ids4Style(), QwenStyle(),
-                                  QwenLayerStyle())
+                                  QwenLayerStyle(),
+                                  CosmosStyle(), KandinskyStyle(), ChronoEditStyle(), LTX2VideoStyle())
 
 
 def find_adapter(model, pipe=None) -> Optional[Adapter]:

@@ -108,9 +108,9 @@ class Axis:
 
 
 def needs_train(rule: ScalingRule) -> bool:
-    if rule.name in ("pi", "ntk", "yarn"):
+    if rule.name in ("ntk", "yarn"):
         return True
-    if rule.name == "ntk_base":
+    if rule.name in ("pi", "ntk_base"):
         return rule.factor is None
     if rule.name == "riflex":
         return rule.mode == "finetune" or (rule.k is None and rule.N is None)

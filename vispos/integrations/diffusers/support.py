@@ -26,15 +26,12 @@ __all__ = ["REFUSED", "support_rows", "support_markdown"]
 REFUSED: Dict[str, str] = {
     "MochiRoPE": "learned per-head 3-D frequencies (`pos_frequencies` is a parameter mixing the axes): no per-axis "
                  "bands for a rule to act on",
-    "CosmosRotaryPosEmbed": "its own per-axis NTK `rope_scale` and fps-scaled time built into the forward; set "
-                            "`rope_scale` in its config",
-    "Kandinsky5RoPE3D": "per-axis position interpolation (`scale_factor`) passed by the transformer at each call",
-    "Kandinsky6RoPE3D": "per-axis position interpolation (`scale_factor`) passed by the transformer at each call",
-    "Kandinsky6SRRoPE3D": "per-axis position interpolation (`scale_factor`) passed by the transformer at each call",
-    "LTX2AudioVideoRotaryPosEmbed": "audio + video coordinates from `coords` (fractional RoPE, per-modality scale "
-                                    "factors): not yet an adapter",
-    "ChronoEditRotaryPosEmbed": "Wan-like buffers, but no `t_dim`/`h_dim`/`w_dim` and a two-frame special case in "
-                                "its forward",
+    "Kandinsky5RoPE1D": "1-D text RoPE: left unchanged (the transformer's visual 3-D RoPE is served, "
+                        "kandinsky-style)",
+    "Kandinsky6RoPE1D": "1-D text / audio RoPE: left unchanged (the transformer's visual 3-D RoPE is served, "
+                        "kandinsky-style)",
+    "LTX2AudioVideoRotaryPosEmbed": "audio stream / audio-video cross-attention RoPE: left unchanged (the video "
+                                    "stream's `rope` is served, ltx2-video)",
 }
 
 _ROPE_NAME = ("Rot", "RoPE", "Rope", "PosEmbed")
