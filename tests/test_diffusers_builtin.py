@@ -63,6 +63,11 @@ def test_cosmos_rules_off_builtin_ntk_as_rules_and_undo(cosmos):
         assert _same(neutral.rope(x, fps=FPS), own[FPS])
     assert all(_same(cosmos.rope(x, fps=f), own[f]) for f in own) and not cosmos.rope._forward_hooks
     assert not neutral.rope._forward_hooks
+    # Cosmos's fps-scaled time is position interpolation by fps / base_fps on its per-latent-frame bands
+    with vd.apply_rule(cosmos) as h:
+        cosmos.rope(x, fps=16)
+        pi = apply_rule(rope_freqs(d, 10000.0 * rules["time"].factor), {"name": "pi", "factor": 16 / 24}, 1e4, d)
+        assert torch.allclose(h.last_bands["time"], pi, rtol=1e-15, atol=0)
 
 
 @torch.no_grad()
@@ -191,6 +196,47 @@ def test_kandinsky_text_rope_untouched_and_positions_past_the_buffer():
         out = _k_call(model, pos, (1, 1, 1))
         assert out.shape[1] == 140
     assert model.visual_rope_embeddings.args_0.shape[0] == 128
+
+
+@torch.no_grad()
+def test_kandinsky5_transformer_forward_takes_the_rule_and_undoes():
+    model = _kandinsky("Kandinsky5Transformer3DModel")
+    g = torch.Generator().manual_seed(0)
+    for p in model.parameters():  # diffusers zero-initialises the modulation and output layers: randomise them
+        p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    frames = 6
+    inputs = dict(hidden_states=torch.randn(1, frames, 4, 4, 2, generator=g),
+                  encoder_hidden_states=torch.randn(1, 3, 8, generator=g), timestep=torch.tensor([500.0]),
+                  pooled_projections=torch.randn(1, 8, generator=g),
+                  visual_rope_pos=[torch.arange(frames), torch.arange(2), torch.arange(2)],
+                  text_rope_pos=torch.arange(3), scale_factor=(1, 2, 2), return_dict=False)
+    ref = model(**inputs)[0]
+    with vd.apply_rule(model, time="none", space="none"):
+        assert torch.equal(model(**inputs)[0], ref)
+    rules = vd.builtin_rules(model, scale_factor=(1, 2, 2))
+    with vd.apply_rule(model, time=rules["time"], space=(rules["height"], rules["width"])):
+        assert torch.equal(model(**{**inputs, "scale_factor": (1, 1, 1)})[0], ref)
+    with vd.apply_rule(model, time={"name": "riflex", "k": 1, "mode": "unchecked"}):
+        assert not torch.equal(model(**inputs)[0], ref)
+    assert torch.equal(model(**inputs)[0], ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@torch.no_grad()
+def test_half_precision_kandinsky6_and_chronoedit_take_riflex_and_undo(dtype):
+    k6 = _kandinsky("Kandinsky6Transformer3DModel").to(dtype)
+    pos = [torch.arange(30), torch.arange(2), torch.arange(2)]
+    own = _k_call(k6, pos, (1.0, 2.0, 2.0))
+    with vd.apply_rule(k6, time={"name": "riflex", "k": 1}, num_frames=30) as h:
+        got = _k_call(k6, pos, (1.0, 2.0, 2.0))
+        assert h.last_bands["time"][0].item() == _riflex(1.0, 30) and not torch.equal(got, own)
+    assert torch.equal(_k_call(k6, pos, (1.0, 2.0, 2.0)), own) and k6.visual_rope_embeddings.angles_0.dtype == dtype
+    chrono = _chronoedit().to(dtype)
+    x = torch.zeros(1, 2, 20, 2, 2, dtype=dtype)
+    own = chrono.rope(x)
+    with vd.apply_rule(chrono, time={"name": "riflex", "k": 1}, num_frames=20):
+        assert not _same(chrono.rope(x), own) and chrono.rope.freqs_cos.dtype == dtype
+    assert _same(chrono.rope(x), own)
 
 
 # -------------------------------------------------------------------------------------------------- ChronoEdit

@@ -5,7 +5,8 @@
 >>> handle.remove()          # or: with apply_rule(...): ...
 
 Hosts are the adapters of :data:`~vispos.integrations.diffusers.adapters.ADAPTERS`, one per RoPE layout
-(Hunyuan-style, Wan-style buffers, LTX-style normalised coordinates, CogVideoX's pipeline-built RoPE), matched by
+(Hunyuan-style, Wan-style buffers, LTX-style normalised coordinates, CogVideoX's pipeline-built RoPE, Cosmos's and
+Kandinsky's built-in scaling -- see :func:`builtin_rules` --, ChronoEdit, LTX-2's video stream, ...), matched by
 the structure of the object, so a diffusers class that copies a supported RoPE is served as its original is. A
 pipeline is recognised by its ``transformer`` (and ``transformer_2`` for two-expert pipelines, which both take the
 rule). This package needs only torch: diffusers is needed only to have diffusers models.
