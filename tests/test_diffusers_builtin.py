@@ -71,6 +71,18 @@ def test_cosmos_rules_off_builtin_ntk_as_rules_and_undo(cosmos):
 
 
 @torch.no_grad()
+def test_cosmos_builtin_factor_below_one_is_reproduced():
+    model = _cosmos((20 / 24, 2.0, 2.0))  # Cosmos 2.0 14B's rope_scale: a temporal NTK factor below 1
+    x = torch.zeros(1, 2, 12, 2, 2)
+    own = model.rope(x, fps=16)
+    rules = vd.builtin_rules(model)
+    assert rules["time"].factor == (20 / 24) ** (8 / 6) < 1
+    for m in (model, _cosmos((1.0, 1.0, 1.0))):
+        with vd.apply_rule(m, time=rules["time"], space=(rules["height"], rules["width"])):
+            assert _same(m.rope(x, fps=16), own)
+
+
+@torch.no_grad()
 def test_cosmos_riflex_on_time_and_yarn_on_space_replace_the_builtin_ntk(cosmos):
     x = torch.zeros(1, 2, FRAMES, 3, 4)
     own = cosmos.rope(x, fps=FPS)
@@ -277,18 +289,20 @@ def test_chronoedit_with_overlapping_axes_is_refused_naming_why():
 
 
 # ------------------------------------------------------------------------------------------------------- LTX-2
-def _ltx2(rope_type="interleaved"):
+def _ltx2(rope_type="interleaved", cls_name="LTX2VideoTransformer3DModel"):
     torch.manual_seed(0)
-    return diffusers.LTX2VideoTransformer3DModel(
+    return getattr(diffusers, cls_name)(
         in_channels=2, out_channels=2, num_attention_heads=2, attention_head_dim=12, cross_attention_dim=24,
         audio_in_channels=2, audio_out_channels=2, audio_num_attention_heads=1, audio_attention_head_dim=12,
         audio_cross_attention_dim=12, num_layers=1, caption_channels=8, rope_type=rope_type).eval()
 
 
-@pytest.mark.parametrize("rope_type", ["interleaved", "split"])
+@pytest.mark.parametrize("cls_name, rope_type", [("LTX2VideoTransformer3DModel", "interleaved"),
+                                                ("LTX2VideoTransformer3DModel", "split"),
+                                                ("SanaWMLTX2RefinerTransformer3DModel", "interleaved")])
 @torch.no_grad()
-def test_ltx2_video_stream_takes_riflex_equal_to_the_formula_audio_unchanged(rope_type):
-    model = _ltx2(rope_type)
+def test_ltx2_video_stream_takes_riflex_equal_to_the_formula_audio_unchanged(cls_name, rope_type):
+    model = _ltx2(rope_type, cls_name)  # SanaWM's refiner copies LTX-2's RoPE
     frames, fps = 40, 24.0
     coords = model.rope.prepare_video_coords(1, frames, 1, 2, "cpu", fps=fps)
     audio_coords = model.audio_rope.prepare_audio_coords(1, 10, "cpu")

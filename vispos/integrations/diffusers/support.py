@@ -32,6 +32,8 @@ REFUSED: Dict[str, str] = {
                         "kandinsky-style)",
     "LTX2AudioVideoRotaryPosEmbed": "audio stream / audio-video cross-attention RoPE: left unchanged (the video "
                                     "stream's `rope` is served, ltx2-video)",
+    "SanaWMLTX2AudioVideoRotaryPosEmbed": "audio stream / audio-video cross-attention RoPE (a copy of LTX-2's): left "
+                                          "unchanged (the video stream's `rope` is served, ltx2-video)",
 }
 
 _ROPE_NAME = ("Rot", "RoPE", "Rope", "PosEmbed")
