@@ -9,12 +9,13 @@ stretch the unit square to ``(H, W)``.
 
 Tasks (``TASKS``):
 
-``absolute`` (9 classes, chance 1/9)
+``absolute`` (9 classes, chance 1/9) -- the adversarial case; takes no random-resized crop
     Which cell of a 3x3 grid holds the red target square? The target (side 0.12-0.18 of the image) lies inside one
     cell with a margin, so the label is unambiguous; one or two green/blue distractor squares lie anywhere.
-    Solving it needs absolute position: a model without PE is permutation invariant and stays at chance.
-``quadrant`` (4 classes, chance 1/4)
-    The same with a 2x2 grid (quadrants).
+    Solving it needs absolute position: a model without PE is permutation invariant and stays at chance. The label
+    is a fixed fraction of the image, so a crop would move the target into another cell: ``rrc_scale`` is refused.
+``quadrant`` (4 classes, chance 1/4) -- takes no random-resized crop
+    The same with a 2x2 grid (quadrants); ``rrc_scale`` is refused for the same reason.
 ``relative`` (4 classes, chance 1/4)
     Is the red square A left of the blue square B, and is it above it? Label ``2 * above + left``. Both squares
     (side 0.1-0.16) are anywhere in the image, separated by at least 0.2 of the image along *both* axes, so the
@@ -34,6 +35,18 @@ Tasks (``TASKS``):
 ``shape`` (4 classes, chance 1/4) -- control
     Which shape is it: filled square, disc, frame (hollow square) or plus? One object (size 0.3-0.45 of the
     image, random colour) anywhere in the image: translation invariant, every PE (and none) should solve it.
+
+Random-resized crop of the scene tasks (``rrc_scale``, train split only; :func:`crop_view`): ``relative``,
+``landolt`` and ``shape`` take one, drawn from ``(seed, index)`` alone (a stream of its own: the scene is the
+same with and without it). The crop is a window ``(x0, y0, x1, y1)`` of the unit square with area ``U(rrc_scale)``
+and aspect (width / height) log-uniform in [3/4, 4/3], placed uniformly among the positions that keep every
+*label-deciding* object whole (both squares of ``relative``, the gapped ring of ``landolt``, the shape of
+``shape``); a window too small to hold them is widened / heightened just enough. Distractors may be cut. The window
+is rasterised exactly (area coverage) at the requested size, so objects are magnified and stretched as a
+random-resized crop does, and the label stays true: crops and scaling keep left/above orderings, the gap's
+direction and the shape's kind (no flip: it would swap left and right). ``absolute`` / ``quadrant`` refuse it.
+Without ``rrc_scale`` the scene tasks render the whole scene (``vispos train resolution`` passes its own default,
+``0.25,1``, for every task that takes a crop).
 
 Labels are exactly balanced: the indices ``[b*C, (b+1)*C)`` hold each of the ``C`` classes once, in an order
 shuffled per block. Pixels are returned normalised as ``(v - 0.5) / 0.5`` (``v`` in ``[0, 1]``), shape
@@ -56,6 +69,9 @@ __all__ = [
     "TASKS",
     "SCENE_TASKS",
     "DEFAULT_RRC_SCALE",
+    "RRC_TASKS",
+    "resolve_rrc_scale",
+    "crop_view",
     "load_photo",
     "photo_region",
     "photo_crop",
@@ -109,6 +125,18 @@ TASKS = {
 #: Tasks drawn as scenes of objects (:func:`scene`); the others are crops of photographs.
 SCENE_TASKS = ("absolute", "quadrant", "relative", "shape", "landolt")
 DEFAULT_RRC_SCALE = (0.25, 1.0)
+#: Tasks that take a train-time random-resized crop without changing their labels.
+RRC_TASKS = ("photos", "relative", "shape", "landolt")
+#: Why the other tasks refuse one.
+NO_RRC_REASON = {
+    "absolute": "its label is the 3x3 cell (a fixed fraction of the image) that holds the target, and a crop moves "
+                "the target into another cell; it is the adversarial case, trained on the whole image",
+    "quadrant": "its label is the quadrant (a fixed fraction of the image) that holds the target, and a crop moves "
+                "the target into another quadrant",
+}
+# the objects (slots of scene()) that decide a scene task's label: a crop keeps them whole
+_LABEL_SLOTS = {"relative": (0, 1), "landolt": (1,), "shape": (0,)}
+_OFF = ("off", "none")
 
 # object kinds; _RING + d is a Landolt ring with its gap in direction d (0 right, 1 below, 2 left, 3 above),
 # _RING + 4 a ring without a gap
@@ -244,67 +272,145 @@ def scene(task: str, seed: int, index: int) -> Tuple[torch.Tensor, torch.Tensor,
     return torch.tensor(objs, dtype=torch.float32), torch.full((3,), shade), label
 
 
-def _overlap(lo: torch.Tensor, hi: torch.Tensor, n: int) -> torch.Tensor:
-    """Fraction of each of ``n`` pixels ``[i/n, (i+1)/n)`` covered by ``[lo, hi]``: ``(B,)`` -> ``(B, n)``."""
-    edges = torch.arange(n + 1, dtype=torch.float32) / n
-    a = torch.maximum(lo[:, None], edges[None, :-1])
-    b = torch.minimum(hi[:, None], edges[None, 1:])
-    return (b - a).clamp(min=0) * n
+def _overlap(lo: torch.Tensor, hi: torch.Tensor, n: int, span=None) -> torch.Tensor:
+    """Fraction of each of ``n`` pixels covered by ``[lo, hi]``: ``(B,)`` -> ``(B, n)``. The pixels tile ``[0, 1]``
+    (``[i/n, (i+1)/n)``), or per sample the window ``span = (a, b)`` (two ``(B,)`` tensors)."""
+    if span is None:
+        edges = torch.arange(n + 1, dtype=torch.float32) / n
+        a = torch.maximum(lo[:, None], edges[None, :-1])
+        b = torch.minimum(hi[:, None], edges[None, 1:])
+        return (b - a).clamp(min=0) * n
+    v0, v1 = span
+    edges = v0[:, None] + (v1 - v0)[:, None] * (torch.arange(n + 1, dtype=torch.float32) / n)[None, :]
+    a = torch.maximum(lo[:, None], edges[:, :-1])
+    b = torch.minimum(hi[:, None], edges[:, 1:])
+    return (b - a).clamp(min=0) * (n / (v1 - v0))[:, None]
 
 
-def _box(cx, cy, hx, hy, h, w) -> torch.Tensor:
-    return _overlap(cy - hy, cy + hy, h)[:, :, None] * _overlap(cx - hx, cx + hx, w)[:, None, :]
+def _box(cx, cy, hx, hy, h, w, view=None) -> torch.Tensor:
+    ys, xs = (None, None) if view is None else ((view[:, 1], view[:, 3]), (view[:, 0], view[:, 2]))
+    return _overlap(cy - hy, cy + hy, h, ys)[:, :, None] * _overlap(cx - hx, cx + hx, w, xs)[:, None, :]
 
 
-def _disc(x, y, r, h, w) -> torch.Tensor:
-    ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h
-    xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w
-    d = torch.sqrt((ys[None, :, None] - y[:, None, None]) ** 2 + (xs[None, None, :] - x[:, None, None]) ** 2)
-    return ((r[:, None, None] - d) * math.sqrt(h * w) + 0.5).clamp(0, 1)
+def _disc(x, y, r, h, w, view=None) -> torch.Tensor:
+    if view is None:
+        ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h
+        xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w
+        d = torch.sqrt((ys[None, :, None] - y[:, None, None]) ** 2 + (xs[None, None, :] - x[:, None, None]) ** 2)
+        return ((r[:, None, None] - d) * math.sqrt(h * w) + 0.5).clamp(0, 1)
+    vh, vw = view[:, 3] - view[:, 1], view[:, 2] - view[:, 0]
+    ys = view[:, 1, None] + vh[:, None] * ((torch.arange(h, dtype=torch.float32) + 0.5) / h)[None, :]
+    xs = view[:, 0, None] + vw[:, None] * ((torch.arange(w, dtype=torch.float32) + 0.5) / w)[None, :]
+    d = torch.sqrt((ys[:, :, None] - y[:, None, None]) ** 2 + (xs[:, None, :] - x[:, None, None]) ** 2)
+    px = torch.sqrt(h * w / (vh * vw))  # pixels per unit length (geometric mean of the two axes)
+    return ((r[:, None, None] - d) * px[:, None, None] + 0.5).clamp(0, 1)
 
 
-def _coverage(kind, cx, cy, half, h, w) -> torch.Tensor:
-    """Area coverage ``(B, H, W)`` in ``[0, 1]`` of one object per sample (each kind computed for its samples)."""
+def _coverage(kind, cx, cy, half, h, w, views=None) -> torch.Tensor:
+    """Area coverage ``(B, H, W)`` in ``[0, 1]`` of one object per sample (each kind computed for its samples),
+    over the unit square or per sample over the window ``views (B, 4)`` = ``(x0, y0, x1, y1)``."""
     out = torch.zeros(kind.shape[0], h, w)
     kind = kind.long()
     for k in kind.unique().tolist():
         sel = (kind == k).nonzero().flatten()
         x, y, r = cx[sel], cy[sel], half[sel]
+        v = None if views is None else views[sel]
         if k == _BOX:
-            cov = _box(x, y, r, r, h, w)
+            cov = _box(x, y, r, r, h, w, v)
         elif k == _FRAME:
-            cov = (_box(x, y, r, r, h, w) - _box(x, y, r * 0.55, r * 0.55, h, w)).clamp(0, 1)
+            cov = (_box(x, y, r, r, h, w, v) - _box(x, y, r * 0.55, r * 0.55, h, w, v)).clamp(0, 1)
         elif k == _PLUS:
             t = r / 3
-            cov = (_box(x, y, r, t, h, w) + _box(x, y, t, r, h, w) - _box(x, y, t, t, h, w)).clamp(0, 1)
+            cov = (_box(x, y, r, t, h, w, v) + _box(x, y, t, r, h, w, v) - _box(x, y, t, t, h, w, v)).clamp(0, 1)
         elif k == _DISC:
-            cov = _disc(x, y, r, h, w)
+            cov = _disc(x, y, r, h, w, v)
         elif _RING <= k <= _RING + 4:
-            cov = (_disc(x, y, r, h, w) - _disc(x, y, 0.6 * r, h, w)).clamp(0, 1)
+            cov = (_disc(x, y, r, h, w, v) - _disc(x, y, 0.6 * r, h, w, v)).clamp(0, 1)
             if k < _RING + 4:
                 t = 0.2 * r  # half-width of the gap
                 zero = torch.zeros_like(r)
                 dx, dy = [(0.7, 0.0), (0.0, 0.7), (-0.7, 0.0), (0.0, -0.7)][k - _RING]
                 hx = torch.where(zero + dx != 0, 0.35 * r, t)
                 hy = torch.where(zero + dy != 0, 0.35 * r, t)
-                cov = cov * (1 - _box(x + dx * r, y + dy * r, hx, hy, h, w))
+                cov = cov * (1 - _box(x + dx * r, y + dy * r, hx, hy, h, w, v))
         else:  # pragma: no cover - scenes only hold the four kinds
             raise ValueError(f"unknown object kind {k}")
         out[sel] = cov
     return out
 
 
-def render_scenes(objects: torch.Tensor, background: torch.Tensor, size) -> torch.Tensor:
-    """Rasterise scenes: ``objects (B, S, 8)``, ``background (B, 3)`` -> images ``(B, 3, H, W)``, normalised."""
+def render_scenes(objects: torch.Tensor, background: torch.Tensor, size, views=None) -> torch.Tensor:
+    """Rasterise scenes: ``objects (B, S, 8)``, ``background (B, 3)`` -> images ``(B, 3, H, W)``, normalised.
+
+    ``views (B, 4)``: per sample the window ``(x0, y0, x1, y1)`` of the unit square to rasterise (a crop, see
+    :func:`crop_view`); default the whole square."""
     h, w = parse_size(size)
+    if views is not None:
+        views = torch.as_tensor(views, dtype=torch.float32)
+        if views.shape != (objects.shape[0], 4) or not bool(
+                ((views[:, 2] > views[:, 0]) & (views[:, 3] > views[:, 1])).all()):
+            raise ValueError(f"views must be (B, 4) windows (x0, y0, x1, y1) with x1 > x0 and y1 > y0 for "
+                             f"B = {objects.shape[0]} scenes, got shape {tuple(views.shape)}")
     img = background[:, :, None, None].expand(-1, 3, h, w).clone()
     for s in range(objects.shape[1]):
         o = objects[:, s]
         if not bool((o[:, 7] > 0).any()):
             continue
-        cov = (_coverage(o[:, 0], o[:, 1], o[:, 2], o[:, 3], h, w) * o[:, 7, None, None])[:, None]
+        cov = (_coverage(o[:, 0], o[:, 1], o[:, 2], o[:, 3], h, w, views) * o[:, 7, None, None])[:, None]
         img = img * (1 - cov) + o[:, 4:7, None, None] * cov
     return (img - 0.5) / 0.5
+
+
+def resolve_rrc_scale(task: str, rrc_scale):
+    """The train-time crop of ``task``: ``(lo, hi)`` or ``None`` (no crop), checked.
+
+    ``rrc_scale``: ``None`` (the task's default: ``DEFAULT_RRC_SCALE`` for ``photos``, no crop for the scene tasks),
+    ``"off"`` / ``False`` (no crop; scene tasks only: ``photos`` is always a crop), or ``(lo, hi)`` with
+    ``0 < lo <= hi <= 1``. ``absolute`` / ``quadrant`` refuse a crop (``NO_RRC_REASON``).
+    """
+    info = _check_task(task)
+    off = rrc_scale is False or (isinstance(rrc_scale, str) and rrc_scale.strip().lower() in _OFF)
+    if rrc_scale is None:
+        return DEFAULT_RRC_SCALE if task == "photos" else None
+    if off:
+        if task == "photos":
+            raise ValueError("rrc_scale 'off' does not apply to the photos task (its training samples are crops); "
+                             "give lo,hi, e.g. (1, 1) for the largest crop")
+        return None
+    if task in NO_RRC_REASON:
+        raise ValueError(f"task {info.name!r} takes no random-resized crop (rrc_scale {rrc_scale!r}): "
+                         f"{NO_RRC_REASON[task]}. Leave rrc_scale unset (or 'off'); the tasks that take one are "
+                         f"{list(RRC_TASKS)}")
+    return _check_rrc_scale(rrc_scale)
+
+
+def crop_view(task: str, seed: int, index: int, rrc_scale, objects=None) -> Tuple[float, float, float, float]:
+    """The random-resized-crop window ``(x0, y0, x1, y1)`` (unit-square coordinates) of training sample ``index`` of
+    a scene task that takes one (``relative``, ``landolt``, ``shape``).
+
+    Area ``U(rrc_scale)`` of the image, aspect (width / height) log-uniform in [3/4, 4/3] (sides capped at 1),
+    widened / heightened where needed to hold the label-deciding objects whole, then placed uniformly among the
+    positions that hold them. Drawn from its own stream of ``(seed, index)``; ``objects`` (:func:`scene`'s) saves
+    recomputing the scene.
+    """
+    if task not in _LABEL_SLOTS:
+        _check_task(task)
+        reason = NO_RRC_REASON.get(task, "it is not drawn from a scene (photos crops its photographs itself)")
+        raise ValueError(f"task {task!r} takes no scene crop: {reason}")
+    lo, hi = _check_rrc_scale(rrc_scale)
+    if objects is None:
+        objects = scene(task, seed, index)[0]
+    keep = objects[list(_LABEL_SLOTS[task])]
+    bx0, bx1 = float((keep[:, 1] - keep[:, 3]).min()), float((keep[:, 1] + keep[:, 3]).max())
+    by0, by1 = float((keep[:, 2] - keep[:, 3]).min()), float((keep[:, 2] + keep[:, 3]).max())
+    g = _gen(seed, index, 0x4C0D)
+    area = _u(g, lo, hi)
+    ar = math.exp(_u(g, math.log(3 / 4), math.log(4 / 3)))
+    cw = min(1.0, max(math.sqrt(area * ar), bx1 - bx0))
+    ch = min(1.0, max(math.sqrt(area / ar), by1 - by0))
+    x0 = _u(g, max(0.0, bx1 - cw), min(bx0, 1.0 - cw))
+    y0 = _u(g, max(0.0, by1 - ch), min(by0, 1.0 - ch))
+    return x0, y0, x0 + cw, y0 + ch
 
 
 # ---- natural images: crops of scikit-image's sample photographs ----------------------------------------------------
@@ -405,14 +511,18 @@ def _check_rrc_scale(rrc_scale) -> Tuple[float, float]:
     return float(rrc_scale[0]), float(rrc_scale[1])
 
 
-def render(task: str, seed: int, index: int, size, split: str = "train",
-           rrc_scale: Tuple[float, float] = DEFAULT_RRC_SCALE) -> Tuple[torch.Tensor, int]:
-    """One sample: image ``(3, H, W)`` (normalised) and its label. ``split`` / ``rrc_scale`` apply to ``photos``."""
+def render(task: str, seed: int, index: int, size, split: str = "train", rrc_scale=None) -> Tuple[torch.Tensor, int]:
+    """One sample: image ``(3, H, W)`` (normalised) and its label. ``rrc_scale`` (:func:`resolve_rrc_scale`; default
+    the task's: a crop for ``photos``, the whole scene otherwise) applies to the ``train`` split."""
     _check_task(task)
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    rr = resolve_rrc_scale(task, rrc_scale)
     if task == "photos":
-        return photo_crop(seed, index, size, split, _check_rrc_scale(rrc_scale))
+        return photo_crop(seed, index, size, split, rr)
     objs, bg, label = scene(task, seed, index)
-    return render_scenes(objs[None], bg[None], size)[0], label
+    view = None if (rr is None or split != "train") else torch.tensor([crop_view(task, seed, index, rr, objs)])
+    return render_scenes(objs[None], bg[None], size, view)[0], label
 
 
 class SyntheticPositionDataset(Dataset):
@@ -423,18 +533,22 @@ class SyntheticPositionDataset(Dataset):
         size: ``int`` / ``"HxW"`` / ``(H, W)``: the rendering resolution.
         length: number of samples (a multiple of the class count gives exactly balanced classes).
         seed: data seed; sample ``i`` is the same at every size and in every process.
+        split: ``"train"`` or ``"test"`` (``photos``: disjoint regions; the crop below is for ``train`` only).
+        rrc_scale: the training random-resized crop (:func:`resolve_rrc_scale`): ``None`` = the task's default
+            (``(0.25, 1)`` for ``photos``, the whole scene for the scene tasks), ``"off"``, or ``(lo, hi)``;
+            ``absolute`` / ``quadrant`` refuse one. The crop window depends on ``(seed, i)`` only, so a sample is
+            the same view at every size.
 
     ``ds[i]`` -> ``(image (3, H, W), label)``; ``ds[(i, size)]`` renders sample ``i`` at another size (used for
     multi-resolution batches). :meth:`get_batch` renders many samples at once (fast path for training loops).
     """
 
-    def __init__(self, task: str, size, length: int, seed: int = 0, split: str = "train",
-                 rrc_scale: Tuple[float, float] = DEFAULT_RRC_SCALE):
+    def __init__(self, task: str, size, length: int, seed: int = 0, split: str = "train", rrc_scale=None):
         self.info = _check_task(task)
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         self.split = split
-        self.rrc_scale = _check_rrc_scale(rrc_scale)
+        self.rrc_scale = resolve_rrc_scale(task, rrc_scale)
         self.task = task
         self.size = parse_size(size)
         if isinstance(length, bool) or not isinstance(length, int) or length <= 0:
@@ -490,11 +604,14 @@ class SyntheticPositionDataset(Dataset):
         objs = torch.stack([s[0] for s in scenes])
         bg = torch.stack([s[1] for s in scenes])
         labels = torch.tensor([s[2] for s in scenes], dtype=torch.long)
-        return render_scenes(objs, bg, self.size if size is None else size), labels
+        views = None
+        if self.rrc_scale is not None and self.split == "train":
+            views = torch.tensor([crop_view(self.task, self.seed, i, self.rrc_scale, s[0]) for i, s in zip(idx, scenes)])
+        return render_scenes(objs, bg, self.size if size is None else size, views), labels
 
     def __repr__(self) -> str:
         return (f"SyntheticPositionDataset(task={self.task!r}, size={self.size}, length={self.length}, "
-                f"seed={self.seed}, split={self.split!r})")
+                f"seed={self.seed}, split={self.split!r}, rrc_scale={self.rrc_scale})")
 
 
 SizeLike = Union[int, str, Tuple[int, int]]

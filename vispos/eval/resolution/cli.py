@@ -70,8 +70,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="REQUIRED (here or in --config): the training size, e.g. 32; the models' img_size")
     p.add_argument("--train-data", help="ImageFolder root for training (default: the built-in task)")
     p.add_argument("--train-sizes", help="multi-resolution training: a random one of these sizes per batch")
-    p.add_argument("--rrc-scale", help="training random-resized-crop area range 'lo,hi' (ImageFolder and the "
-                                       "photos task; default 0.25,1)")
+    p.add_argument("--rrc-scale", help="training random-resized-crop area range 'lo,hi', or 'off' (default 0.25,1 "
+                                       "for ImageFolder and the tasks photos, relative, shape, landolt; absolute "
+                                       "and quadrant take none: a crop changes their label)")
     p.add_argument("--steps", type=int, help=f"optimisation steps per variant and seed (default {d['steps']})")
     p.add_argument("--batch-size", type=int, help=f"global batch size, split over torchrun ranks (default "
                                                   f"{d['batch_size']})")

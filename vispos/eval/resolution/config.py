@@ -37,7 +37,9 @@ DEFAULTS: Dict[str, Any] = dict(
     std=None,                       # (v - .5) / .5 and rendered at the size directly.
     crop_mode=None,
     num_workers=0,
-    rrc_scale=[0.25, 1.0],          # training random-resized-crop area range (ImageFolder and the photos task)
+    rrc_scale=None,                 # training random-resized-crop area range 'lo,hi' or 'off'; None: 0.25,1 for
+                                    # ImageFolder and the tasks that take one (photos, relative, shape, landolt),
+                                    # off for absolute / quadrant (they refuse one: a crop changes their label)
     # sweep
     sizes=None,                     # None: DEFAULT_SIZE_RATIOS x the training size, multiples of the patch
     size_ratios=None,               # test sizes as ratios of train_size (overrides sizes), e.g. the papers'
@@ -317,6 +319,30 @@ def _check_model_kwargs(kw: Dict[str, Any]) -> None:
                          f"num_heads={kw['num_heads']}")
 
 
+def _resolve_rrc(cfg) -> Any:
+    """``rrc_scale`` of a run: ``[lo, hi]`` or ``False`` (no crop). ImageFolder training always crops (default
+    ``0.25,1``); a built-in task takes its own default and refuses what would change its labels
+    (:func:`vispos.data.images.resolve_rrc_scale`)."""
+    from ...data.images import DEFAULT_RRC_SCALE, RRC_TASKS, _check_rrc_scale, resolve_rrc_scale
+
+    rr = cfg.get("rrc_scale")
+    off = rr is False or (isinstance(rr, str) and rr.strip().lower() in ("off", "none"))
+    if isinstance(rr, str) and not off:
+        try:
+            rr = [float(v) for v in rr.split(",")]
+        except ValueError:
+            raise ValueError(f"rrc_scale must be like '0.25,1' (area fractions lo,hi) or 'off', got {rr!r}") from None
+    if cfg.get("train_data") is not None or cfg.get("data") is not None:  # ImageFolder: timm's RandomResizedCrop
+        if off:
+            raise ValueError("rrc_scale 'off' applies to the built-in scene tasks; ImageFolder training always uses "
+                             "a random-resized crop: give lo,hi (e.g. 1,1 for the whole image)")
+        return list(DEFAULT_RRC_SCALE if rr is None else _check_rrc_scale(rr))
+    if rr is None:  # the training protocol's default: a crop wherever the task takes one
+        rr = DEFAULT_RRC_SCALE if cfg["task"] in RRC_TASKS else False
+    got = resolve_rrc_scale(cfg["task"], False if off else rr)
+    return False if got is None else list(got)
+
+
 def load_config(config_path=None, args: Optional[argparse.Namespace] = None, **overrides) -> Dict[str, Any]:
     """:data:`DEFAULTS` <- YAML ``config_path`` (or ``args.config``) <- given flags <- ``overrides``; checked.
 
@@ -330,15 +356,6 @@ def load_config(config_path=None, args: Optional[argparse.Namespace] = None, **o
     cfg["pe_kwargs"] = _parse_mapping(cfg.get("pe_kwargs"), "pe_kwargs")
     cfg["sizes"] = None if cfg.get("sizes") is None else [list(s) for s in parse_sizes(cfg["sizes"])]
     cfg["size_ratios"] = parse_ratios(cfg.get("size_ratios"))
-    rr = cfg.get("rrc_scale")
-    if isinstance(rr, str):
-        try:
-            rr = [float(v) for v in rr.split(",")]
-        except ValueError:
-            raise ValueError(f"rrc_scale must be like '0.25,1' (area fractions lo,hi), got {rr!r}") from None
-    from ...data.images import _check_rrc_scale
-
-    cfg["rrc_scale"] = list(_check_rrc_scale(rr))
     cfg["train_size"] = None if cfg.get("train_size") is None else list(parse_size(cfg["train_size"]))
     if cfg.get("train_sizes") is not None:
         cfg["train_sizes"] = [list(s) for s in parse_sizes(cfg["train_sizes"])]
@@ -358,6 +375,7 @@ def load_config(config_path=None, args: Optional[argparse.Namespace] = None, **o
     cfg["seeds"] = list(seeds)
     if cfg.get("data") is None and cfg.get("task") not in TASKS:
         raise ValueError(f"unknown task {cfg.get('task')!r}; choose one of {sorted(TASKS)} or give --data DIR")
+    cfg["rrc_scale"] = _resolve_rrc(cfg)
     for key, minimum in (("steps", 1), ("batch_size", 1), ("eval_batch_size", 1), ("eval_samples", 1),
                          ("data_seed", None), ("warmup_steps", 0), ("ckpt_every", 1), ("num_workers", 0)):
         check_int(cfg.get(key), key, minimum)

@@ -210,8 +210,9 @@ def train_step_plan(cfg, data: Data, seed: int, step: int) -> Tuple[List[int], T
 
 def train_batch(cfg, data: Data, seed: int, idx: List[int], size, step: int):
     if data.train_folder is None:
+        rr = cfg.get("rrc_scale")
         ds = SyntheticPositionDataset(cfg["task"], size, data.train_len, train_seed(cfg, seed), split="train",
-                                      rrc_scale=tuple(cfg["rrc_scale"]))
+                                      rrc_scale=tuple(rr) if rr else "off")
         return ds.get_batch(idx)
     items = _TrainImages(data.train_folder, cfg, data.train_label_map)
     pairs = [items[(i, size, torch_seed(seed, 5, step, i))] for i in idx]
