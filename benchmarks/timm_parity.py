@@ -4,7 +4,9 @@ For each row a small random timm model is built (``pretrained=False``, tiny dept
 ``timm.create_model`` kwargs, ``dynamic_img_size=True``), its weights are randomised so that the PE matters (timm's
 init makes attention nearly uniform), and a copy is converted to vispos with :func:`vispos.integrations.timm.install_pe`
 (the conversion every loading route uses). The converted model must give timm's ``forward_features`` to 1e-5
-relative at the training size, at a rectangular other size, and after ``set_input_size`` at a third size.
+relative at the training size, at a rectangular other size, and after ``set_input_size`` at a third size. A NaFlexViT
+(no ``set_input_size``; it runs at any size) is compared at the training size, a rectangular size and on a mixed
+NaFlex batch (:data:`MIXED_GRIDS`, padded, on the valid tokens, and its masked-pooled logits).
 
     PYTHONPATH=. .venv/bin/python benchmarks/timm_parity.py            # print the table
     PYTHONPATH=. .venv/bin/python benchmarks/timm_parity.py --write    # update docs/timm.md between the markers
@@ -43,6 +45,10 @@ class Row:
 
 _VIT = dict(embed_dim=64, depth=2, num_heads=2)
 _EVA = dict(embed_dim=64, depth=2, num_heads=2)
+_NAF = dict(embed_dim=64, depth=2, num_heads=2, pos_embed_grid_size=(4, 4))
+#: the grids of the mixed NaFlex batch (row-major patches, each sample padded to MIXED_LENGTH patch slots)
+MIXED_GRIDS = ((4, 6), (7, 3), (5, 5))
+MIXED_LENGTH = 28
 
 ROWS: List[Row] = [
     Row("ViT", "vit_base_patch16_224", "ape", dict(_VIT, img_size=64)),
@@ -78,7 +84,44 @@ ROWS: List[Row] = [
     Row("DINOv3 (lingbot)", "vit_small_patch16_lingbot", "rope_axial", dict(_EVA, img_size=64)),
     Row("DINOv3 (sapiens2)", "vit_base_patch16_sapiens2", "rope_axial",
         dict(_EVA, img_size=64, num_kv_heads=2)),
+    Row("NaFlexViT, learned APE", "naflexvit_base_patch16_gap", "ape", dict(_NAF), rect=(48, 96)),
+    Row("NaFlexViT, MAP pool", "naflexvit_base_patch16_map", "ape", dict(_NAF), rect=(48, 96)),
+    Row("NaFlexViT from ViT (use_naflex)", "vit_base_patch16_224", "ape", dict(_VIT, img_size=64, use_naflex=True),
+        rect=(48, 96)),
+    Row("NaFlexViT, RoPE axial", "naflexvit_base_patch16_gap", "rope_axial",
+        dict(_NAF, rope_type="axial", pos_embed="none"), rect=(48, 96)),
+    Row("NaFlexViT, APE + RoPE axial", "naflexvit_base_patch16_gap", ["ape", "rope_axial"],
+        dict(_NAF, rope_type="axial"), rect=(48, 96)),
+    Row("NaFlexViT, RoPE-Mixed", "naflexvit_base_patch16_gap", "rope_mixed",
+        dict(_NAF, rope_type="mixed", pos_embed="none"), rect=(48, 96)),
+    Row("NaFlexViT, DINOv3 RoPE", "naflexvit_base_patch16_gap", "rope_axial",
+        dict(_NAF, rope_type="dinov3", rope_rotate_half=True, pos_embed="none"), rect=(48, 96)),
+    Row("NaFlexViT from EVA-02 (use_naflex)", "eva02_tiny_patch14_224", ["ape", "rope_axial"],
+        dict(_EVA, img_size=56, use_naflex=True), (56, 56), (42, 70)),
 ]
+
+
+def naflex_batch(model, grids=MIXED_GRIDS, length: int = MIXED_LENGTH, generator=None) -> Dict[str, torch.Tensor]:
+    """A NaFlex batch for ``model`` (timm's ``Patchify`` + ``NaFlexCollator``): one random image per grid, its
+    patches row-major, padded to ``length`` patch slots (padding patches random too, so they would show)."""
+    from timm.data.naflex_dataset import NaFlexCollator
+    from timm.data.naflex_transforms import Patchify
+
+    ph, pw = model.embeds.patch_size
+    patchify = Patchify(patch_size=(ph, pw))
+    items = [(patchify(torch.randn(model.embeds.in_chans, h * ph, w * pw, generator=generator)), 0)
+             for h, w in grids]
+    batch, _ = NaFlexCollator(max_seq_len=length)(items)
+    pad = ~batch["patch_valid"]
+    batch["patches"][pad] = torch.randn(int(pad.sum()), batch["patches"].shape[-1], generator=generator)
+    return {k: batch[k] for k in ("patches", "patch_coord", "patch_valid")}
+
+
+def _valid_rel(ours: Dict[str, torch.Tensor], ref: Dict[str, torch.Tensor], num_prefix: int) -> float:
+    """Max relative difference over the prefix and valid patch tokens of two NaFlex ``forward_features``."""
+    valid = torch.cat([torch.ones(ref["patch_valid"].shape[0], num_prefix, dtype=torch.bool), ref["patch_valid"]],
+                      dim=1)
+    return _rel(ours["patches"][valid], ref["patches"][valid])
 
 
 def randomise(model: torch.nn.Module, seed: int = 0) -> None:
@@ -110,7 +153,9 @@ def run_row(row: Row, seed: int = 0) -> Dict[str, object]:
     from vispos.integrations.timm import install_pe
 
     torch.manual_seed(seed)
-    ref = timm.create_model(row.model, pretrained=False, dynamic_img_size=True, **row.kwargs).eval()
+    naflex = row.model.startswith("naflexvit") or row.kwargs.get("use_naflex")
+    extra = {} if naflex else dict(dynamic_img_size=True)
+    ref = timm.create_model(row.model, pretrained=False, **extra, **row.kwargs).eval()
     randomise(ref, seed)
     ours = install_pe(copy.deepcopy(ref), row.pe, convert=True).eval()
     g = torch.Generator().manual_seed(seed + 1)
@@ -119,6 +164,12 @@ def run_row(row: Row, seed: int = 0) -> Dict[str, object]:
         for what, size in (("train", row.train), ("rect", row.rect)):
             x = torch.randn(2, 3, *size, generator=g)
             diffs[what] = _rel(ours.forward_features(x), ref.forward_features(x))
+        if naflex:  # the mixed NaFlex batch: valid tokens of forward_features and the masked-pooled logits
+            batch = naflex_batch(ref, generator=g)
+            diffs["set_input_size"] = max(_valid_rel(ours.forward_features(batch), ref.forward_features(batch),
+                                                     ref.num_prefix_tokens),
+                                          _rel(ours(batch), ref(batch)))
+            return dict(row=row, spec=describe(ours.pe), diffs=diffs, max=max(diffs.values()))
         ref.set_input_size(img_size=row.resized)
         ours.set_input_size(img_size=row.resized)
         x = torch.randn(2, 3, *row.resized, generator=g)
@@ -175,7 +226,8 @@ def parse_table(text: str) -> List[Tuple[str, str, str, Tuple[float, float, floa
 
 
 def render(results: Sequence[Dict[str, object]]) -> str:
-    lines = ["| family | timm model | vispos PE (converted) | max rel. difference (train / rect / set_input_size) |",
+    lines = ["| family | timm model | vispos PE (converted) | max rel. difference (train / rect / set_input_size or "
+             "NaFlex mixed batch) |",
              "|---|---|---|---|"]
     for r in results:
         row, d = r["row"], r["diffs"]

@@ -39,6 +39,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interpolation", help="resize interpolation: bicubic, bilinear, nearest, ... (default: the "
                                            "model's data config)")
     p.add_argument("--crop-mode", help="center | squash | border (default: the model's data config)")
+    p.add_argument("--batching", choices=["fixed", "naflex"],
+                   help="fixed (default): every batch one size. naflex: every image keeps its aspect ratio, resized "
+                        "to fit a token budget (training: --max-tokens; evaluation: each test size's tokens), "
+                        "patchified and padded by timm's NaFlex pipeline; only for timm NaFlexViT models "
+                        "(--model naflexvit_*, or model_kwargs use_naflex: true), with any --pe")
+    p.add_argument("--aspect-range", help="--batching naflex on a built-in task: image height/width drawn "
+                                          "log-uniformly in 'lo,hi' (default 0.5,2)")
     p.add_argument("--num-workers", type=int, help=f"DataLoader workers (default {d['num_workers']})")
     p.add_argument("--device", help=f"auto | cpu | cuda | cuda:N (default {d['device']})")
     p.add_argument("--amp", action="store_true", default=None, help="bf16 autocast on CUDA")
@@ -73,6 +80,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rrc-scale", help="training random-resized-crop area range 'lo,hi', or 'off' (default 0.25,1 "
                                        "for ImageFolder and the tasks photos, relative, shape, landolt; absolute "
                                        "and quadrant take none: a crop changes their label)")
+    p.add_argument("--max-tokens", type=int, help="--batching naflex: patch tokens per training image (default: "
+                                                  "the --train-size grid's)")
     p.add_argument("--steps", type=int, help=f"optimisation steps per variant and seed (default {d['steps']})")
     p.add_argument("--batch-size", type=int, help=f"global batch size, split over torchrun ranks (default "
                                                   f"{d['batch_size']})")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -48,6 +49,10 @@ DEFAULTS: Dict[str, Any] = dict(
                                     # APE tables and RoPE reference grids are built for it); eval default: timm's
     # training
     train_sizes=None,               # multi-resolution training: one of these sizes per batch
+    batching="fixed",               # "fixed": every batch one size; "naflex": every image its own aspect ratio and
+                                    # size within a token budget, padded (timm's NaFlex pipeline; NaFlexViT models)
+    max_tokens=None,                # naflex training: patch tokens per image (default: the train_size grid's)
+    aspect_range=[0.5, 2.0],        # naflex, synthetic tasks: image height/width drawn log-uniformly in this range
     steps=300,
     batch_size=64,
     eval_batch_size=128,
@@ -71,7 +76,7 @@ VARIANT_KEYS = ("name", "pe", "pe_kwargs", "model", "model_kwargs", "checkpoint"
 # configuration keys that change a training trajectory: a checkpoint is resumed only if they all match
 TRAJECTORY_KEYS = ("task", "train_data", "data_seed", "train_size", "train_sizes", "steps", "batch_size", "lr",
                     "weight_decay", "warmup_steps", "grad_clip", "label_smoothing", "crop_pct", "interpolation",
-                    "mean", "std", "rrc_scale")
+                    "mean", "std", "rrc_scale", "batching", "max_tokens", "aspect_range")
 
 #: The papers' test/train size ratios at ImageNet's 224 px: 96 (ResFormer), 224, 384 (RoPE-ViT, CPVT),
 #: 512 (RoPE-ViT, CPVT), 640 (ResFormer).
@@ -380,6 +385,25 @@ def load_config(config_path=None, args: Optional[argparse.Namespace] = None, **o
                          ("data_seed", None), ("warmup_steps", 0), ("ckpt_every", 1), ("num_workers", 0)):
         check_int(cfg.get(key), key, minimum)
     check_int(cfg.get("threads"), "threads", 1, allow_none=True)
+    check_choice(cfg.get("batching"), "batching", ("fixed", "naflex"))
+    check_int(cfg.get("max_tokens"), "max_tokens", 1, allow_none=True)
+    if cfg.get("max_tokens") is not None and cfg["batching"] != "naflex":
+        raise ValueError(f"max_tokens={cfg['max_tokens']} is the token budget of batching 'naflex'; give "
+                         f"--batching naflex too (batching is {cfg['batching']!r})")
+    ar = cfg.get("aspect_range")
+    if isinstance(ar, str):
+        try:
+            ar = [float(v) for v in ar.split(",")]
+        except ValueError:
+            raise ValueError(f"aspect_range must be like '0.5,2' (height/width lo,hi), got {ar!r}") from None
+    if not isinstance(ar, (list, tuple)) or len(ar) != 2 or not all(
+            isinstance(a, (int, float)) and not isinstance(a, bool) and 0 < a < math.inf for a in ar) \
+            or ar[0] > ar[1]:
+        raise ValueError(f"aspect_range must be two positive numbers lo <= hi (height/width), got {ar!r}")
+    cfg["aspect_range"] = [float(a) for a in ar]
+    if cfg["batching"] == "naflex" and cfg.get("train_sizes"):
+        raise ValueError("train_sizes (one size per batch) and batching 'naflex' (a size per image) exclude each "
+                         "other; give max_tokens for the naflex token budget")
     check_number(cfg.get("lr"), "lr", 0, min_open=True)
     check_number(cfg.get("weight_decay"), "weight_decay", 0)
     check_number(cfg.get("grad_clip"), "grad_clip", 0, min_open=True, allow_none=True)

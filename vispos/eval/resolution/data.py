@@ -7,6 +7,7 @@ An evaluation ImageFolder is read as timm's ``validate.py`` reads it (:mod:`visp
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Tuple
@@ -206,6 +207,41 @@ def train_step_plan(cfg, data: Data, seed: int, step: int) -> Tuple[List[int], T
     else:
         size = tuple(cfg["train_size"])
     return idx, size
+
+
+def naflex_budget(cfg, patch) -> int:
+    """Training token budget of batching 'naflex': ``max_tokens``, else the ``train_size`` grid's tokens."""
+    from .naflex import budget_of
+
+    return int(cfg["max_tokens"]) if cfg.get("max_tokens") else budget_of(cfg["train_size"], patch)
+
+
+def naflex_train_batch(cfg, data: Data, seed: int, idx: List[int], step: int, patch):
+    """A training batch of batching 'naflex': ``(dict(patches, patch_coord, patch_valid), labels)``, every image at
+    its own aspect ratio within the token budget (synthetic: rendered so; ImageFolder: timm's NaFlex transform, its
+    random crop drawn from the item's seed)."""
+    from . import naflex
+
+    budget = naflex_budget(cfg, patch)
+    if data.train_folder is None:
+        return naflex.synthetic_batch(cfg["task"], train_seed(cfg, seed), "train", idx, budget, patch,
+                                      cfg["aspect_range"], tuple(cfg["rrc_scale"]))
+    items = _TrainImages(data.train_folder, cfg, data.train_label_map)
+    tf = naflex.train_transform(patch, budget, items.cfg)
+    out = []
+    for i in idx:
+        img, label = items.folder.load(i)
+        if items.label_map is not None:
+            label = items.label_map[label]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch_seed(seed, 5, step, i))
+            state = random.getstate()
+            random.seed(torch_seed(seed, 6, step, i))  # timm's RandomResizedCropToSequence draws from `random`
+            try:
+                out.append((tf(img), label))
+            finally:
+                random.setstate(state)
+    return naflex.collate(out, budget)
 
 
 def train_batch(cfg, data: Data, seed: int, idx: List[int], size, step: int):

@@ -8,6 +8,28 @@ import torch
 from ...data.images import SyntheticPositionDataset, parse_size
 from ..common import autocast
 from .data import Data, eval_seed
+from .naflex import to_device
+
+
+def _naflex_batches(model, cfg, data: Data, hw, idx, bs):
+    """Batching 'naflex': every image at its own aspect ratio within the tokens of the test size ``hw``."""
+    from . import naflex
+    from .models import patch_size_of
+
+    naflex.check_naflex_model(model, "evaluate")
+    patch = patch_size_of(model)
+    budget = naflex.budget_of(hw, patch)
+    if data.eval_folder is None:
+        return (naflex.synthetic_batch(cfg["task"], eval_seed(cfg), "test", idx[i:i + bs], budget, patch,
+                                       cfg["aspect_range"], tuple(cfg["rrc_scale"])) for i in range(0, len(idx), bs))
+    import copy
+    import functools
+
+    folder = copy.copy(data.eval_folder)
+    folder.transform = naflex.eval_transform(patch, budget, data_config(model, cfg))
+    return iter(torch.utils.data.DataLoader(torch.utils.data.Subset(folder, idx), batch_size=bs, shuffle=False,
+                                            num_workers=cfg["num_workers"],
+                                            collate_fn=functools.partial(naflex.collate, budget=budget)))
 
 
 @torch.no_grad()
@@ -30,7 +52,9 @@ def evaluate(model: torch.nn.Module, cfg: Dict[str, Any], data: Data, size, *, d
     rank, world = get_rank(), get_world_size()
     idx = shard_indices(range(data.eval_len), rank, world)
     bs = cfg["eval_batch_size"]
-    if data.eval_folder is None:
+    if cfg.get("batching") == "naflex":
+        batches = _naflex_batches(model, cfg, data, hw, idx, bs)
+    elif data.eval_folder is None:
         ds = SyntheticPositionDataset(cfg["task"], hw, data.eval_len, eval_seed(cfg), split="test")
         batches = (ds.get_batch(idx[i:i + bs]) for i in range(0, len(idx), bs))
     else:
@@ -44,7 +68,7 @@ def evaluate(model: torch.nn.Module, cfg: Dict[str, Any], data: Data, size, *, d
     counts = torch.zeros(3, dtype=torch.int64)
     bar = progress_bar(total=len(idx), desc=desc, enabled=progress and rank == 0, leave=False, unit="img")
     for x, y in batches:
-        x, y = x.to(device), y.to(device)
+        x, y = to_device(x, device), y.to(device)
         with autocast(device, cfg.get("amp", False)):
             logits = model(x)
         if y.numel() and int(y.max()) >= logits.shape[-1]:

@@ -15,7 +15,7 @@ from ...utils.io import atomic_write_csv, atomic_write_json, file_fingerprint, f
 from . import evaluation
 from .config import VARIANT_KEYS, default_sizes, parse_variants, size_label, sizes_from_ratios
 from .data import plan_data
-from .models import build_model, checkpoint_num_classes, checkpoint_train_size, patch_size_of
+from .models import build_model, checkpoint_num_classes, checkpoint_train_size, img_size_of, patch_size_of
 from .results import make_result, result_row, write_results
 from .training import LOSS_FIELDS, checkpoint_path, train_variant
 
@@ -66,6 +66,10 @@ def run_experiment(cfg: Dict[str, Any], train: bool, *, callback=None, progress:
             raise ValueError(f"variant {v.name!r}: cannot build {cfg['model']!r} with model_kwargs "
                              f"{cfg['model_kwargs']}: {type(e).__name__}: {e}") from e
         ph, pw = patch_size_of(m)
+        if cfg.get("batching") == "naflex":
+            from .naflex import check_naflex_model
+
+            check_naflex_model(m, f"variant {v.name!r} ({v.model})")
         bad = [size_label(s) for s in check_sizes if s[0] % ph or s[1] % pw]
         if bad:
             raise ValueError(f"variant {v.name!r}: sizes {bad} are not multiples of its patch size {ph}x{pw}")
@@ -182,9 +186,7 @@ def resolve_sizes(cfg: Dict[str, Any], variants=None, num_classes: int = 2) -> D
         # default sweep: DEFAULT_SIZE_RATIOS x the training size (the model's img_size when not given)
         variants = parse_variants(cfg) if variants is None else variants
         m = build_model(variants[0], num_classes, cfg.get("train_size"))
-        ts = tuple(cfg["train_size"]) if cfg.get("train_size") else tuple(
-            int(v) for v in (m.patch_embed.img_size if isinstance(m.patch_embed.img_size, (tuple, list))
-                             else (m.patch_embed.img_size,) * 2))
+        ts = tuple(cfg["train_size"]) if cfg.get("train_size") else img_size_of(m)
         sizes = default_sizes(ts, patch_size_of(m))
         del m
         return {**cfg, "sizes": [list(s) for s in sizes]}
@@ -222,7 +224,8 @@ def eval_fingerprint(cfg: Dict[str, Any], variants) -> str:
     """What an evaluation's numbers depend on: a partial evaluation is resumed only if this matches (settings,
     each checkpoint's size + mtime + sha256, the data folder's listing)."""
     keys = ("model", "model_kwargs", "task", "data", "sizes", "train_size", "eval_samples", "data_seed", "crop_pct",
-            "interpolation", "mean", "std", "crop_mode", "num_classes", "class_map", "pretrained", "amp")
+            "interpolation", "mean", "std", "crop_mode", "num_classes", "class_map", "pretrained", "amp", "batching",
+            "aspect_range")
     body = {k: cfg.get(k) for k in keys}
     body["variants"] = [{k: getattr(v, k) for k in VARIANT_KEYS} for v in variants]
     # content, not only paths: a checkpoint replaced at the same path (or data changed in place) invalidates it

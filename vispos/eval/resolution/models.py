@@ -28,10 +28,14 @@ def build_model(variant: Variant, num_classes: int, img_size: Optional[Sequence[
     import timm
 
     kw = dict(variant.model_kwargs)
-    kw.setdefault("dynamic_img_size", True)
+    naflex = is_naflex_name(variant.model, kw)
+    if not naflex:  # a NaFlexViT runs at any size and has no such option
+        kw.setdefault("dynamic_img_size", True)
     kw["num_classes"] = num_classes
     if img_size is not None:
         kw["img_size"] = tuple(img_size)
+        if naflex:  # its learned table at the training grid (img_size // patch), as the ViTs' APE
+            kw.setdefault("pos_embed_grid_size", None)
     if variant.pe == "timm":
         model = timm.create_model(variant.model, pretrained=pretrained, **kw)
     else:
@@ -88,12 +92,37 @@ def _load_weights(model, variant: Variant, path, kw) -> None:
                      f"{variant.pe}): missing keys {missing[:8]}, unexpected keys {unexpected[:8]}")
 
 
+def is_naflex_name(model_name: str, model_kwargs) -> bool:
+    """Whether timm builds a NaFlexViT for this name and kwargs (a ``naflexvit_*`` model, or ``use_naflex=True``)."""
+    import timm
+
+    arch = timm.models.get_arch_name(model_name)
+    return bool(model_kwargs.get("use_naflex")) or arch in timm.list_models(module="naflexvit")
+
+
 def patch_size_of(model) -> Tuple[int, int]:
+    embeds = getattr(model, "embeds", None)
+    if embeds is not None and hasattr(embeds, "patch_size"):  # NaFlexViT
+        ps = embeds.patch_size
+        return (ps, ps) if isinstance(ps, int) else (int(ps[0]), int(ps[1]))
     pe = getattr(model, "patch_embed", None)
     ps = getattr(pe, "patch_size", None)
     if ps is None:
         raise ValueError(f"cannot find the patch size of {type(model).__name__} (no patch_embed.patch_size)")
     return (ps, ps) if isinstance(ps, int) else (int(ps[0]), int(ps[1]))
+
+
+def img_size_of(model) -> Tuple[int, int]:
+    """The size the model is built for: ``patch_embed.img_size``, or a NaFlexViT's table grid times its patch."""
+    embeds = getattr(model, "embeds", None)
+    if embeds is not None and hasattr(embeds, "patch_size"):
+        from ...integrations.timm.naflex import naflex_grid
+
+        ph, pw = patch_size_of(model)
+        gh, gw = naflex_grid(model)
+        return gh * ph, gw * pw
+    s = model.patch_embed.img_size
+    return tuple(int(v) for v in (s if isinstance(s, (tuple, list)) else (s, s)))
 
 
 def checkpoint_train_size(variants) -> Optional[Tuple[int, int]]:

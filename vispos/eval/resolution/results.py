@@ -30,6 +30,10 @@ def make_result(cfg, data: "Data", variants: Sequence[Variant], rows: List[Dict[
         sizes=[size_label(tuple(s)) for s in cfg["sizes"]],
         train_size=None if cfg.get("train_size") is None else size_label(tuple(cfg["train_size"])),
         train_sizes=[size_label(tuple(s)) for s in cfg["train_sizes"]] if cfg.get("train_sizes") else None,
+        batching=cfg.get("batching", "fixed"),
+        max_tokens=cfg.get("max_tokens") if cfg.get("batching") == "naflex" else None,
+        aspect_range=cfg.get("aspect_range") if cfg.get("batching") == "naflex" and cfg.get("data") is None
+        else None,
         variants=[asdict(v) for v in variants], world_size=world_size, rows=rows,
         skipped_images={k: [list(x) for x in f.skipped] for k, f in (("data", data.eval_folder),
                                                                     ("train_data", data.train_folder))
@@ -106,6 +110,10 @@ def results_table(result) -> str:
         notes.append(f"`*` training size ({ts} px)" + (f"; multi-resolution training over "
                                                        f"{', '.join(result['train_sizes'])}" if
                                                        result.get("train_sizes") else "") + ".")
+    if result.get("batching") == "naflex":
+        notes.append("Batching naflex: every image at its own aspect ratio within the tokens of the column's size"
+                     + (f" (training: {result['max_tokens']} tokens per image)" if result.get("max_tokens") else "")
+                     + ".")
     text = markdown_table(header, rows) + "\n" + " ".join(notes) + "\n"
     d = result.get("deltas")
     if d:

@@ -13,8 +13,9 @@ import torch
 from ...utils.io import atomic_torch_save, load_checkpoint_file
 from ..common import autocast, lr_at
 from .config import TRAJECTORY_KEYS, Variant, size_label
-from .data import Data, train_batch, train_step_plan
-from .models import build_model
+from .data import Data, naflex_train_batch, train_batch, train_step_plan
+from .models import build_model, patch_size_of
+from .naflex import to_device
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,12 @@ def train_variant(variant: Variant, cfg: Dict[str, Any], data: Data, seed: int, 
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
         idx, size = train_step_plan(cfg, data, seed, step)
-        x, y = train_batch(cfg, data, seed, idx[rank::world], size, step)
-        x, y = x.to(device), y.to(device)
+        if cfg.get("batching") == "naflex":
+            x, y = naflex_train_batch(cfg, data, seed, idx[rank::world], step, patch_size_of(model))
+            size = tuple(cfg["train_size"])  # the budget's size (each image has its own)
+        else:
+            x, y = train_batch(cfg, data, seed, idx[rank::world], size, step)
+        x, y = to_device(x, device), y.to(device)
         with autocast(device, cfg["amp"]):
             loss = loss_fn(net(x), y)
         if not torch.isfinite(loss):

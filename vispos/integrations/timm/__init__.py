@@ -52,6 +52,7 @@ from .factory import (
     register_timm_entrypoints,
     timm_entrypoint_name,
 )
+from . import naflex  # noqa: F401  (registers the NaFlexVit host in HOSTS / SUPPORTED)
 from .hooks import HOSTS, SUPPORTED, PECall, TimmHost, find_host
 
 __all__ = [

@@ -13,6 +13,8 @@ from torch import nn
 from ...pe.base import PositionalEmbedding
 from ...pe.host import HostFreqs, HostPE, HostTable
 from ...registry import get_pe_info
+from .naflex import NaFlexVit, checkpoint_roles, naflex_grid, unreproduced_settings
+from .naflex import host_pe as naflex_host_pe
 
 __all__ = ["load_timm_checkpoint"]
 
@@ -20,12 +22,30 @@ _logger = logging.getLogger(__name__)
 
 
 #: how timm describes what it stores, for the dropped-state warnings
-_ROLE_WORDS = {"abs_table": "learned absolute table", "rotary": "rotary embedding", "mixed_freqs": "RoPE-Mixed freqs"}
+_ROLE_WORDS = {"abs_table": "learned absolute table", "rotary": "rotary embedding", "mixed_freqs": "RoPE-Mixed freqs",
+               "abs_factorized": "factorized absolute tables (NaFlex pos_embed_y / pos_embed_x)"}
+
+
+def model_grid(model) -> Tuple[int, ...]:
+    """The host model's (training / current) patch grid: ``patch_embed.grid_size``, or a NaFlexViT's table grid
+    (:func:`~vispos.integrations.timm.naflex.naflex_grid`)."""
+    if isinstance(model, NaFlexVit):
+        return naflex_grid(model)
+    return tuple(int(s) for s in model.patch_embed.grid_size)
+
+
+def _timm_pe_keys(model) -> set:
+    """State-dict keys of timm's own learned PE in this model class."""
+    if isinstance(model, NaFlexVit):
+        return {"embeds.pos_embed", "embeds.pos_embed_y", "embeds.pos_embed_x", "rope.freqs"}
+    return {"pos_embed", "rope.freqs"}
 
 
 def _host(model, convert: bool, roles: Optional[Dict[str, Any]] = None) -> HostPE:
     """The timm model as a :class:`~vispos.pe.host.HostPE`: grid, prefix tokens, timm's resampling, and (unless
     ``roles`` is given, e.g. from a checkpoint) the model's own PE by role."""
+    if isinstance(model, NaFlexVit):
+        return naflex_host_pe(model, convert, _logger.info if convert else _logger.debug, roles)
     grid = tuple(int(s) for s in model.patch_embed.grid_size)
     host = HostPE(grid, int(model.num_prefix_tokens), prefix_in_table=not getattr(model, "no_embed_class", False),
                   resample=dict(mode="bicubic", antialias=True),  # timm resamples pos_embed so at other grids
@@ -119,6 +139,13 @@ def _convert_state(model, pe: nn.Module, convert: bool) -> set:
                 own[name].copy_(value)
                 filled.add(f"{path}.{name}")
             m.clear_cache()
+    if isinstance(model, NaFlexVit):  # timm's table resampling, as the member that took the table reproduces it
+        extra = unreproduced_settings(model, pe, host)
+        model._vispos_unreproduced = tuple(getattr(model, "_vispos_unreproduced", ())) + tuple(extra)
+        if convert:
+            for what in extra:
+                _logger.warning("conversion: the timm model's own PE is not reproduced (%s); outputs differ from "
+                                "timm's", what)
     if convert:
         _report_untaken(host, pe)
         for name, p in pe.named_parameters(prefix="pe"):
@@ -126,6 +153,25 @@ def _convert_state(model, pe: nn.Module, convert: bool) -> set:
                 owner = _owner(pe, name)
                 host.log("new %s %s (initialised by %s %r)", name, tuple(p.shape), type(owner).__name__, owner.name)
     return filled
+
+
+def _vit_checkpoint_roles(model, sd: dict, prefix: str) -> Dict[str, Any]:
+    """Pop timm's PE keys of a ViT / EVA checkpoint out of ``sd``, as roles (``pos_embed`` at its grid,
+    ``rope.freqs``)."""
+    grid = tuple(model.patch_embed.grid_size)
+    roles = {}
+    pos = sd.pop(f"{prefix}pos_embed", None)
+    if pos is not None:
+        src_prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
+        n = pos.shape[1] - src_prefix
+        src_grid = grid if n == math.prod(grid) else _square_grid(n, f"checkpoint pos_embed {tuple(pos.shape)}")
+        roles["abs_table"] = HostTable(pos, src_grid, src_prefix, "checkpoint pos_embed")
+    freqs = sd.pop(f"{prefix}rope.freqs", None)
+    if freqs is not None:
+        # rows follow the timm model's grid_indexing (recorded at install; timm's mixed models use "xy")
+        roles["mixed_freqs"] = HostFreqs(freqs, getattr(model, "_vispos_timm_rope_indexing", "xy"),
+                                         "checkpoint rope.freqs")
+    return roles
 
 
 @torch.no_grad()
@@ -142,19 +188,8 @@ def _state_dict_pre_hook(model, sd, prefix, local_metadata, strict, missing_keys
     One log line per converted or kept key. Everything else is left to the normal (strict) loading.
     """
     pe = model.pe
-    grid = tuple(model.patch_embed.grid_size)
-    roles = {}
-    pos = sd.pop(f"{prefix}pos_embed", None)
-    if pos is not None:
-        src_prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
-        n = pos.shape[1] - src_prefix
-        src_grid = grid if n == math.prod(grid) else _square_grid(n, f"checkpoint pos_embed {tuple(pos.shape)}")
-        roles["abs_table"] = HostTable(pos, src_grid, src_prefix, "checkpoint pos_embed")
-    freqs = sd.pop(f"{prefix}rope.freqs", None)
-    if freqs is not None:
-        # rows follow the timm model's grid_indexing (recorded at install; timm's mixed models use "xy")
-        roles["mixed_freqs"] = HostFreqs(freqs, getattr(model, "_vispos_timm_rope_indexing", "xy"),
-                                         "checkpoint rope.freqs")
+    roles = checkpoint_roles(model, sd, prefix) if isinstance(model, NaFlexVit) else _vit_checkpoint_roles(model, sd,
+                                                                                                            prefix)
     no_pe_keys = not any(k.startswith(f"{prefix}pe.") for k in sd)  # a timm checkpoint (or a parameter-free PE's)
     timm_format = bool(roles) or no_pe_keys
     if no_pe_keys:
@@ -209,6 +244,10 @@ def load_timm_checkpoint(model: nn.Module, checkpoint: Union[str, Dict[str, torc
 
     where = where or ("<state dict>" if isinstance(checkpoint, dict) else str(checkpoint))
     sd = dict(checkpoint) if isinstance(checkpoint, dict) else load_state_dict(where, weights_only=True)
+    if isinstance(model, NaFlexVit):
+        _resample_naflex_table(model, sd)
+        _load_checked(model, sd, strict, where)
+        return
     pos = sd.get("pos_embed")
     if pos is not None and getattr(model, "pos_embed", None) is not None and pos.shape != model.pos_embed.shape:
         from ...pe.absolute import resample_abs_pe
@@ -221,6 +260,25 @@ def load_timm_checkpoint(model: nn.Module, checkpoint: Union[str, Dict[str, torc
         _logger.info("pos_embed %s resampled from grid %s to %s (%d prefix rows kept)", tuple(pos.shape), old_grid,
                      new_grid, n_prefix)
     _load_checked(model, sd, strict, where)
+
+
+def _resample_naflex_table(model, sd: dict) -> None:
+    """A NaFlexViT checkpoint's ``embeds.pos_embed (1, H, W, C)`` at another grid, resampled to the model's with the
+    model's own rule (``pos_embed_interp_mode``, antialias)."""
+    pos, own = sd.get("embeds.pos_embed"), model.embeds.pos_embed
+    if pos is None or own is None or pos.shape == own.shape:
+        return
+    from ...pe.absolute import resample_abs_pe
+
+    if pos.dim() != 4 or pos.shape[-1] != own.shape[-1]:
+        raise ValueError(f"checkpoint embeds.pos_embed {tuple(pos.shape)} does not fit the model's "
+                         f"{tuple(own.shape)} (1, H, W, C)")
+    e = model.embeds
+    (h, w), (H, W) = pos.shape[1:3], own.shape[1:3]
+    flat = resample_abs_pe(pos.reshape(1, h * w, -1), (H, W), (h, w), 0, e.pos_embed_interp_mode,
+                           bool(e.pos_embed_antialias))
+    sd["embeds.pos_embed"] = flat.reshape(1, H, W, -1)
+    _logger.info("embeds.pos_embed %s resampled from grid %s to %s", tuple(pos.shape), (h, w), (H, W))
 
 
 def _load_checked(model: nn.Module, sd: dict, strict: bool, where) -> None:

@@ -15,12 +15,15 @@ from ...registry import build_pe
 from .convert import (
     _convert_state,
     _load_checked,
+    _timm_pe_keys,
+    model_grid,
     _pe_options,
     _state_dict_pre_hook,
     load_timm_checkpoint,
     warn_unreproduced,
 )
 from .hooks import TimmHost, _ModelHooks, _subclass, find_host
+from .naflex import NaFlexVit, check_naflex
 
 __all__ = ["ENTRYPOINT_PREFIX", "SUPPORTED_TIMM_MODULES", "create_model", "install_pe", "register_timm_entrypoints",
            "timm_entrypoint_name"]
@@ -30,7 +33,7 @@ _logger = logging.getLogger(__name__)
 #: Prefix of the timm entrypoints vispos registers: ``vispos_<timm name>``.
 ENTRYPOINT_PREFIX = "vispos_"
 #: timm modules whose entrypoints get a ``vispos_`` twin.
-SUPPORTED_TIMM_MODULES = ("vision_transformer", "deit", "eva")
+SUPPORTED_TIMM_MODULES = ("vision_transformer", "deit", "eva", "naflexvit")
 
 
 def _check_model(model: nn.Module, host: TimmHost) -> None:
@@ -45,11 +48,17 @@ def _check_model(model: nn.Module, host: TimmHost) -> None:
             raise ValueError(f"block {i} ({type(blk).__name__}) has attention {type(attn).__name__}; vispos hooks "
                              f"need timm's {' or '.join(c.__name__ for c in attn_cls)} in every block of a "
                              f"{type(model).__name__}")
-    pe_mod = model.patch_embed
-    if not hasattr(pe_mod, "grid_size"):
-        raise ValueError(f"patch embedding {type(pe_mod).__name__} has no grid_size; vispos needs a patch grid")
-    if getattr(pe_mod, "flatten", True) is False and not model.dynamic_img_size:
-        raise ValueError("patch embedding does not flatten and dynamic_img_size is off: unsupported layout")
+        if host.block_mixin_for(blk) is None:
+            raise ValueError(f"block {i} is a {type(blk).__name__}; vispos hooks a {type(model).__name__}'s blocks "
+                             f"of class {' or '.join(c.__name__ for c in host.block_mixin)} only")
+    if isinstance(model, NaFlexVit):
+        check_naflex(model)
+    else:
+        pe_mod = model.patch_embed
+        if not hasattr(pe_mod, "grid_size"):
+            raise ValueError(f"patch embedding {type(pe_mod).__name__} has no grid_size; vispos needs a patch grid")
+        if getattr(pe_mod, "flatten", True) is False and not model.dynamic_img_size:
+            raise ValueError("patch embedding does not flatten and dynamic_img_size is off: unsupported layout")
     if getattr(model, "attn_pool", None) is not None and getattr(model, "pool_include_prefix", False):
         _logger.info("attention pooling sees raw tokens; the PE acts inside the blocks only")
     heads = model.blocks[0].attn.num_heads
@@ -104,7 +113,7 @@ def install_pe(
             raise TypeError(f"pe list must hold PE names (strings), got {pe!r}")
         name_arg, options, problems = _pe_options(names, pe_kwargs, model, convert)
         module = build_pe(name_arg, dim=model.embed_dim, num_heads=model.blocks[0].attn.num_heads, depth=depth,
-                          grid=tuple(model.patch_embed.grid_size), num_prefix=model.num_prefix_tokens,
+                          grid=model_grid(model), num_prefix=model.num_prefix_tokens,
                           device=ref.device, dtype=ref.dtype, **options)
     if 2 not in module.ndims:
         raise ValueError(f"PE {module.name!r} supports {module.ndims}-D grids; timm image models need 2-D")
@@ -125,12 +134,16 @@ def install_pe(
     _convert_state(model, module, convert)
 
     # remove timm's PE, install ours
-    for attr, value in host.own_pe:
-        if hasattr(model, attr):
-            setattr(model, attr, value)
+    for path, value in host.own_pe:
+        *parents, attr = path.split(".")
+        owner = model
+        for p in parents:
+            owner = getattr(owner, p, None)
+        if owner is not None and hasattr(owner, attr):
+            setattr(owner, attr, value)
     model.add_module("pe", module)
     for i, blk in enumerate(model.blocks):
-        for m, mixin in ((blk, host.block_mixin), (blk.attn, host.attentions[type(blk.attn)])):
+        for m, mixin in ((blk, host.block_mixin_for(blk)), (blk.attn, host.attentions[type(blk.attn)])):
             m.__class__ = _subclass(mixin, type(m))
             m._vispos_index = i
     model.__class__ = _subclass(host.model_mixin, type(model))
@@ -204,7 +217,8 @@ def create_model(
         sd = load_state_dict(str(checkpoint_path), weights_only=True)
         plain_keys = model.state_dict().keys()
         # a vispos checkpoint has pe.* keys, or (a parameter-free PE such as rope_axial) lacks timm's pos_embed
-        if any(k.startswith("pe.") for k in sd) or ("pos_embed" in plain_keys and "pos_embed" not in sd):
+        own = _timm_pe_keys(model) & set(plain_keys)
+        if any(k.startswith("pe.") for k in sd) or (own and not own & set(sd)):
             vispos_ckpt = sd
         else:
             _logger.info("timm checkpoint %s: loading into the plain %s, then converting its PE", checkpoint_path,

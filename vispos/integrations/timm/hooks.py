@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -370,18 +370,26 @@ class TimmHost:
     Attributes:
         label: how errors and :data:`SUPPORTED` name it.
         model_cls: the timm model class (matched with ``isinstance``).
-        model_mixin / block_mixin: the hook subclasses' mixins for the model and each of its blocks.
+        model_mixin / block_mixin: the hook subclasses' mixins for the model and each of its blocks (a mapping
+            timm block class -> mixin for a model whose blocks come in several classes).
         attentions: timm attention class -> its mixin (which adds only the projection step).
-        own_pe: ``(attribute, value)`` pairs: the model attributes holding timm's own PE (or saying it is there) and
-            the value each is set to when the vispos PE replaces it.
+        own_pe: ``(attribute, value)`` pairs: the model attributes holding timm's own PE (or saying it is there;
+            a dotted path reaches into a submodule, ``"embeds.pos_embed"``) and the value each is set to when the
+            vispos PE replaces it.
     """
 
     label: str
     model_cls: type
     model_mixin: type
-    block_mixin: type
+    block_mixin: Union[type, Mapping[type, type]]
     attentions: Mapping[type, type]
     own_pe: Tuple[Tuple[str, object], ...]
+
+    def block_mixin_for(self, block: nn.Module) -> Optional[type]:
+        """The block mixin for ``block`` (``None``: a block class this host does not serve)."""
+        if isinstance(self.block_mixin, type):
+            return self.block_mixin
+        return next((m for cls, m in self.block_mixin.items() if type(block) is cls), None)
 
 
 HOSTS: Tuple[TimmHost, ...] = (
@@ -394,6 +402,16 @@ HOSTS: Tuple[TimmHost, ...] = (
 
 #: Model classes vispos can host, and the attention classes each must use.
 SUPPORTED = {h.label: (h.model_cls, tuple(h.attentions)) for h in HOSTS}
+
+
+def add_host(host: TimmHost) -> None:
+    """Append ``host`` to :data:`HOSTS` and :data:`SUPPORTED` (the NaFlexViT host registers itself so, from
+    :mod:`vispos.integrations.timm.naflex`)."""
+    global HOSTS
+    if any(h.model_cls is host.model_cls for h in HOSTS):
+        return
+    HOSTS = HOSTS + (host,)
+    SUPPORTED[host.label] = (host.model_cls, tuple(host.attentions))
 
 
 def find_host(model: nn.Module) -> TimmHost:

@@ -1,0 +1,199 @@
+"""timm NaFlexViT as a vispos host: entrypoints, both input forms, checkpoint conversion round trips, other PEs on a
+mixed NaFlex batch (each sample's valid outputs = the sample alone), what is not reproduced, bad input.
+
+Parity of every NaFlexViT PE type with timm (standard batch, rectangular batch, mixed NaFlex batch) is in the parity
+matrix (tests/test_timm_parity.py, rows "NaFlexViT ...")."""
+import copy
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import vispos
+from vispos.integrations.timm import install_pe
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "timm_parity.py"
+if "timm_parity" not in sys.modules:
+    _spec = importlib.util.spec_from_file_location("timm_parity", _PATH)
+    _mod = importlib.util.module_from_spec(_spec)
+    sys.modules["timm_parity"] = _mod
+    _spec.loader.exec_module(_mod)
+tp = sys.modules["timm_parity"]
+
+TINY = dict(embed_dim=64, depth=2, num_heads=2, pos_embed_grid_size=(4, 4), num_classes=5)
+NAME = "naflexvit_base_patch16_gap"
+
+
+def _ref(**kw):
+    torch.manual_seed(0)
+    m = timm.create_model(NAME, **{**TINY, **kw}).eval()
+    tp.randomise(m)
+    return m
+
+
+def _rel(a, b):
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def test_create_model_and_entrypoints_build_a_naflexvit_host():
+    m = vispos.create_model(NAME, pe="rope_axial", **TINY).eval()
+    assert type(m).__name__ == "VisposNaFlexVit" and m.embeds.pos_embed is None and m.rope is None
+    assert "vispos_" + NAME in timm.list_models(module="vispos")
+    t = timm.create_model("vispos_" + NAME, pe=["ape", "peg"], **TINY).eval()
+    assert sorted(n for n, _ in t.named_parameters() if n.startswith("pe.")) == [
+        "pe.pes.0.pos_embed", "pe.pes.1.convs.0.bias", "pe.pes.1.convs.0.weight"]
+    with torch.no_grad():
+        assert m(torch.randn(2, 3, 48, 80)).shape == (2, 5)
+        assert t(tp.naflex_batch(t)).shape == (3, 5)
+        assert t.pretrained_cfg["architecture"] == "vispos_" + NAME
+
+
+def test_standard_batch_and_patch_input_forms_agree():
+    """A uniform NaFlex batch (no padding) is the image batch patchified: same outputs through both forms."""
+    m = install_pe(_ref(rope_type="axial"), ["ape", "rope_axial"]).eval()
+    x = torch.randn(2, 3, 48, 80)
+    from timm.models.naflexvit import batch_patchify
+
+    patches, (gh, gw) = batch_patchify(x, (16, 16))
+    coord = torch.stack(torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij"), -1).reshape(1, -1, 2)
+    coord = coord.expand(2, -1, -1)
+    valid = torch.ones(2, gh * gw, dtype=torch.bool)
+    with torch.no_grad():
+        a = m.forward_features(x)
+        b = m.forward_features(patches, patch_coord=coord, patch_valid=valid)
+        assert torch.allclose(b["patches"], a, atol=1e-5)
+        assert torch.allclose(m(dict(patches=patches, patch_coord=coord, patch_valid=valid)), m(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("kw,pe", [(dict(), "ape"), (dict(rope_type="mixed", pos_embed="none"), "rope_mixed"),
+                                   (dict(rope_type="axial"), ["ape", "rope_axial"])],
+                         ids=["ape", "rope_mixed", "ape+rope_axial"])
+def test_checkpoint_round_trips(tmp_path, kw, pe):
+    """A timm NaFlexViT checkpoint -> vispos (create_model(checkpoint_path=), load_state_dict) gives timm's outputs;
+    the vispos model's own state dict reloads exactly."""
+    ref = _ref(**kw)
+    path = tmp_path / "timm.pth"
+    torch.save(ref.state_dict(), path)
+    batch = tp.naflex_batch(ref, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(2, 3, 64, 48)
+    model_kw = {**TINY, **kw}
+    ours = vispos.create_model(NAME, pe=pe, checkpoint_path=str(path), **model_kw).eval()
+    fresh = vispos.create_model(NAME, pe=pe, **model_kw).eval()
+    fresh.load_state_dict(ref.state_dict())  # the pre-hook converts timm's keys
+    with torch.no_grad():
+        want_b, want_x = ref(batch), ref(x)
+        for m in (ours, fresh):
+            assert _rel(m(batch), want_b) < 1e-5 and _rel(m(x), want_x) < 1e-5
+        vpath = tmp_path / "vispos.pth"
+        torch.save(ours.state_dict(), vpath)
+        again = vispos.create_model(NAME, pe=pe, checkpoint_path=str(vpath), **model_kw).eval()
+        assert torch.equal(again(batch), ours(batch))
+    assert not any(k.startswith("embeds.pos_embed") or k == "rope.freqs" for k in ours.state_dict())
+
+
+def test_timm_checkpoint_at_another_grid_is_resampled(tmp_path):
+    """A NaFlex table saved at 6x6 loads into a 4x4 model resampled with timm's rule (what timm's model computes at
+    4x4 from the 6x6 table)."""
+    big = _ref(pos_embed_grid_size=(6, 6))
+    path = tmp_path / "big.pth"
+    torch.save(big.state_dict(), path)
+    ours = vispos.create_model(NAME, pe="ape", checkpoint_path=str(path), **TINY).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert _rel(ours(x), big(x)) < 1e-5
+
+
+@pytest.mark.parametrize("pe", ["rope_axial", "rel_decomposed", "peg", "ape", ["ape", "rope_mixed"], "ape_sincos"])
+def test_other_pe_on_mixed_batch_equals_each_sample_alone(pe):
+    """Any vispos PE on a NaFlexViT: each sample's valid outputs (tokens and logits) in the mixed, padded batch equal
+    running that sample alone (no padding), forward and backward; padding content changes nothing."""
+    torch.manual_seed(0)
+    m = vispos.create_model(NAME, pe=pe, **TINY)
+    tp.randomise(m)
+    for p in m.pe.parameters():  # identity-initialised PEs (peg, rel-pos) made to matter
+        with torch.no_grad():
+            p.add_(0.2 * torch.randn_like(p))
+    m.eval()
+    batch = tp.naflex_batch(m, generator=torch.Generator().manual_seed(5))
+    n_pre = m.num_prefix_tokens
+    out = m.forward_features(batch)["patches"]
+    logits = m(batch)
+    logits.square().sum().backward()
+    grad_batch = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    m.zero_grad()
+    other = dict(batch, patches=batch["patches"].clone())
+    other["patches"][~batch["patch_valid"]] = 7.0  # padding content
+    with torch.no_grad():
+        assert torch.equal(m(other), logits.detach())
+    total = 0.0
+    for b, (h, w) in enumerate(tp.MIXED_GRIDS):
+        n = h * w
+        alone = {k: v[b:b + 1, :n] for k, v in batch.items()}
+        got = m.forward_features(alone)["patches"][0]
+        torch.testing.assert_close(out[b, :n_pre + n], got, atol=1e-5, rtol=1e-5)
+        lb = m(alone)
+        torch.testing.assert_close(logits[b:b + 1], lb, atol=1e-5, rtol=1e-5)
+        total = total + lb.square().sum()
+    total.backward()
+    for name, g in grad_batch.items():
+        torch.testing.assert_close(g, m.get_parameter(name).grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_forward_intermediates_both_forms():
+    m = vispos.create_model(NAME, pe="rope_axial", **TINY).eval()
+    batch = tp.naflex_batch(m)
+    with torch.no_grad():
+        out = m.forward_intermediates(batch, output_fmt="NLC", output_dict=True)
+        assert torch.equal(out["patch_valid"], batch["patch_valid"])
+        assert torch.allclose(out["image_features"], m.forward_features(batch)["patches"])
+        final, inter = m.forward_intermediates(torch.randn(2, 3, 48, 64))
+        assert inter[-1].shape == (2, 64, 3, 4) and final.shape == (2, 4 + 12, 64)
+        with pytest.raises(ValueError, match="NCHW"):
+            m.forward_intermediates(batch)
+
+
+def test_grad_checkpointing_same_outputs():
+    m = vispos.create_model(NAME, pe="rel_decomposed", **TINY)
+    batch = tp.naflex_batch(m)
+    want = m(batch)
+    m.set_grad_checkpointing(True)
+    got = m(batch)
+    got.sum().backward()
+    torch.testing.assert_close(got, want)
+    assert m.pe.parameters().__next__().grad is not None
+
+
+@pytest.mark.parametrize("kw,what", [
+    (dict(pos_embed="factorized"), "factorized"),
+    (dict(rope_type="mrope", rope_mrope_section=(4, 6, 6), pos_embed="none"), "RotaryEmbeddingMRope"),
+    (dict(pos_embed_use_grid_sample=True), "grid_sample"),
+])
+def test_unreproduced_timm_pe_is_a_warning(caplog, kw, what):
+    pe = "rope_axial" if "rope_type" in kw else "ape"
+    with caplog.at_level(logging.WARNING, logger="vispos.integrations.timm"):
+        install_pe(_ref(**kw), pe, convert=True)
+    assert any(what in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_bad_inputs_named_before_work():
+    m = vispos.create_model(NAME, pe="rope_axial", **TINY).eval()
+    batch = tp.naflex_batch(m)
+    with pytest.raises(ValueError, match="patch_coord must be"):
+        m(batch["patches"], patch_coord=batch["patch_coord"][:, :3])
+    with pytest.raises(ValueError, match="'patches' and 'patch_coord'"):
+        m({"patches": batch["patches"]})
+    with pytest.raises(ValueError, match="channels"):
+        m(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="not divisible"):
+        m(torch.randn(1, 3, 40, 32))
+    conv = vispos.create_model(NAME, pe="ape", embed_proj_type="conv", **TINY).eval()
+    with pytest.raises(ValueError, match="linear patch embedding"):
+        conv(batch)
+    m.train()
+    drop = vispos.create_model(NAME, pe="ape", patch_drop_rate=0.5, **TINY).train()
+    with pytest.raises(ValueError, match="patch dropout"):
+        drop(batch)
