@@ -3,7 +3,6 @@ mixed NaFlex batch (each sample's valid outputs = the sample alone), what is not
 
 Parity of every NaFlexViT PE type with timm (standard batch, rectangular batch, mixed NaFlex batch) is in the parity
 matrix (tests/test_timm_parity.py, rows "NaFlexViT ...")."""
-import copy
 import importlib.util
 import logging
 import sys

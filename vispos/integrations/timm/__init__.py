@@ -43,6 +43,7 @@ without ``pe.*`` keys. vispos models carry their ``vispos_<name>`` architecture 
 ``pretrained_cfg`` / model args, so ``save_for_hf`` then ``timm.create_model("local-dir:...", pretrained=True)``
 rebuilds them; ``features_only=True`` wraps the PE-carrying model in timm's feature getter.
 """
+from . import naflex  # noqa: F401  (registers the NaFlexVit host in HOSTS / SUPPORTED)
 from .convert import load_timm_checkpoint
 from .factory import (
     ENTRYPOINT_PREFIX,
@@ -52,7 +53,6 @@ from .factory import (
     register_timm_entrypoints,
     timm_entrypoint_name,
 )
-from . import naflex  # noqa: F401  (registers the NaFlexVit host in HOSTS / SUPPORTED)
 from .hooks import HOSTS, SUPPORTED, PECall, TimmHost, find_host
 
 __all__ = [

@@ -15,11 +15,11 @@ from ...registry import build_pe
 from .convert import (
     _convert_state,
     _load_checked,
-    _timm_pe_keys,
-    model_grid,
     _pe_options,
     _state_dict_pre_hook,
+    _timm_pe_keys,
     load_timm_checkpoint,
+    model_grid,
     warn_unreproduced,
 )
 from .hooks import TimmHost, _ModelHooks, _subclass, find_host

@@ -21,19 +21,17 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from timm.layers import Attention as TimmAttention
+from timm.layers.attention import AttentionRope
 from timm.models import checkpoint
 from timm.models._features import feature_take_indices
-from timm.models.eva import EvaBlock
+from timm.models.eva import EvaAttention, EvaBlock
 from timm.models.naflexvit import NaFlexVit, batch_patchify
+from timm.models.vision_transformer import Block
 from torch import nn
 
 from ...grid import GridLayout
 from ...pe.host import HostFreqs, HostPE, HostTable
-from timm.layers import Attention as TimmAttention
-from timm.layers.attention import AttentionRope
-from timm.models.eva import EvaAttention
-from timm.models.vision_transformer import Block
-
 from .hooks import (
     PECall,
     TimmHost,
