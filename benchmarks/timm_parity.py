@@ -166,7 +166,7 @@ def run_row(row: Row, seed: int = 0) -> Dict[str, object]:
             diffs[what] = _rel(ours.forward_features(x), ref.forward_features(x))
         if naflex:  # the mixed NaFlex batch: valid tokens of forward_features and the masked-pooled logits
             batch = naflex_batch(ref, generator=g)
-            diffs["set_input_size"] = max(_valid_rel(ours.forward_features(batch), ref.forward_features(batch),
+            diffs["set_input_size"] = max(_valid_rel(ours.forward_features(**batch), ref.forward_features(**batch),
                                                      ref.num_prefix_tokens),
                                           _rel(ours(batch), ref(batch)))
             return dict(row=row, spec=describe(ours.pe), diffs=diffs, max=max(diffs.values()))

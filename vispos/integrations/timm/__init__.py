@@ -1,11 +1,15 @@
-"""timm integration: any timm ViT / EVA with any vispos PE, pretrained checkpoints included.
+"""timm integration: any timm ViT / EVA / NaFlexViT with any vispos PE, pretrained checkpoints included.
+
+NaFlexViT (:mod:`vispos.integrations.timm.naflex`) also takes NaFlex batches (``patches`` / ``patch_coord`` /
+``patch_valid``: a grid per sample, a :class:`~vispos.grid.PackedLayout`).
 
 Three ways in:
 
 * :func:`create_model` -- ``vispos.create_model("vit_small_patch16_224", pe="rope_axial")`` builds the timm model and
   installs the PE.
 * ``timm.create_model("vispos_<timm name>", pe=...)`` -- after ``import vispos`` every entrypoint of timm's
-  ``vision_transformer``, ``deit`` and ``eva`` modules has a ``vispos_`` twin (``timm.list_models(module="vispos")``)
+  ``vision_transformer``, ``deit``, ``eva`` and ``naflexvit`` modules has a ``vispos_`` twin
+  (``timm.list_models(module="vispos")``)
   that takes ``pe=`` / ``pe_kwargs=`` and goes through timm's own pretrained-config machinery (tags such as
   ``vispos_vit_base_patch16_224.augreg_in21k``, ``pretrained_cfg_overlay=dict(file=...)``).
 * :func:`install_pe` -- put a PE into a timm model you already have (e.g. one loaded with pretrained weights); the

@@ -79,7 +79,7 @@ def install_pe(
     pe_kwargs: Optional[dict] = None,
     convert: bool = True,
 ) -> nn.Module:
-    """Install a vispos PE into a timm ``VisionTransformer`` / ``Eva`` in place; returns the model.
+    """Install a vispos PE into a timm ``VisionTransformer`` / ``Eva`` / ``NaFlexVit`` in place; returns the model.
 
     Args:
         model: a timm model (weights already loaded, if any).
@@ -90,7 +90,7 @@ def install_pe(
             its RoPE base, pairing and reference grid; with ``convert``, ``peg`` starts as the identity.
         convert: move timm's PE into the vispos PE (see the module docstring) and log every converted / new key.
 
-    The model's ``pos_embed`` (and EVA ``rope``) are removed; other state-dict keys are unchanged; the PE appears
+    The model's ``pos_embed`` (and EVA / NaFlexViT ``rope``; NaFlexViT ``embeds.pos_embed``) are removed; other state-dict keys are unchanged; the PE appears
     under ``pe.``. Raises ``TypeError`` for unsupported models, ``ValueError`` for unsupported configurations.
     """
     host = find_host(model)

@@ -127,9 +127,11 @@ def checkpoint_roles(model: NaFlexVit, sd: dict, prefix: str) -> Dict[str, Any]:
 def unreproduced_settings(model: NaFlexVit, pe: nn.Module, host: HostPE) -> list:
     """What the PE member that took timm's learned table does not reproduce of timm's resampling of it (the
     options it has for it: ``mode``, ``antialias``, ``ar_preserving``, ``align_corners``), and timm settings no
-    vispos PE reproduces (``pos_embed_use_grid_sample``)."""
+    vispos PE reproduces (factorized tables, ``pos_embed_use_grid_sample``)."""
     e = model.embeds
     out = []
+    if "abs_factorized" in host.roles:
+        out.append("timm pos_embed='factorized' (embeds.pos_embed_y / pos_embed_x) has no vispos family")
     owner = host.taken.get("abs_table")
     if owner is not None:
         member = dict(pe.named_modules(prefix="pe")).get(owner.rsplit(".", 1)[0])
