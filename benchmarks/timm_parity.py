@@ -41,6 +41,7 @@ class Row:
     train: Tuple[int, int] = (64, 64)
     rect: Tuple[int, int] = (48, 80)
     resized: Tuple[int, int] = (80, 64)
+    pe_kwargs: Optional[Dict] = None  # options of the vispos PE a user gives for a timm setting (shown in the spec)
 
 
 _VIT = dict(embed_dim=64, depth=2, num_heads=2)
@@ -86,6 +87,9 @@ ROWS: List[Row] = [
         dict(_EVA, img_size=64, num_kv_heads=2)),
     Row("NaFlexViT, learned APE", "naflexvit_base_patch16_gap", "ape", dict(_NAF), rect=(48, 96)),
     Row("NaFlexViT, MAP pool", "naflexvit_base_patch16_map", "ape", dict(_NAF), rect=(48, 96)),
+    Row("NaFlexViT, aspect-preserving APE", "naflexvit_base_patch16_par_gap", "ape", dict(_NAF), rect=(48, 96)),
+    Row("NaFlexViT SigLIP (bilinear table)", "naflexvit_base_patch16_siglip", "ape", dict(_NAF), rect=(48, 96),
+        pe_kwargs=dict(mode="bilinear")),
     Row("NaFlexViT from ViT (use_naflex)", "vit_base_patch16_224", "ape", dict(_VIT, img_size=64, use_naflex=True),
         rect=(48, 96)),
     Row("NaFlexViT, RoPE axial", "naflexvit_base_patch16_gap", "rope_axial",
@@ -157,7 +161,7 @@ def run_row(row: Row, seed: int = 0) -> Dict[str, object]:
     extra = {} if naflex else dict(dynamic_img_size=True)
     ref = timm.create_model(row.model, pretrained=False, **extra, **row.kwargs).eval()
     randomise(ref, seed)
-    ours = install_pe(copy.deepcopy(ref), row.pe, convert=True).eval()
+    ours = install_pe(copy.deepcopy(ref), row.pe, row.pe_kwargs, convert=True).eval()
     g = torch.Generator().manual_seed(seed + 1)
     diffs = {}
     with torch.no_grad():
@@ -186,6 +190,10 @@ def _member(m) -> str:
     opts = []
     if m.name == "ape":
         opts.append(f"embed_prefix={m.embed_prefix}")
+        if m.mode != "bicubic":
+            opts.append(f"mode={m.mode}")
+        if getattr(m, "ar_preserving", False):
+            opts.append("ar_preserving=True")
     if m.name in ("rope_axial", "vope"):
         b = sorted(set(m.bases))
         opts.append(f"base={b[0]:g}" if len(b) == 1 else f"bases={m.bases}")

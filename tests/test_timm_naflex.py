@@ -170,12 +170,25 @@ def test_grad_checkpointing_same_outputs():
     (dict(pos_embed="factorized"), "factorized"),
     (dict(rope_type="mrope", rope_mrope_section=(4, 6, 6), pos_embed="none"), "RotaryEmbeddingMRope"),
     (dict(pos_embed_use_grid_sample=True), "grid_sample"),
+    (dict(pos_embed_align_corners=True), "align_corners"),
 ])
 def test_unreproduced_timm_pe_is_a_warning(caplog, kw, what):
     pe = "rope_axial" if "rope_type" in kw else "ape"
     with caplog.at_level(logging.WARNING, logger="vispos.integrations.timm"):
         install_pe(_ref(**kw), pe, convert=True)
     assert any(what in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def test_reproduced_table_settings_warn_nothing():
+    """Aspect-preserving tables are reproduced on this host; SigLIP's bilinear table with pe_kwargs mode='bilinear'
+    (without it, the warning names the option)."""
+    par = install_pe(timm.create_model("naflexvit_base_patch16_par_gap", **TINY), "ape")
+    assert par._vispos_unreproduced == () and par.pe.ar_preserving
+    kw = dict(TINY)
+    sig = install_pe(timm.create_model("naflexvit_base_patch16_siglip", **kw), "ape", dict(mode="bilinear"))
+    assert sig._vispos_unreproduced == ()
+    plain = install_pe(timm.create_model("naflexvit_base_patch16_siglip", **kw), "ape")
+    assert any("mode='bilinear'" in w for w in plain._vispos_unreproduced)
 
 
 def test_bad_inputs_named_before_work():

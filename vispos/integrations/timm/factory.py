@@ -23,7 +23,7 @@ from .convert import (
     warn_unreproduced,
 )
 from .hooks import TimmHost, _ModelHooks, _subclass, find_host
-from .naflex import NaFlexVit, check_naflex
+from .naflex import NaFlexVit, adopt_resampling, check_naflex
 
 __all__ = ["ENTRYPOINT_PREFIX", "SUPPORTED_TIMM_MODULES", "create_model", "install_pe", "register_timm_entrypoints",
            "timm_entrypoint_name"]
@@ -115,6 +115,8 @@ def install_pe(
         module = build_pe(name_arg, dim=model.embed_dim, num_heads=model.blocks[0].attn.num_heads, depth=depth,
                           grid=model_grid(model), num_prefix=model.num_prefix_tokens,
                           device=ref.device, dtype=ref.dtype, **options)
+        if isinstance(model, NaFlexVit):
+            adopt_resampling(model, module)
     if 2 not in module.ndims:
         raise ValueError(f"PE {module.name!r} supports {module.ndims}-D grids; timm image models need 2-D")
     if _patch_drop_active(model) and set(module.hooks) - {"token"}:

@@ -138,12 +138,51 @@ def unreproduced_settings(model: NaFlexVit, pe: nn.Module, host: HostPE) -> list
         for k, v in _resample_settings(e).items():
             have = getattr(member, k, False if k in ("ar_preserving", "align_corners") else None)
             if have != v:
+                hint = (f" (build it with pe_kwargs {k}={v!r})" if member is not None and hasattr(member, k)
+                        else " (the vispos table has no such option)")
                 out.append(f"{owner.rsplit('.', 1)[0]}: timm pos_embed_{'interp_mode' if k == 'mode' else k}={v!r}, "
-                           f"the vispos table has {k}={have!r}")
+                           f"the vispos table has {k}={have!r}{hint}")
         if e.pos_embed_use_grid_sample:
             out.append("timm pos_embed_use_grid_sample=True (NaFlex tables read with grid_sample) has no vispos "
                        "equivalent; vispos resamples the table per grid")
     return out
+
+
+# ---- timm's aspect-preserving table resampling -------------------------------------------------------------------
+class _AspectPreservingTable:
+    """Over vispos ``ape`` on a NaFlexViT built with ``pos_embed_ar_preserving=True``: at a grid ``(h, w)`` other
+    than the table's, the table is resampled (the APE's own mode / antialias) to the square ``(L, L)``,
+    ``L = max(h, w)``, and its top-left ``h x w`` rows are used -- timm NaFlex's rule, per sample on a packed batch
+    (the APE reads its tables through :meth:`get_table`)."""
+
+    ar_preserving = True
+
+    def get_table(self, grid):
+        grid = tuple(int(g) for g in grid)
+        if len(grid) != 2 or grid == tuple(self.grid):
+            return super().get_table(grid)
+        side = max(grid)
+        table = super().get_table((side, side))
+        p = self.table_prefix
+        patch = table[:, p:].reshape(1, side, side, -1)[:, :grid[0], :grid[1]].reshape(1, grid[0] * grid[1], -1)
+        return torch.cat([table[:, :p], patch], dim=1)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", ar_preserving=True (timm NaFlex)"
+
+
+def adopt_resampling(model: NaFlexVit, pe: nn.Module) -> None:
+    """Give the learned tables (``ape``, also inside ``lape``) of a PE built by name for this NaFlexViT timm's
+    aspect-preserving resampling when the model uses it (``pos_embed_ar_preserving=True``)."""
+    from ...pe.absolute import AbsolutePE
+    from .hooks import _subclass
+
+    if not model.embeds.pos_embed_ar_preserving:
+        return
+    for m in pe.modules():
+        if type(m) is AbsolutePE and len(m.grid) == 2:
+            m.__class__ = _subclass(_AspectPreservingTable, AbsolutePE)
+            m.clear_cache()
 
 
 # ---- the hooks ---------------------------------------------------------------------------------------------------
