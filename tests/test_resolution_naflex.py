@@ -124,3 +124,22 @@ def test_budget_sizes_are_timms():
         assert hw == tuple(get_image_size_for_seq((round(1024 * aspect ** 0.5), round(1024 / aspect ** 0.5)),
                                                   (4, 4), 36)[1])
         assert (hw[0] // 4) * (hw[1] // 4) <= 36
+
+
+def test_eval_timm_naflex_checkpoint_converted_for_a_vispos_pe(tmp_path):
+    """A timm-format NaFlexViT checkpoint (embeds.pos_embed) evaluated as pe=ape is converted and scores exactly as
+    the timm model itself, on naflex batches."""
+    cfg = _cfg(tmp_path, pe="timm")
+    torch.manual_seed(0)
+    m = R.build_model(R.parse_variants(cfg)[0], 9, cfg["train_size"])
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.3)
+    ckpt = tmp_path / "timm.pt"
+    torch.save(m.state_dict(), ckpt)
+    rows = {}
+    for pe in ("timm", "ape"):
+        res = R.run_experiment(_cfg(tmp_path, pe=pe, checkpoint=str(ckpt), out=str(tmp_path / pe)), train=False,
+                               progress=False)
+        rows[pe] = [(r["size"], r["correct1"]) for r in res["rows"]]
+    assert rows["ape"] == rows["timm"] and len(rows["ape"]) == 2

@@ -78,7 +78,7 @@ def _load_weights(model, variant: Variant, path, kw) -> None:
                 f"the checkpoint (model_kwargs, train_size for learned APE tables, number of classes)")
         model.load_state_dict(sd, strict=True)
         return
-    if variant.pe != "timm" and "pos_embed" in sd:
+    if variant.pe != "timm" and ("pos_embed" in sd or "embeds.pos_embed" in sd):  # ViT / EVA, or NaFlexViT
         # a plain timm checkpoint for a vispos PE: let the timm integration convert it (pos_embed -> ape, ...)
         log.info("checkpoint %s is in timm format; converting it for PE %s", path, variant.pe)
         from ...integrations.timm import create_model
