@@ -225,7 +225,7 @@ def naflex_train_batch(cfg, data: Data, seed: int, idx: List[int], step: int, pa
     budget = naflex_budget(cfg, patch)
     if data.train_folder is None:
         return naflex.synthetic_batch(cfg["task"], train_seed(cfg, seed), "train", idx, budget, patch,
-                                      cfg["aspect_range"], tuple(cfg["rrc_scale"]))
+                                      cfg["aspect_range"], tuple(cfg["rrc_scale"]) if cfg.get("rrc_scale") else "off")
     items = _TrainImages(data.train_folder, cfg, data.train_label_map)
     tf = naflex.train_transform(patch, budget, items.cfg)
     out = []

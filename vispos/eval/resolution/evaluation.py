@@ -21,7 +21,7 @@ def _naflex_batches(model, cfg, data: Data, hw, idx, bs):
     budget = naflex.budget_of(hw, patch)
     if data.eval_folder is None:
         return (naflex.synthetic_batch(cfg["task"], eval_seed(cfg), "test", idx[i:i + bs], budget, patch,
-                                       cfg["aspect_range"], tuple(cfg["rrc_scale"])) for i in range(0, len(idx), bs))
+                                       cfg["aspect_range"], None) for i in range(0, len(idx), bs))
     import copy
     import functools
 

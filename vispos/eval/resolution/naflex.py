@@ -76,7 +76,7 @@ def collate(items: List[Tuple[Dict[str, torch.Tensor], int]], budget: int):
 def synthetic_batch(task: str, seed: int, split: str, idx: Sequence[int], budget: int, patch: Tuple[int, int],
                     aspect_range: Sequence[float], rrc_scale) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
     """Samples ``idx`` of a synthetic task, each rendered at its own aspect ratio within ``budget`` tokens,
-    patchified and collated."""
+    patchified and collated (``rrc_scale``: the training crop, as :func:`vispos.data.images.render` takes it)."""
     from timm.data.naflex_transforms import Patchify
 
     from ...data.images import render
