@@ -183,6 +183,9 @@ def test_kandinsky_builtin_pi_as_rules_riflex_formula_and_undo(cls_name):
                        train_width=2, units="token") as h:
         got = _k_call(model, pos, sf)
         assert h.last_bands["time"][0].item() == new
+        one_d = [m for n, m in model.named_modules() if type(m).__name__.endswith("RoPE1D")]  # text / audio
+        assert len(one_d) == {"Kandinsky5Transformer3DModel": 1, "Kandinsky6Transformer3DModel": 3}.get(cls_name, 0)
+        assert not any(m._forward_hooks or m._forward_pre_hooks for m in one_d)  # left untouched
         assert torch.equal(h.last_bands["width"], apply_rule(rope_freqs(6, 10000.0), ScalingRule("ntk", 2, 4),
                                                             10000.0, 6))
     flat, ref = got.reshape(-1, 8, 2, 2), own.reshape(-1, 8, 2, 2)  # (T*H*W, 2 + 3 + 3 bands, 2, 2)
