@@ -209,3 +209,16 @@ def test_bad_inputs_named_before_work():
     drop = vispos.create_model(NAME, pe="ape", patch_drop_rate=0.5, **TINY).train()
     with pytest.raises(ValueError, match="patch dropout"):
         drop(batch)
+
+
+def test_features_only_and_save_for_hf_round_trip(tmp_path):
+    feats = vispos.create_model(NAME, pe="rope_axial", features_only=True, out_indices=(0, 1), **TINY).eval()
+    m = vispos.create_model(NAME, pe=["ape", "rope_axial"], **TINY).eval()
+    timm.models.save_for_hf(m, str(tmp_path))
+    back = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
+    x = torch.randn(2, 3, 48, 64)
+    batch = tp.naflex_batch(m)
+    with torch.no_grad():
+        assert [tuple(f.shape) for f in feats(x)] == [(2, 64, 3, 4)] * 2
+        assert type(back).__name__ == "VisposNaFlexVit"
+        assert torch.equal(back(x), m(x)) and torch.equal(back(batch), m(batch))
