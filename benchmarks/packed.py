@@ -7,7 +7,7 @@ A small ViT made of vispos blocks (pre-norm ``vispos.attention.Attention`` + MLP
 * ``packed``: ``B`` samples over 4 grids of (almost) the same token count, a ``PackedLayout`` padded to the longest
   (the same ``B x N`` tokens, so the ratio is the price of per-sample positions and the padding mask),
 
-measured alternately in one process (median of ``torch.utils.benchmark`` on CPU, ``triton.testing.do_bench`` on
+measured alternately in one process (``--rounds`` alternations, the best median of each; median of ``torch.utils.benchmark`` on CPU, ``triton.testing.do_bench`` on
 CUDA), forward (``eval()``, no grad) and forward+backward (``train()``). Prints a Markdown table with the ratio
 ``packed / single``; ``--out`` writes ``packed.json`` and ``packed.md`` there.
 
@@ -93,6 +93,7 @@ def main(argv=None):
     p.add_argument("--heads", type=int, default=3)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--min-time", type=float, default=1.0, help="seconds of timing per measurement")
+    p.add_argument("--rounds", type=int, default=3, help="alternations of single / packed (best median kept)")
     p.add_argument("--pe", action="append", choices=PES, help="only these PEs (repeatable)")
     p.add_argument("--out", default=None, help="folder for packed.json / packed.md")
     args = p.parse_args(argv)
@@ -114,7 +115,7 @@ def main(argv=None):
             xi = x.detach().requires_grad_(mode != "forward")
 
             t = {}
-            for _rep in range(2):  # alternate the two layouts; keep the best median of each
+            for _rep in range(args.rounds):  # alternate the two layouts; keep the best median of each
                 for label, layout in (("single", single), ("packed", packed)):
                     v = timer(functools.partial(_step, model, xi, layout, mode == "forward"))
                     t[label] = min(t.get(label, math.inf), v)
@@ -122,7 +123,7 @@ def main(argv=None):
                              ratio=t["packed"] / t["single"]))
             print(f"{name:15s} {mode:17s} single {rows[-1]['single_ms']:8.2f} ms  packed "
                   f"{rows[-1]['packed_ms']:8.2f} ms  ratio {rows[-1]['ratio']:.3f}", flush=True)
-    env = dict(torch=torch.__version__, python=platform.python_version(), device=str(device), dtype=str(dtype),
+    env = dict(rounds=args.rounds, min_time=args.min_time, torch=torch.__version__, python=platform.python_version(), device=str(device), dtype=str(dtype),
                threads=args.threads, batch=args.batch, dim=args.dim, heads=args.heads, depth=args.depth,
                mixed=[list(s) for s in MIXED], single=list(SINGLE), tokens=single.num_tokens,
                cpu=platform.processor() or platform.machine(),

@@ -258,7 +258,7 @@ def test_packed_decomposed_bias_fold_equals_dense():
     L = PackedLayout(SHAPES[2], 1)
     q, k, v = torch.randn(3, L.batch_size, HEADS, L.num_tokens, DIM // HEADS).unbind(0)
     bias = pe.attn_bias(q, L, 0)
-    assert isinstance(bias, PackedDecomposedBias) and bias.widths == [7, 6]
+    assert isinstance(bias, PackedDecomposedBias) and bias.rel.shape == (4, HEADS, 25, 10)  # max(h + w) = 10
     fold = sdpa(q, k, v, bias, layout=L)
     dense = sdpa(q, k, v, bias, layout=L, impl="dense")
     torch.testing.assert_close(fold, dense, atol=1e-5, rtol=1e-5)
@@ -339,6 +339,22 @@ def test_cache_bound_on_a_sweep_of_100_grids():
     pe.table_cache_size = "big"
     with pytest.raises(ValueError, match="table_cache_size"):
         _sweep(pe, 1)
+
+
+def test_cache_bound_on_a_sweep_of_100_packed_batches():
+    """Per-sample grids: 100 different PackedLayouts through RoPE (per-grid and gathered tables), sin-cos APE and
+    rel-pos keep every cache under the bound (vispos.set_table_cache_size is the same setting)."""
+    assert vispos.set_table_cache_size is set_table_cache_size
+    rope = vispos.build_pe("rope_axial", dim=DIM, num_heads=HEADS, grid=(5, 5))
+    sincos = vispos.build_pe("ape_sincos", dim=DIM, grid=(5, 5), num_prefix=1)
+    bound = get_table_cache_size()
+    for i in range(100):
+        L = PackedLayout([(1 + i % 10, 1 + i // 10), (3, 4)], num_prefix=1)
+        q = torch.randn(2, HEADS, L.num_tokens, DIM // HEADS)
+        rope.forward_qk(q, q, L)
+        sincos.forward_tokens(torch.randn(2, L.num_tokens, DIM), L)
+        assert len(rope._cache) <= bound and len(sincos._cache) <= bound
+    assert len(rope._cache) == bound
 
 
 def test_cache_is_lru():

@@ -18,6 +18,7 @@ from .grid import COORD_MODES, GridLayout, PackedLayout, grid_coords
 from .integrations.timm import create_model
 from .ops.rope import PAIRINGS, apply_rope
 from .pe import PECombination, PositionalEmbedding
+from .pe.base import get_table_cache_size, set_table_cache_size
 from .pe.rope import AxialRoPE, MixedRoPE, VoPE
 from .registry import build_pe, list_pes, register_pe
 
@@ -49,6 +50,8 @@ __all__ = [
     "register_pe",
     "PECombination",
     "PositionalEmbedding",
+    "set_table_cache_size",
+    "get_table_cache_size",
     "AxialRoPE",
     "MixedRoPE",
     "VoPE",

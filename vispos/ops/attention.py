@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..grid import GridLayout, PackedLayout
 
-__all__ = ["DecomposedBias", "PackedDecomposedBias", "sdpa", "SDPA_IMPLS", "select_bias_impl"]
+__all__ = ["DecomposedBias", "PackedDecomposedBias", "packed_bias_width", "sdpa", "SDPA_IMPLS", "select_bias_impl"]
 
 SDPA_IMPLS = ("auto", "fold", "dense", "chunked")
 
@@ -92,65 +92,62 @@ class PackedDecomposedBias:
     """Factored relative-position bias of a :class:`~vispos.grid.PackedLayout` batch (self-attention).
 
     Attributes:
-        factors: one tensor per grid axis, ``(B, heads, layout.length, K_a)`` with ``K_a`` the largest size of axis
-            ``a`` over the samples: row ``i`` (sample ``b``'s ``i``-th patch token) column ``j`` is that token's
-            bias towards the keys at coordinate ``j`` of axis ``a`` in sample ``b``'s own grid; rows of padding
-            tokens and columns ``j >= shape_b[a]`` are zero (they meet no valid key).
+        rel: ``(B, heads, layout.length, W)``: row ``i`` of sample ``b`` (its ``i``-th patch token) holds that
+            token's per-axis factors in sample ``b``'s own column layout -- axis ``a``'s ``shape_b[a]`` columns (the
+            bias towards keys at coordinate ``j`` of that axis) start at ``sum(shape_b[:a])`` -- so
+            ``W = max_b sum(shape_b)``; rows of padding tokens and unused columns are zero.
         layout: the packed layout of queries and keys (prefix tokens get no bias, in either role).
     """
 
-    factors: List[torch.Tensor]
+    rel: torch.Tensor
     layout: PackedLayout
 
-    @property
-    def widths(self) -> List[int]:
-        return [f.shape[-1] for f in self.factors]
-
     def key_onehot(self, dtype, device) -> torch.Tensor:
-        """``(B, N, sum_a K_a)``: row m of sample b has a 1 at each axis' coordinate of key m in b's grid (column
-        offset by the widths of the axes before); zeros for prefix and padding keys."""
-        return _packed_onehot(self.layout.without_state(), tuple(self.widths), str(torch.device(device))).to(dtype)
+        """``(B, N, W)``: row m of sample b has a 1 at each axis' coordinate of key m in b's grid (in b's column
+        layout, see :attr:`rel`); zeros for prefix and padding keys."""
+        return _packed_onehot(self.layout.without_state(), self.rel.shape[-1], str(torch.device(device))).to(dtype)
 
     def dense(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         """The full bias ``(B, heads, N, N)``; zero rows/columns for prefix and padding tokens (reference)."""
-        f0 = self.factors[0]
-        dt = dtype or f0.dtype
-        P = self.layout.num_prefix
-        rel = torch.cat([f.to(dt) for f in self.factors], dim=-1)  # (B, H, length, sumK)
-        rel = F.pad(rel, (0, 0, P, 0))
-        oh = self.key_onehot(dt, f0.device)  # (B, N, sumK)
+        dt = dtype or self.rel.dtype
+        rel = F.pad(self.rel.to(dt), (0, 0, self.layout.num_prefix, 0))
+        oh = self.key_onehot(dt, self.rel.device)  # (B, N, W)
         return torch.einsum("bhqc,bkc->bhqk", rel, oh)
+
+
+def packed_bias_width(layout: PackedLayout) -> int:
+    """Columns ``W`` of a :class:`PackedDecomposedBias` for ``layout``: ``max_b sum(shape_b)``."""
+    return max(sum(s) for s in layout.shapes)
 
 
 _ONEHOT_CACHE: "dict" = {}
 
 
-def _packed_onehot(layout: PackedLayout, widths, device: str) -> torch.Tensor:
-    key = (layout, widths, device)
+def _packed_onehot(layout: PackedLayout, width: int, device: str) -> torch.Tensor:
+    key = (layout, width, device)
     hit = _ONEHOT_CACHE.get(key)
     if hit is not None:
         return hit
+    if width < packed_bias_width(layout):
+        raise ValueError(f"PackedDecomposedBias: rel has {width} columns, the layout's grids need "
+                         f"{packed_bias_width(layout)} (max over samples of sum(shape))")
     B, N, P = layout.batch_size, layout.num_tokens, layout.num_prefix
-    out = torch.zeros(B, N, sum(widths))
-    offs = [sum(widths[:a]) for a in range(len(widths))]
+    out = torch.zeros(B, N, width)
     for g, idx in layout.groups():
-        for a, s in enumerate(g.shape):
-            if s > widths[a]:
-                raise ValueError(f"PackedDecomposedBias: axis {a} factor has {widths[a]} columns, sample grid "
-                                 f"{g.shape} needs {s}")
         n = g.num_patches
         m = torch.arange(n)
-        stride = 1
+        stride, offs = 1, [sum(g.shape[:a]) for a in range(g.ndim)]
+        ix = torch.tensor(idx)
         for a in reversed(range(g.ndim)):
             c = (m // stride) % g.shape[a]
             stride *= g.shape[a]
-            for b in idx:
-                out[b, P + m, offs[a] + c] = 1.0
+            out[ix[:, None], (P + m)[None, :], (offs[a] + c)[None, :]] = 1.0
     out = out.to(device)
     if len(_ONEHOT_CACHE) >= 64:  # bounded: drop the oldest entry
         _ONEHOT_CACHE.pop(next(iter(_ONEHOT_CACHE)))
     _ONEHOT_CACHE[key] = out
     return out
+
 
 def _check(q, k, v):
     for n, t in (("q", q), ("k", k), ("v", v)):
@@ -229,8 +226,8 @@ def _fold_packed(q, k, v, bias: PackedDecomposedBias, scale, dropout_p, pad, imp
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
     B, H, N, D = q.shape
     P = bias.layout.num_prefix
-    rel = torch.cat([f.to(q.dtype) for f in bias.factors], dim=-1)  # (B, H, length, sumK)
-    oh = bias.key_onehot(k.dtype, k.device)  # (B, N, sumK)
+    rel = bias.rel.to(q.dtype)  # (B, H, length, W)
+    oh = bias.key_onehot(k.dtype, k.device)  # (B, N, W)
     extra = (-(D + rel.shape[-1])) % 8
     rel = F.pad(rel, (0, extra, P, 0))
     if extra:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..grid import GridLayout, PackedLayout, as_layout, check_grid_shape
-from ..ops.attention import DecomposedBias, PackedDecomposedBias
+from ..ops.attention import DecomposedBias, PackedDecomposedBias, packed_bias_width
 from ..utils.checks import check_float_tensor
 from .base import PositionalEmbedding, packed_native
 from .registry import register_family
@@ -241,8 +241,8 @@ class DecomposedRelPos(PositionalEmbedding):
 
     def _packed_bias(self, q: torch.Tensor, layout: PackedLayout, index: int, k_layout) -> PackedDecomposedBias:
         """Per-sample factors of a PackedLayout (each group of samples with one grid computes its own, as alone),
-        padded to the largest size of each axis: a :class:`PackedDecomposedBias` that :func:`sdpa` folds with the
-        per-sample key coordinates and the padding mask."""
+        each sample's axes side by side in its own columns: a :class:`PackedDecomposedBias` that :func:`sdpa` folds
+        with the per-sample one-hot key coordinates and the padding mask."""
         if k_layout is not None:
             raise ValueError("rel_decomposed: pooled keys (k_layout=) are not supported with a PackedLayout")
         self.check_layout(layout)
@@ -256,23 +256,25 @@ class DecomposedRelPos(PositionalEmbedding):
         P = layout.num_prefix
         B, H, _, C = q.shape
         nd = layout.ndim
-        widths = [max(s[a] for s in layout.shapes) for a in range(nd)]
         tables = self.tables(index)
-        out = [q.new_zeros(B, H, layout.length, w) for w in widths]
+        out = q.new_zeros(B, H, layout.length, packed_bias_width(layout))
         letters = "thw"[3 - nd:]
         rel = {}  # (axis, size) -> (size, size, C): each table resized once per size, not once per group
         for g, idx in layout.groups():
             ix = torch.tensor(idx, device=q.device)
-            qg = q.index_select(0, ix)[:, :, P:P + g.num_patches]
+            n = g.num_patches
+            qg = q.index_select(0, ix)[:, :, P:P + n]
             if self.scaled_q:
                 qg = qg * self.head_dim ** -0.5
             rq = qg.reshape(len(idx), H, *g.shape, C)
+            fs = []
             for a, s in enumerate(g.shape):  # decomposed_rel_pos_factors, sharing the resized tables
                 R = rel.get((a, s))
                 if R is None:
                     R = rel[(a, s)] = get_rel_pos(s, s, tables[a], self.interpolate).to(q.dtype)
                 f = torch.einsum(f"bn{letters}c,{letters[a]}kc->bn{letters}k", rq, R)
-                out[a][ix, :, :g.num_patches, :s] = f.reshape(len(idx), H, g.num_patches, s)
+                fs.append(f.reshape(len(idx), H, n, s))
+            out[ix, :, :n, :sum(g.shape)] = torch.cat(fs, dim=-1)  # this grid's column layout
         return PackedDecomposedBias(out, layout)
 
     def extra_repr(self) -> str:
