@@ -7,11 +7,12 @@ A small ViT made of vispos blocks (pre-norm ``vispos.attention.Attention`` + MLP
 * ``packed``: ``B`` samples over 4 grids of (almost) the same token count, a ``PackedLayout`` padded to the longest
   (the same ``B x N`` tokens, so the ratio is the price of per-sample positions and the padding mask),
 
-measured alternately in one process (``--rounds`` alternations, the best median of each; median of ``torch.utils.benchmark`` on CPU, ``triton.testing.do_bench`` on
-CUDA), forward (``eval()``, no grad) and forward+backward (``train()``). Prints a Markdown table with the ratio
-``packed / single``; ``--out`` writes ``packed.json`` and ``packed.md`` there.
+measured in one process: on CPU call by call alternately (single, packed, single, ...; the median per-call time
+of each, so both see the same load of a shared machine), on CUDA with ``triton.testing.do_bench`` (best median of
+``--rounds`` alternations); forward (``eval()``, no grad) and forward+backward (``train()``). Prints a Markdown
+table with the ratio ``packed / single``; ``--out`` writes ``packed.json`` and ``packed.md`` there.
 
-    .venv/bin/python benchmarks/packed.py --device cpu --threads 2
+    .venv/bin/python benchmarks/packed.py --device cpu --threads 1
     .venv/bin/python benchmarks/packed.py --device cuda --out $OUT/packed
 """
 from __future__ import annotations
@@ -22,7 +23,9 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
+import time
 
 import torch
 from torch import nn
@@ -76,6 +79,29 @@ def build(name, args, device, dtype):
     return model
 
 
+def paired_times(timer, device, fns, rounds, min_time):
+    """Seconds per call of each function. CPU: calls alternate one by one (A B A B ...) for ``rounds`` blocks of
+    about ``min_time`` seconds each, so both see the same machine load; the median per-call time of each. CUDA: the
+    Timer's median (``triton.testing.do_bench``), alternating ``rounds`` times, the best of each."""
+    if device.type == "cuda":
+        out = {}
+        for _ in range(rounds):
+            for k, fn in fns.items():
+                out[k] = min(out.get(k, math.inf), timer(fn))
+        return out
+    times = {k: [] for k in fns}
+    for fn in fns.values():  # warm-up
+        fn()
+    for _ in range(rounds):
+        start = time.perf_counter()
+        while time.perf_counter() - start < min_time * len(fns):
+            for k, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def _step(model, x, layout, inference: bool):
     if inference:
         with torch.no_grad():
@@ -93,7 +119,7 @@ def main(argv=None):
     p.add_argument("--heads", type=int, default=3)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--min-time", type=float, default=1.0, help="seconds of timing per measurement")
-    p.add_argument("--rounds", type=int, default=3, help="alternations of single / packed (best median kept)")
+    p.add_argument("--rounds", type=int, default=3, help="blocks of alternating calls (CPU) / alternations (CUDA)")
     p.add_argument("--pe", action="append", choices=PES, help="only these PEs (repeatable)")
     p.add_argument("--out", default=None, help="folder for packed.json / packed.md")
     args = p.parse_args(argv)
@@ -114,11 +140,9 @@ def main(argv=None):
             model.train(mode != "forward")
             xi = x.detach().requires_grad_(mode != "forward")
 
-            t = {}
-            for _rep in range(args.rounds):  # alternate the two layouts; keep the best median of each
-                for label, layout in (("single", single), ("packed", packed)):
-                    v = timer(functools.partial(_step, model, xi, layout, mode == "forward"))
-                    t[label] = min(t.get(label, math.inf), v)
+            t = paired_times(timer, device, {"single": functools.partial(_step, model, xi, single, mode == "forward"),
+                                             "packed": functools.partial(_step, model, xi, packed, mode == "forward")},
+                             args.rounds, args.min_time)
             rows.append(dict(pe=name, mode=mode, single_ms=1e3 * t["single"], packed_ms=1e3 * t["packed"],
                              ratio=t["packed"] / t["single"]))
             print(f"{name:15s} {mode:17s} single {rows[-1]['single_ms']:8.2f} ms  packed "
