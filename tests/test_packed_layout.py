@@ -417,3 +417,27 @@ def test_ape_matches_timm_naflex_pos_embed_sampling(antialias):
         ours = pe.forward_tokens(x, L)
     valid = pv[..., None].expand_as(x)
     torch.testing.assert_close(ours[valid], ref[valid], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["rope_axial", "rope_mixed"])
+def test_coordinate_augmentation_one_draw_per_packed_forward(name):
+    """In training with DINOv3-style coordinate augmentation, prepare draws once for the packed batch; each sample
+    alone with that same draw gives the same rotation."""
+    kwargs = dict(dim=DIM, num_heads=HEADS, depth=DEPTH, grid=(5, 5), shift_coords=0.5, jitter_coords=1.5)
+    pe = vispos.build_pe(name, **kwargs).train()
+    L = PackedLayout(SHAPES[2], 1)
+    x = torch.randn(4, L.num_tokens, DIM)
+    q, k = torch.randn(2, 4, HEADS, L.num_tokens, DIM // HEADS).unbind(0)
+    torch.manual_seed(3)
+    P = pe.prepare(x, L)
+    draw = P.state_of(pe)
+    assert draw is not None
+    qo, ko = pe.forward_qk(q, k, P, 1)
+    for b, s in enumerate(L.samples):
+        n = s.num_tokens
+        qa, ka = pe.forward_qk(q[b:b + 1, :, :n], k[b:b + 1, :, :n], s.with_state(pe, draw), 1)
+        torch.testing.assert_close(qo[b:b + 1, :, :n], qa)
+        torch.testing.assert_close(ko[b:b + 1, :, :n], ka)
+    torch.manual_seed(4)
+    other = pe.forward_qk(q, k, pe.prepare(x, L), 1)[0]
+    assert not torch.allclose(other, qo)  # a new forward draws a new transform
