@@ -11,7 +11,7 @@ number in the docs is typed by hand:
     PYTHONPATH=. python benchmarks/demo_tables.py --check               # docs == the recorded results? (exit 1 if not)
 
 ``--record`` also copies the parts of each ``results.json`` that the tables use (no per-video rows, no kernels) to
-``benchmarks/demo_results/``, so ``tests/test_demo_tables.py`` can check that the committed docs are exactly this
+``benchmarks/demo_results/`` (with ``--note``, how the run was made, in ``run.json``), so ``tests/test_demo_tables.py`` can check that the committed docs are exactly this
 script's output for the recorded run. A missing results folder leaves its blocks as they are (with a note on
 stderr) unless ``--strict``.
 
@@ -80,8 +80,12 @@ def load_results(results_dir: Path) -> Dict[str, Dict[str, Any]]:
 
 
 def load_recorded(folder: Path = RECORDED) -> Dict[str, Dict[str, Any]]:
-    return {kind: json.loads((Path(folder) / f"{kind}.json").read_text())
-            for kind in SOURCES if (Path(folder) / f"{kind}.json").is_file()}
+    """The recorded results (``{kind: trimmed results}``), and under ``"_run"`` the run's note (``run.json``)."""
+    out = {kind: json.loads((Path(folder) / f"{kind}.json").read_text())
+           for kind in SOURCES if (Path(folder) / f"{kind}.json").is_file()}
+    if (Path(folder) / "run.json").is_file():
+        out["_run"] = json.loads((Path(folder) / "run.json").read_text())
+    return out
 
 
 # ---- numbers --------------------------------------------------------------------------------------------------------
@@ -149,7 +153,7 @@ def resolution_headline(res) -> str:
     rows = [[v] + [_minus(f"{_mean_std(delta(res, v, s))[0]:+.1f}") for s in sizes] for v in res["summary"]]
     n = len(next(iter(per_seed_top1(res).values())))
     return (f"Resolution demo headline (top-1 change in points from the {ts} px training size, mean of {n} seeds; "
-            f"the papers' signs beside them in [docs/resolution.md](docs/resolution.md#demo-results-cpu)):\n\n"
+            f"the papers' findings and the verdicts beside them in [docs/resolution.md](docs/resolution.md#demo-results-cpu)):\n\n"
             + _md(["PE"] + [ratio_label(s, ts) for s in sizes], rows))
 
 
@@ -240,7 +244,9 @@ def resolution_papers(res) -> str:
 def _plain_table(res, what: str) -> str:
     from vispos.eval.resolution.results import results_table
 
-    return results_table(res) + f"\n{what}: wall time {res['wall_time_s']:.0f} s, {_env(res.get('environment'))}.\n"
+    one_seed = len({r["seed"] for r in res["rows"]}) == 1  # the change table would repeat the accuracies
+    return (results_table({**res, "deltas": None} if one_seed else res)
+            + f"\n{what}: wall time {res['wall_time_s']:.0f} s, {_env(res.get('environment'))}{_note(res)}.\n")
 
 
 def resolution_absolute(res) -> str:
@@ -262,7 +268,7 @@ def video_demo(res) -> str:
     tail = ""
     if d.get("train_wall_s") is not None:
         tail = (f"\nVideo demo wall time {d['total_wall_s']:.0f} s: training {d['train_wall_s']:.0f} s, generation "
-                f"and scoring {res['generate_wall_s']:.0f} s; {_env(res.get('environment'))}.\n")
+                f"and scoring {res['generate_wall_s']:.0f} s; {_env(res.get('environment'))}{_note(res)}.\n")
     return head + table_md(res["aggregate"], TABLE_KEYS) + tail
 
 
@@ -270,6 +276,10 @@ def rope_explorer(res) -> str:
     from vispos.eval.rope_explorer import _table
 
     return _table(res)
+
+
+def _note(res) -> str:
+    return f"; {res['_note']}" if res.get("_note") else ""
 
 
 def _env(env: Optional[Dict[str, Any]]) -> str:
@@ -290,8 +300,9 @@ def demo_timing(results: Dict[str, Dict[str, Any]]) -> str:
     if v and (v.get("demo") or {}).get("total_wall_s") is not None:
         parts.append(f"video demo {v['demo']['total_wall_s']:.0f} s")
     env = (results.get("resolution") or results.get("video") or {}).get("environment")
-    return (f"The tables in the docs come from one run (`benchmarks/demo_tables.py`, recorded in "
-            f"`benchmarks/demo_results/`): {', '.join(parts)}; {_env(env)}.\n")
+    note = (results.get("_run") or {}).get("note")
+    return (f"Wall times of the recorded run: {', '.join(parts)}; {_env(env)}" + (f"; {note}" if note else "")
+            + ".\n")
 
 
 RENDER: Dict[str, Callable] = {
@@ -304,13 +315,14 @@ RENDER: Dict[str, Callable] = {
 def render_blocks(results: Dict[str, Dict[str, Any]]) -> Dict[str, str]:
     """``{block name: text}`` for every block whose source is in ``results``."""
     out = {}
+    have = [k for k in results if k in SOURCES]
     for blocks in BLOCKS.values():
         for name, src in blocks.items():
             if src == "*":
-                if results:
+                if have:
                     out[name] = demo_timing(results)
             elif src in results:
-                out[name] = RENDER[name](results[src])
+                out[name] = RENDER[name]({**results[src], "_note": (results.get("_run") or {}).get("note")})
     return out
 
 
@@ -355,12 +367,15 @@ def rewrite(root: Path, blocks: Dict[str, str], strict: bool = False) -> Dict[st
     return out
 
 
-def record(results_dir: Path, dest: Path = RECORDED) -> List[Path]:
+def record(results_dir: Path, dest: Path = RECORDED, note: Optional[str] = None) -> List[Path]:
     dest.mkdir(parents=True, exist_ok=True)
     written = []
-    for kind, res in load_results(results_dir).items():
+    items = dict(load_results(results_dir))
+    if note:
+        items["run"] = {"note": note}
+    for kind, res in items.items():
         p = dest / f"{kind}.json"
-        p.write_text(json.dumps(res, indent=1, sort_keys=True) + "\n")
+        p.write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n")
         written.append(p)
     return written
 
@@ -371,6 +386,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                  "benchmarks/demo_results)")
     ap.add_argument("--record", action="store_true", help="copy the used parts of the results to "
                                                           "benchmarks/demo_results (with --results)")
+    ap.add_argument("--note", help="how the run was made, printed after its wall times (e.g. 'a shared 2-core "
+                                   "machine under a load average of 6'); recorded with --record")
     ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if a document differs")
     ap.add_argument("--strict", action="store_true", help="fail if a block has no results")
     ap.add_argument("--root", type=Path, default=ROOT, help="repository root holding the documents")
@@ -378,7 +395,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.record and args.results is None:
         ap.error("--record needs --results DIR")
     results = load_results(args.results) if args.results is not None else load_recorded()
-    if not results:
+    if args.note:
+        results["_run"] = {"note": args.note}
+    if not [k for k in results if k in SOURCES]:
         print(f"demo_tables: no results.json under {args.results or RECORDED}", file=sys.stderr)
         return 2
     new = rewrite(args.root, render_blocks(results), strict=args.strict)
@@ -388,7 +407,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"demo_tables: {doc} differs from the results", file=sys.stderr)
         return 1 if changed else 0
     if args.record:
-        for p in record(args.results):
+        for p in record(args.results, note=args.note):
             print(f"recorded {p.relative_to(ROOT) if p.is_relative_to(ROOT) else p}")
     for doc in changed:
         (args.root / doc).write_text(new[doc])
