@@ -322,6 +322,8 @@ CLI_CASES = {
     "cli-weight-decay-nan": (lambda t: _res_cfg(t, weight_decay=float("nan")), r"weight_decay must be a finite"),
     "cli-grad-clip-nan": (lambda t: _res_cfg(t, grad_clip=float("nan")), r"grad_clip must be a finite"),
     "cli-label-smoothing": (lambda t: _res_cfg(t, label_smoothing=1.5), r"label_smoothing must be .*< 1, got 1.5"),
+    "cli-rrc-absolute-task": (lambda t: _res_args(t, "--task", "absolute", "--rrc-scale", "0.5,1"),
+                              r"task 'absolute' takes no random-resized crop .*fixed fraction of the image"),
     "cli-heads-not-dividing": (lambda t: _res_args(t, "--model-kwargs", "{embed_dim: 32, num_heads: 3, depth: 1}"),
                                r"embed_dim=32 is not divisible by num_heads=3"),
     "cli-embed-dim-zero": (lambda t: _res_args(t, "--model-kwargs", "{embed_dim: 0, num_heads: 2, depth: 1}"),
