@@ -111,9 +111,9 @@ def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> Optional
         return torch.cuda.max_memory_allocated() - base
     if not os.path.exists("/proc/self/clear_refs"):
         return None
-    base = _rss("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+        f.write("5")  # resets VmHWM to the current RSS
+    base = _rss("VmHWM")  # read after the reset: memory other threads free in between cannot lower the peak's base
     fn()
     return max(_rss("VmHWM") - base, 0)
 
