@@ -10,6 +10,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 import vispos.integrations.diffusers as vd  # noqa: E402
+from vispos.freqs import rope_freqs  # noqa: E402
 
 WORDS = "a cat dog runs in the park at night red blue".split()
 
@@ -268,3 +269,52 @@ def test_hunyuanvideo_pipeline_past_training_length_with_and_without_a_rule():
         assert h.last_bands["time"][1].item() == min(0.25, 0.9 * 2 * torch.pi / 30)
     assert torch.isfinite(ext).all() and not torch.equal(ext, plain)
     assert torch.equal(run(), plain)
+
+
+def _allegro_pipe():
+    from diffusers import (
+        AllegroPipeline,
+        AllegroTransformer3DModel,
+        AutoencoderKLAllegro,
+        EulerAncestralDiscreteScheduler,
+    )
+
+    torch.manual_seed(0)
+    # interpolation_scale (t, h, w) = (2.2, 2.0, 2.0), Allegro's: temporal band 1 per latent frame 1/2.2 (period 13.8)
+    tr = AllegroTransformer3DModel(patch_size=2, patch_size_t=1, num_attention_heads=1, attention_head_dim=12,
+                                   in_channels=4, out_channels=4, num_layers=1, cross_attention_dim=12,
+                                   sample_height=4, sample_width=4, sample_frames=4, caption_channels=8).eval()
+    vae = AutoencoderKLAllegro(block_out_channels=(4, 4, 4, 4), layers_per_block=1, norm_num_groups=1,
+                               latent_channels=4, sample_size=32).eval()
+    return AllegroPipeline(tokenizer=tokenizer(), text_encoder=_t5("T5EncoderModel", "T5Config"), vae=vae,
+                           transformer=tr, scheduler=EulerAncestralDiscreteScheduler())
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_allegro_pipeline_past_training_length_with_and_without_a_rule():
+    """Prompt -> T5 -> the pipeline's own RoPE method -> transformer -> scheduler, 2 steps, 65 video frames (17
+    latent, 4x the tiny config's 4); output_type="latent": Allegro's VAE decodes only in 120-px-overlap tiles, so the
+    decode is left out (the rule acts before it)."""
+    pipe = _allegro_pipe()
+
+    def run(frames=65):
+        out = pipe("a red cat", num_frames=frames, height=64, width=64, num_inference_steps=2, guidance_scale=1.0,
+                   clean_caption=False, max_sequence_length=16, output_type="latent",
+                   generator=torch.Generator().manual_seed(0))
+        return _frames(out)
+
+    plain = run()
+    assert plain.shape == (1, 4, 17, 8, 8)
+    with vd.apply_rule(pipe, time="none", space="none") as h:
+        assert h.host == "allegro-pipeline" and torch.equal(run(), plain)
+    with vd.apply_rule(pipe, time={"name": "riflex", "k": 1}, train_frames=4) as h:
+        ext = run()
+        assert torch.isclose(h.last_bands["time"][0], torch.tensor(0.9 * 2 * torch.pi / 17, dtype=torch.float64))
+    assert torch.isfinite(ext).all() and not torch.equal(ext, plain)
+    with vd.apply_rule(pipe, space="pi", train_height=32, train_width=32, units="pixel") as h:  # 2 -> 4 tokens
+        wide = run()
+        # per token position: b^(-2j/d) / 2.0 (Allegro's interpolation), then PI's / 2 (2 -> 4 tokens)
+        assert torch.equal(h.last_bands["height"], rope_freqs(4, 10000.0) / 2.0 / 2.0)
+    assert not torch.equal(wide, plain) and not torch.equal(wide, ext)
+    assert torch.equal(run(), plain) and "_prepare_rotary_positional_embeddings" not in vars(pipe)
