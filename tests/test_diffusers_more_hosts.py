@@ -297,3 +297,131 @@ def test_four_axis_ids_text_gets_the_image_grids_rule_and_time_aware(flux4):
     assert torch.equal(high, rope_freqs(4, theta) / 3)
     assert torch.equal(low, apply_rule(rope_freqs(4, theta), {"name": "ntk_base", "train_len": 4.0,
                                                               "test_len": 12.0}, theta, 4))
+
+
+# ------------------------------------------------------------------------------------------------- Krea 2
+@pytest.fixture(scope="module")
+def krea2():
+    torch.manual_seed(0)
+    return diffusers.Krea2Transformer2DModel(
+        in_channels=4, num_layers=1, attention_head_dim=16, num_attention_heads=1, num_key_value_heads=1,
+        intermediate_size=8, timestep_embed_dim=8, text_hidden_dim=8, num_text_layers=2, text_num_attention_heads=1,
+        text_num_key_value_heads=1, text_intermediate_size=8, num_layerwise_text_blocks=1, num_refiner_text_blocks=1,
+        axes_dims_rope=(4, 6, 6)).eval()  # rope_theta 1000, Krea 2's
+
+
+def _krea2_ids(h, w, text=3):
+    """Krea2Pipeline.prepare_position_ids: text rows all zero, then image rows (0, row, column)."""
+    img = torch.cartesian_prod(torch.tensor([0.0]), torch.arange(float(h)), torch.arange(float(w)))
+    return torch.cat([torch.zeros(text, 3), img])
+
+
+@pytest.mark.parametrize("name", RULES)
+@torch.no_grad()
+def test_every_spatial_rule_on_krea2_equals_the_formula_and_undoes(krea2, name):
+    h, w = 12, 8  # tokens; trained at 4 x 4
+    rope, ids = krea2.rotary_emb, _krea2_ids(12, 8)
+    theta = float(rope.theta)
+    g = torch.Generator().manual_seed(1)
+    x = dict(hidden_states=torch.randn(1, h * w, 4, generator=g), encoder_hidden_states=torch.randn(1, 3, 2, 8, generator=g),
+             timestep=torch.tensor([0.5]), position_ids=ids, return_dict=False)
+    ref, out_ref = rope(ids), krea2(**x)[0]
+    with vd.apply_rule(krea2, space=RULE_CASES[name], height=h, width=w, train_height=4, train_width=4,
+                       units="token") as hd:
+        assert hd.host == "ids-style"
+        got = rope(ids)
+        for axis, (lo, col) in {"height": (4, 1), "width": (10, 2)}.items():
+            rule = hd.axes[axis].resolve(h if axis == "height" else w)
+            host = 1.0 / (theta ** (torch.arange(0, 6, 2, dtype=torch.float64) / 6))
+            new = apply_rule(rope_freqs(6, theta), rule, theta, 6)
+            ang = torch.outer(ids[:, col], torch.where(new != rope_freqs(6, theta), new, host))
+            fac = rule_attention_factor(rule)
+            assert torch.equal(got[0][:, lo:lo + 6], ang.cos().repeat_interleave(2, 1).float() * fac), axis
+        assert torch.equal(got[0][:, :4], ref[0][:, :4])
+        out = krea2(**x)[0]
+        assert torch.isfinite(out).all() and (name == "none") == torch.equal(out, out_ref)
+    assert _same(rope(ids), ref) and torch.equal(krea2(**x)[0], out_ref) and not rope._forward_hooks
+
+
+# ------------------------------------------------------------------------------------------- HunyuanImage
+@pytest.fixture(scope="module")
+def hyimage():
+    torch.manual_seed(0)
+    return diffusers.HunyuanImageTransformer2DModel(
+        in_channels=4, out_channels=4, num_attention_heads=1, attention_head_dim=16, num_layers=1, num_single_layers=1,
+        num_refiner_layers=1, mlp_ratio=1.0, text_embed_dim=8, rope_axes_dim=(8, 8)).eval()  # theta 256
+
+
+def _hy_x(h, w, t=500.0):
+    g = torch.Generator().manual_seed(1)
+    return dict(hidden_states=torch.randn(1, 4, h, w, generator=g), timestep=torch.tensor([t]),
+                encoder_hidden_states=torch.randn(1, 3, 8, generator=g), encoder_attention_mask=torch.ones(1, 3),
+                return_dict=False)
+
+
+@pytest.mark.parametrize("name", RULES)
+@torch.no_grad()
+def test_every_spatial_rule_on_hunyuanimage_equals_the_formula_and_undoes(hyimage, name):
+    h, w = 12, 8  # latent pixels = tokens (patch 1); trained at 4 x 4
+    x = _hy_x(h, w)
+    ref, out_ref = hyimage.rope(x["hidden_states"]), hyimage(**x)[0]
+    rows = torch.arange(h, dtype=torch.float32).repeat_interleave(w)
+    cols = torch.arange(w, dtype=torch.float32).repeat(h)
+    with vd.apply_rule(hyimage, space=RULE_CASES[name], train_height=4, train_width=4) as hd:
+        assert hd.host == "hunyuanimage-style"
+        got = hyimage.rope(x["hidden_states"])
+        for axis, (lo, n, pos) in {"height": (0, h, rows), "width": (8, w, cols)}.items():
+            rule = hd.axes[axis].resolve(n)
+            host = 1.0 / (256.0 ** (torch.arange(0, 8, 2, dtype=torch.float32) / 8))
+            new = apply_rule(rope_freqs(8, 256.0), rule, 256.0, 8)
+            ang = torch.outer(pos, torch.where(new != rope_freqs(8, 256.0), new.float(), host))
+            fac = rule_attention_factor(rule)
+            assert torch.equal(got[0][:, lo:lo + 8], ang.cos().repeat_interleave(2, 1).float() * fac), axis
+            assert torch.equal(got[1][:, lo:lo + 8], ang.sin().repeat_interleave(2, 1).float() * fac), axis
+        out = hyimage(**x)[0]
+        assert torch.isfinite(out).all() and (name == "none") == torch.equal(out, out_ref)
+    assert _same(hyimage.rope(x["hidden_states"]), ref) and torch.equal(hyimage(**x)[0], out_ref)
+    assert not hyimage.rope._forward_hooks and not hyimage._forward_pre_hooks
+
+
+@torch.no_grad()
+def test_hunyuanimage_units_time_aware_and_no_time_axis(hyimage):
+    # pixels: HunyuanImage 2.1's VAE compresses 32x (patch 1): 384 x 256 px = 12 x 8 tokens
+    with vd.apply_rule(hyimage, space="pi", height=384, width=256, train_height=128, train_width=128,
+                       units="pixel") as h:
+        hyimage.rope(torch.zeros(1, 4, 12, 8))
+        assert torch.equal(h.last_bands["height"], rope_freqs(8, 256.0) / 3)
+        assert torch.equal(h.last_bands["width"], rope_freqs(8, 256.0) / 2)
+    # the pipeline passes the scheduler's timestep (sigma * 1000)
+    with vd.apply_rule(hyimage, space=vd.TimeAware("pi", "ntk_base", switch=0.5), train_height=4,
+                       train_width=4) as h:
+        hyimage(**_hy_x(12, 8, t=900.0))
+        high = h.last_bands["height"].clone()
+        hyimage(**_hy_x(12, 8, t=200.0))
+        low = h.last_bands["height"].clone()
+    assert torch.equal(high, rope_freqs(8, 256.0) / 3)
+    assert torch.equal(low, apply_rule(rope_freqs(8, 256.0), {"name": "ntk_base", "train_len": 4.0, "test_len": 12.0},
+                                       256.0, 8))
+    with pytest.raises(ValueError, match="time axis has 0 components"):  # a 2-axis rope has no frame axis
+        vd.apply_rule(hyimage, time={"name": "riflex", "k": 1})
+    with pytest.raises(ValueError, match="no rotary components"):
+        vd.apply_rule(hyimage, time="pi", train_frames=1)
+
+
+@torch.no_grad()
+def test_hunyuanimage_three_axis_rope_takes_riflex_on_frames():
+    """The refiner's layout: patch_size and rope_dim of three, 5-D latents (frames, rows, columns)."""
+    torch.manual_seed(0)
+    model = diffusers.HunyuanImageTransformer2DModel(
+        in_channels=4, out_channels=4, num_attention_heads=1, attention_head_dim=16, num_layers=1, num_single_layers=1,
+        num_refiner_layers=1, mlp_ratio=1.0, text_embed_dim=8, patch_size=(1, 1, 1), rope_axes_dim=(4, 6, 6)).eval()
+    hs = torch.zeros(1, 4, 10, 2, 3)
+    ref = model.rope(hs)
+    with vd.apply_rule(model, time={"name": "riflex", "k": 1}, num_frames=10) as h:
+        got = model.rope(hs)
+        theta_k = 0.9 * 2 * math.pi / 10  # band 1 (1.0, period 6.3 < 10) lowered
+        assert math.isclose(float(h.last_bands["time"][0]), theta_k, rel_tol=1e-12)
+        frames = torch.arange(10, dtype=torch.float32).repeat_interleave(6)
+        assert torch.equal(got[0][:, 0], torch.cos(frames * torch.tensor(theta_k, dtype=torch.float32)))
+        assert torch.equal(got[0][:, 2:], ref[0][:, 2:])
+    assert _same(model.rope(hs), ref)

@@ -853,30 +853,42 @@ def _timestep_hooks(handle, model, scale: float) -> list:
 
 class IdsStyle(Adapter):
     """Image DiTs whose ``pos_embed.forward(ids)`` builds cos/sin from per-token ids ``(index, row, column)`` with
-    ``theta`` and ``axes_dim`` (FLUX.1 and its copies). Rules act on the row / column axes (``space``); the first
-    axis (``index``: 0 for generated images, the reference index in FLUX Kontext) takes ``time``."""
+    ``theta`` and ``axes_dim`` (FLUX.1 and its copies; Krea 2 keeps the same module as ``rotary_emb``). Rules act on
+    the row / column axes (``space``); the first axis (``index``: 0 for generated images, the reference index in FLUX
+    Kontext) takes ``time``."""
 
     name = "ids-style"
-    layout = ("`transformer.pos_embed.forward(ids)`: cos/sin of per-token ids (index, row, column) with `theta`, "
-              "`axes_dim`; FLUX packs 2x2 latents per token")
+    layout = ("`transformer.pos_embed.forward(ids)` (or `rotary_emb`): cos/sin of per-token ids (index, row, column) "
+              "with `theta`, `axes_dim`; FLUX packs 2x2 latents per token")
+    rope_attrs: Tuple[str, ...] = ("pos_embed", "rotary_emb")  # where the transformer keeps the module
+    n_axes = 3
+
     axes = ("index", "height", "width")
     vae = (1, 8)
     components = ("transformer",)
     timestep_scale = 1.0  # FLUX pipelines pass timestep / 1000: already the noise level sigma
 
+    def _rope(self, model):
+        """The transformer's ids rope module (the first of ``rope_attrs`` with this layout), or None."""
+        for attr in self.rope_attrs:
+            rope = getattr(model, attr, None)
+            if (isinstance(rope, torch.nn.Module) and _forward_params(rope) == ["ids"]
+                    and is_number(getattr(rope, "theta", None))
+                    and len(getattr(rope, "axes_dim", ()) or ()) == self.n_axes):
+                return rope
+        return None
+
     def match(self, model, pipe) -> bool:
-        rope = getattr(model, "pos_embed", None)
-        return (isinstance(rope, torch.nn.Module) and _forward_params(rope) == ["ids"]
-                and is_number(getattr(rope, "theta", None)) and len(getattr(rope, "axes_dim", ()) or ()) == 3)
+        return self._rope(model) is not None
 
     def target(self, model, pipe):
-        return model.pos_embed
+        return self._rope(model)
 
     def patch(self, model):
         return 1, 2, 2
 
     def n_components(self, model):
-        return tuple(int(d) // 2 for d in model.pos_embed.axes_dim)
+        return tuple(int(d) // 2 for d in self._rope(model).axes_dim[:3])
 
     def _host_dtype(self, rope) -> torch.dtype:
         ids = torch.stack(torch.meshgrid(torch.arange(2), torch.arange(12), torch.arange(12), indexing="ij"), -1)
@@ -890,7 +902,7 @@ class IdsStyle(Adapter):
                          "cos/sin of b^(-2j/d) bands of the ids (float64 or float32): vispos cannot adjust it safely")
 
     def install(self, handle, model, pipe):
-        rope = model.pos_embed
+        rope = self._rope(model)
         fd = self._host_dtype(rope)
         names = self.axes
         hooks = _timestep_hooks(handle, model, self.timestep_scale)
@@ -933,10 +945,8 @@ class Ids4Style(IdsStyle):
     layout = ("`transformer.pos_embed.forward(ids)`: cos/sin of four-axis ids (index, row, column, layer) with "
               "`theta`, `axes_dim`, image and text ids in separate calls")
 
-    def match(self, model, pipe) -> bool:
-        rope = getattr(model, "pos_embed", None)
-        return (isinstance(rope, torch.nn.Module) and _forward_params(rope) == ["ids"]
-                and is_number(getattr(rope, "theta", None)) and len(getattr(rope, "axes_dim", ()) or ()) == 4)
+    rope_attrs = ("pos_embed",)
+    n_axes = 4
 
     def _host_dtype(self, rope) -> torch.dtype:
         ids = torch.cartesian_prod(torch.tensor([0, 10]), torch.arange(6), torch.arange(5), torch.arange(3)).float()
@@ -950,7 +960,7 @@ class Ids4Style(IdsStyle):
                          "adjust it safely")
 
     def install(self, handle, model, pipe):
-        rope = model.pos_embed
+        rope = self._rope(model)
         fd = self._host_dtype(rope)
         hooks = _timestep_hooks(handle, model, self.timestep_scale)
         params = _forward_params(model)
@@ -997,6 +1007,115 @@ class Ids4Style(IdsStyle):
             handle.sigma = None
 
         return undo
+
+
+# ---------------------------------------------------------------------- image DiTs: HunyuanImage-style
+def _hyimage_sizes(rope, hs: torch.Tensor) -> List[int]:
+    """The RoPE grid of a HunyuanImage-style rope for ``hidden_states`` (4-D: rows, columns; 5-D: frames too)."""
+    patch = [int(p) for p in rope.patch_size]
+    if hs.dim() != len(patch) + 2:
+        raise ValueError(f"{type(rope).__name__} with patch_size {tuple(patch)} takes {len(patch) + 2}-D "
+                         f"hidden_states, got shape {tuple(hs.shape)}")
+    return [n // p for n, p in zip(hs.shape[2:], patch)]
+
+
+def _hyimage_cos_sin(rope, sizes: Sequence[int], device, rules: Optional[Sequence[ScalingRule]], names, handle=None,
+                     keep=None):
+    """cos/sin of a HunyuanImage-style rope (float32 ``b^(-2j/d)`` bands on integer grids, pairs interleaved, axes
+    concatenated) with ``rules`` per axis; ``keep``: the host's output, kept on the axes the rules leave alone."""
+    grids = torch.meshgrid(*[torch.arange(0, n, device=device, dtype=torch.float32) for n in sizes], indexing="ij")
+    cos_l, sin_l, start = [], [], 0
+    for i in range(len(sizes)):
+        d = int(rope.rope_dim[i])
+        rule = rules[i] if rules is not None else ScalingRule("none")
+        host = 1.0 / (float(rope.theta) ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d))
+        freqs, new64 = standard_bands(host, rule, float(rope.theta), d)
+        attn = rule_attention_factor(rule)
+        if handle is not None:
+            handle.last_bands[names[i]] = new64
+        if keep is not None and freqs is host and attn == 1.0:
+            c, s = keep[0][:, start:start + d], keep[1][:, start:start + d]
+        else:
+            c, s = interleaved_cos_sin(grids[i].reshape(-1), freqs, attn)
+        cos_l.append(c)
+        sin_l.append(s)
+        start += d
+    return torch.cat(cos_l, dim=1), torch.cat(sin_l, dim=1)
+
+
+class HunyuanImageStyle(Adapter):
+    """HunyuanImage 2.1 (and its refiner): ``rope.forward(hidden_states)`` computes cos/sin from ``theta`` and
+    ``rope_dim`` on the integer grid of ``hidden_states // patch_size``, with two axes (rows, columns: 4-D latents) or
+    three (frames too: 5-D). Rules act on rows / columns (``space``) and, for a 3-axis rope, frames (``time``)."""
+
+    name = "hunyuanimage-style"
+    layout = ("`transformer.rope.forward(hidden_states)`: cos/sin from `theta`, `rope_dim` and a per-axis "
+              "`patch_size` tuple on the (rows, columns) or (frames, rows, columns) grid")
+    vae = (1, 32)  # HunyuanImage 2.1's 32x VAE
+    components = ("transformer",)
+    timestep_scale = 1000.0  # HunyuanImagePipeline passes the scheduler's timestep (sigma * 1000)
+
+    def match(self, model, pipe) -> bool:
+        rope = getattr(model, "rope", None)
+        patch, dims = getattr(rope, "patch_size", None), getattr(rope, "rope_dim", None)
+        return (isinstance(rope, torch.nn.Module) and _forward_params(rope) == ["hidden_states"]
+                and isinstance(patch, (tuple, list)) and isinstance(dims, (tuple, list))
+                and len(patch) == len(dims) and len(dims) in (2, 3) and all(is_int(p) for p in patch)
+                and is_number(getattr(rope, "theta", None)) and not hasattr(rope, "freqs_cos"))
+
+    def _n(self, model) -> int:
+        return len(model.rope.rope_dim)
+
+    def patch(self, model):
+        p = [int(v) for v in model.rope.patch_size]
+        return tuple(p) if len(p) == 3 else (1, p[0], p[1])
+
+    def n_components(self, model):
+        d = [int(v) // 2 for v in model.rope.rope_dim]
+        return tuple(d) if len(d) == 3 else (0, d[0], d[1])
+
+    def _verify(self, rope) -> None:
+        n = len(rope.rope_dim)
+        patch = [int(p) for p in rope.patch_size]
+        probe = torch.zeros(1, 1, *[k * p for k, p in zip((3, 5, 4)[-n:], patch)])
+        names = AXES[-n:]
+        with torch.no_grad():
+            ref = type(rope).forward(rope, probe)
+            got = _hyimage_cos_sin(rope, _hyimage_sizes(rope, probe), "cpu", None, names)
+        if not _same_pair(got, ref):
+            raise ValueError(f"{type(rope).__name__} looks HunyuanImage-style (forward(hidden_states), theta, rope_dim, "
+                             "patch_size per axis) but its output is not float32 cos/sin of b^(-2j/d) bands on integer "
+                             "grids: vispos cannot adjust it safely")
+
+    def install(self, handle, model, pipe):
+        rope = model.rope
+        self._verify(rope)
+        n = len(rope.rope_dim)
+        names = AXES[-n:]
+        hooks = _timestep_hooks(handle, model, self.timestep_scale)
+
+        def post_hook(module, args, kwargs, output):
+            hs = _hidden_states(args, kwargs)
+            sizes = _hyimage_sizes(module, hs)
+            rules = handle.resolve(sizes if n == 3 else [1, *sizes])[-n:]
+            if all(r.name == "none" for r in rules):
+                for i in range(n):
+                    handle.last_bands[names[i]] = rope_freqs(int(module.rope_dim[i]), float(module.theta))
+                return None
+            return _hyimage_cos_sin(module, sizes, hs.device, rules, names, handle, keep=output)
+
+        hooks.append(rope.register_forward_hook(post_hook, with_kwargs=True))
+
+        def undo():
+            for h in reversed(hooks):
+                h.remove()
+            handle.sigma = None
+
+        return undo
+
+
+def _same_pair(a, b) -> bool:
+    return len(a) == len(b) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, b))
 
 
 # ------------------------------------------------------------------------------- image DiTs: Qwen-Image
@@ -1194,7 +1313,7 @@ class QwenLayerStyle(QwenStyle):
 from .adapters_builtin import ChronoEditStyle, CosmosStyle, KandinskyStyle, LTX2VideoStyle  # noqa: E402
 
 ADAPTERS: Tuple[Adapter, ...] = (HunyuanStyle(), WanStyle(), BandBufferStyle(), LTXStyle(), CogVideoXStyle(),
-                                  AllegroStyle(), IdsStyle(), Ids4Style(), QwenStyle(),
+                                  AllegroStyle(), IdsStyle(), Ids4Style(), HunyuanImageStyle(), QwenStyle(),
                                   QwenLayerStyle(),
                                   CosmosStyle(), KandinskyStyle(), ChronoEditStyle(), LTX2VideoStyle())
 
