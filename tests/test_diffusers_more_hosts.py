@@ -425,3 +425,74 @@ def test_hunyuanimage_three_axis_rope_takes_riflex_on_frames():
         assert torch.equal(got[0][:, 0], torch.cos(frames * torch.tensor(theta_k, dtype=torch.float32)))
         assert torch.equal(got[0][:, 2:], ref[0][:, 2:])
     assert _same(model.rope(hs), ref)
+
+
+# ---------------------------------------------------------------------------------- Z-Image RopeEmbedder
+@pytest.fixture(scope="module")
+def zimage():
+    torch.manual_seed(0)
+    return diffusers.ZImageTransformer2DModel(
+        in_channels=4, dim=16, n_layers=1, n_refiner_layers=1, n_heads=1, n_kv_heads=1, cap_feat_dim=8,
+        axes_dims=[4, 6, 6], axes_lens=[64, 16, 16]).eval()  # theta 256; tables of 16 rows / columns
+
+
+def _z_run(model, h=24, w=16):
+    g = torch.Generator().manual_seed(1)
+    return model([torch.randn(4, 1, h, w, generator=g)], torch.tensor([0.5]), [torch.randn(5, 8, generator=g)],
+                 return_dict=False)[0][0]
+
+
+@pytest.mark.parametrize("name", RULES)
+@torch.no_grad()
+def test_every_spatial_rule_on_zimage_equals_the_formula_and_undoes(zimage, name):
+    emb = zimage.rope_embedder
+    ids = torch.cat([torch.cartesian_prod(torch.arange(1, 33), torch.tensor([0]), torch.tensor([0])),  # caption
+                     torch.cartesian_prod(torch.tensor([33]), torch.arange(12), torch.arange(8))])  # image (cap + 1)
+    ref, out_ref = emb(ids), _z_run(zimage)
+    with vd.apply_rule(zimage, space=RULE_CASES[name], height=12, width=8, train_height=4, train_width=4,
+                       units="token") as hd:
+        assert hd.host == "rope-embedder"
+        got = zimage.rope_embedder(ids)
+        for axis, (lo, col) in {"height": (2, 1), "width": (5, 2)}.items():
+            rule = hd.axes[axis].resolve(12 if axis == "height" else 8)
+            host = 1.0 / (256.0 ** (torch.arange(0, 6, 2, dtype=torch.float64) / 6))
+            new = apply_rule(rope_freqs(6, 256.0), rule, 256.0, 6)
+            ang = torch.outer(ids[:, col].double(), torch.where(new != rope_freqs(6, 256.0), new, host)).float()
+            exp = torch.polar(torch.full_like(ang, rule_attention_factor(rule)), ang)
+            assert torch.equal(got[:, lo:lo + 3], exp), axis
+        assert torch.equal(got[:, :2], ref[:, :2])  # the index axis has no rule
+        out = _z_run(zimage)
+        assert torch.isfinite(out).all() and (name == "none") == torch.equal(out, out_ref)
+    assert zimage.rope_embedder is emb and torch.equal(emb(ids), ref) and torch.equal(_z_run(zimage), out_ref)
+    assert not zimage._forward_pre_hooks
+
+
+@torch.no_grad()
+def test_zimage_rule_reaches_past_axes_lens_and_refuses_time_aware(zimage):
+    with pytest.raises(IndexError):
+        _z_run(zimage, h=48)  # 24 token rows > the 16-row tables: diffusers alone fails here
+    with vd.apply_rule(zimage, space="pi", train_height=8, train_width=8, units="token") as h:
+        out = _z_run(zimage, h=48)
+        assert out.shape == (4, 1, 48, 16) and torch.isfinite(out).all()
+        assert torch.equal(h.last_bands["height"], rope_freqs(6, 256.0) / 3)  # 24 rows / 8
+    with pytest.raises(ValueError, match="no timestep argument"):  # Z-Image's forward takes `t`
+        vd.apply_rule(zimage, space=vd.TimeAware(), train_height=8, train_width=8)
+    assert type(zimage.rope_embedder).__name__ == "RopeEmbedder"
+
+
+@torch.no_grad()
+def test_briafibo2_rope_embedder_copy_takes_rules_like_zimage():
+    from diffusers.models.transformers import transformer_bria_fibo2, transformer_z_image
+
+    ids = torch.cartesian_prod(torch.tensor([1]), torch.arange(12), torch.arange(8))
+    outs = []
+    for module in (transformer_z_image, transformer_bria_fibo2):
+        holder = torch.nn.Module()
+        holder.rope_embedder = module.RopeEmbedder(theta=256.0, axes_dims=[4, 6, 6], axes_lens=[8, 16, 16])
+        ref = holder.rope_embedder(ids)
+        with vd.apply_rule(holder, space="yarn", height=12, width=8, train_height=4, train_width=4,
+                           units="token") as h:
+            assert h.host == "rope-embedder"
+            outs.append(holder.rope_embedder(ids))
+        assert torch.equal(holder.rope_embedder(ids), ref) and not torch.equal(outs[-1], ref)
+    assert torch.equal(outs[0], outs[1])

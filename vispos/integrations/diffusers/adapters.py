@@ -1118,6 +1118,140 @@ def _same_pair(a, b) -> bool:
     return len(a) == len(b) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, b))
 
 
+# ---------------------------------------------------------------- image DiTs: RopeEmbedder (Z-Image style)
+def _embedder_tables(emb, lengths: Sequence[int], rules: Optional[Sequence[ScalingRule]], names, handle=None):
+    """Per-axis complex64 tables of a Z-Image-style ``RopeEmbedder`` (float64 ``b^(-2j/d)`` bands times float64
+    positions, angles cast to float32, then ``polar``) for ``lengths`` positions, with the rules applied."""
+    tables = []
+    for i, (d, n) in enumerate(zip(emb.axes_dims, lengths)):
+        d = int(d)
+        rule = rules[i] if rules is not None else ScalingRule("none")
+        host = 1.0 / (float(emb.theta) ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+        freqs, new64 = standard_bands(host, rule, float(emb.theta), d)
+        if handle is not None:
+            handle.last_bands[names[i]] = new64
+        ang = torch.outer(torch.arange(int(n), dtype=torch.float64), freqs).float()
+        tables.append(torch.polar(torch.full_like(ang, rule_attention_factor(rule)), ang).to(torch.complex64))
+    return tables
+
+
+class _RuledEmbedder:
+    """Stands in for a ``RopeEmbedder`` (a plain object, not a module: torch hooks cannot reach it) while a rule is
+    applied: the host's own output on the axes the rules leave alone, the adjusted tables elsewhere (lengthened past
+    ``axes_lens`` when ids reach beyond it)."""
+
+    def __init__(self, host, handle, names, state):
+        self.host, self.handle, self.names, self.state = host, handle, names, state
+
+    def __getattr__(self, item):  # theta, axes_dims, axes_lens, freqs_cis: the host's
+        if item == "host":  # not set yet (copy / unpickle): no recursion
+            raise AttributeError(item)
+        return getattr(self.host, item)
+
+    def __call__(self, ids: torch.Tensor):
+        emb = self.host
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[-1] != len(emb.axes_dims):
+            raise ValueError(f"{type(emb).__name__}: ids must be a (N, {len(emb.axes_dims)}) tensor, got "
+                             f"{getattr(ids, 'shape', type(ids).__name__)}")
+        reach = [int(ids[:, i].max().item()) + 1 if ids.numel() else 0 for i in range(3)]
+        seen = self.state.get("sizes")
+        sizes = [max(a, b) for a, b in zip(reach, seen)] if seen else reach
+        if self.state.get("in_call"):
+            self.state["sizes"] = sizes
+        rules = self.handle.resolve(sizes)
+        if all(r.name == "none" for r in rules):
+            for i in range(3):
+                self.handle.last_bands[self.names[i]] = rope_freqs(int(emb.axes_dims[i]), float(emb.theta))
+            return emb(ids)
+        lengths = [max(int(n), r) for n, r in zip(emb.axes_lens, reach)]
+        tables = _embedder_tables(emb, lengths, rules, self.names, self.handle)
+        inside = all(r <= int(n) for r, n in zip(reach, emb.axes_lens))
+        out = emb(ids) if inside else None
+        cols, start = [], 0
+        for i, d in enumerate(emb.axes_dims):
+            half = int(d) // 2
+            if out is not None and rules[i].name == "none":
+                cols.append(out[:, start:start + half])
+            else:
+                cols.append(tables[i].to(ids.device)[ids[:, i]])
+            start += half
+        return torch.cat(cols, dim=-1)
+
+
+class RopeEmbedderStyle(Adapter):
+    """Z-Image's ``RopeEmbedder`` (and BriaFibo2's copy): a plain object ``rope_embedder(ids)`` that looks the ids
+    ``(index, row, column)`` up in complex tables of ``axes_lens`` positions per axis. Rules act on rows / columns
+    (``space``) and the index axis (``time``: Z-Image puts the caption on it and the image after it)."""
+
+    name = "rope-embedder"
+    layout = ("`transformer.rope_embedder(ids)` (a plain object): complex tables of `axes_lens` positions per axis "
+              "from `theta`, `axes_dims`, looked up by (index, row, column) ids")
+    axes = ("index", "height", "width")
+    vae = (1, 8)
+    components = ("transformer",)
+    timestep_scale = 1.0  # BriaFibo2Pipeline passes sigma; Z-Image's forward has no timestep (TimeAware refused)
+
+    def match(self, model, pipe) -> bool:
+        emb = getattr(model, "rope_embedder", None)
+        return (emb is not None and not isinstance(emb, torch.nn.Module) and callable(emb)
+                and callable(getattr(emb, "precompute_freqs_cis", None)) and is_number(getattr(emb, "theta", None))
+                and len(getattr(emb, "axes_dims", ()) or ()) == 3 and len(getattr(emb, "axes_lens", ()) or ()) == 3)
+
+    def target(self, model, pipe):
+        return model
+
+    def patch(self, model):
+        cfg = getattr(model, "config", None)
+        p = getattr(cfg, "patch_size", None) or (getattr(cfg, "all_patch_size", None) or (2,))[0]
+        return 1, int(p), int(p)
+
+    def n_components(self, model):
+        return tuple(int(d) // 2 for d in model.rope_embedder.axes_dims)
+
+    def _verify(self, emb) -> None:
+        if isinstance(emb, _RuledEmbedder):
+            raise ValueError("a vispos rule is already applied to this rope_embedder; remove() it first")
+        ids = torch.cartesian_prod(torch.arange(3), torch.arange(min(5, int(emb.axes_lens[1]))),
+                                   torch.arange(min(4, int(emb.axes_lens[2]))))
+        probe = type(emb)(theta=emb.theta, axes_dims=list(emb.axes_dims), axes_lens=list(emb.axes_lens))
+        ref = probe(ids)
+        got = torch.cat([t[ids[:, i]] for i, t in enumerate(_embedder_tables(emb, emb.axes_lens, None, self.axes))],
+                        dim=-1)
+        if not torch.equal(got, ref):
+            raise ValueError(f"{type(emb).__name__} looks like Z-Image's RopeEmbedder but its tables are not complex64 "
+                             "polar(b^(-2j/d) x position): vispos cannot adjust it safely")
+
+    def install(self, handle, model, pipe):
+        emb = model.rope_embedder
+        self._verify(emb)
+        hooks = _timestep_hooks(handle, model, self.timestep_scale)
+        state: dict = {}
+
+        def begin(module, args, kwargs):
+            state.clear()
+            state["in_call"] = True
+
+        def end(module, args, kwargs, output):
+            state.clear()
+
+        if isinstance(model, torch.nn.Module):  # inside one transformer call, every rope call sees the largest grid
+            hooks += [model.register_forward_pre_hook(begin, with_kwargs=True),
+                      model.register_forward_hook(end, with_kwargs=True)]
+        had = "rope_embedder" in vars(model)
+        model.rope_embedder = _RuledEmbedder(emb, handle, self.axes, state)
+
+        def undo():
+            for h in reversed(hooks):
+                h.remove()
+            handle.sigma = None
+            if had:
+                model.rope_embedder = emb
+            else:
+                vars(model).pop("rope_embedder", None)
+
+        return undo
+
+
 # ------------------------------------------------------------------------------- image DiTs: Qwen-Image
 _QWEN_FORWARD = ["video_fhw", "device", "max_txt_seq_len"]
 
@@ -1313,8 +1447,8 @@ class QwenLayerStyle(QwenStyle):
 from .adapters_builtin import ChronoEditStyle, CosmosStyle, KandinskyStyle, LTX2VideoStyle  # noqa: E402
 
 ADAPTERS: Tuple[Adapter, ...] = (HunyuanStyle(), WanStyle(), BandBufferStyle(), LTXStyle(), CogVideoXStyle(),
-                                  AllegroStyle(), IdsStyle(), Ids4Style(), HunyuanImageStyle(), QwenStyle(),
-                                  QwenLayerStyle(),
+                                  AllegroStyle(), IdsStyle(), Ids4Style(), HunyuanImageStyle(), RopeEmbedderStyle(),
+                                  QwenStyle(), QwenLayerStyle(),
                                   CosmosStyle(), KandinskyStyle(), ChronoEditStyle(), LTX2VideoStyle())
 
 

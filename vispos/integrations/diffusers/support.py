@@ -34,6 +34,8 @@ REFUSED: Dict[str, str] = {
                                     "stream's `rope` is served, ltx2-video)",
     "SanaWMLTX2AudioVideoRotaryPosEmbed": "audio stream / audio-video cross-attention RoPE (a copy of LTX-2's): left "
                                           "unchanged (the video stream's `rope` is served, ltx2-video)",
+    "CogView4RotaryPosEmbed": "positions squeezed into a fixed `rope_axes_dim` grid (row index * R // H): its own "
+                              "built-in interpolation, not integer grid positions; not yet an adapter",
 }
 
 _ROPE_NAME = ("Rot", "RoPE", "Rope", "PosEmbed")
