@@ -318,3 +318,54 @@ def test_allegro_pipeline_past_training_length_with_and_without_a_rule():
         assert torch.equal(h.last_bands["height"], rope_freqs(4, 10000.0) / 2.0 / 2.0)
     assert not torch.equal(wide, plain) and not torch.equal(wide, ext)
     assert torch.equal(run(), plain) and "_prepare_rotary_positional_embeddings" not in vars(pipe)
+
+
+def _flux2_klein_pipe():
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    tok = tokenizer()
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # the pipeline applies one
+    te = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(WORDS) + 4, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1, head_dim=4,
+                                      max_position_embeddings=32)).eval()
+    vae = AutoencoderKLFlux2(block_out_channels=(4, 4), down_block_types=("DownEncoderBlock2D",) * 2,
+                             up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=1,
+                             norm_num_groups=1, sample_size=32, mid_block_add_attention=False).eval()
+    # joint_attention_dim 24: three text-encoder layers of 8 stacked (text_encoder_out_layers below)
+    tr = Flux2Transformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                                 num_attention_heads=1, joint_attention_dim=24, axes_dims_rope=(4, 4, 4, 4)).eval()
+    return Flux2KleinPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=te, tokenizer=tok,
+                              transformer=tr)
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_flux2_pipeline_above_training_resolution_with_and_without_a_rule():
+    pipe = _flux2_klein_pipe()
+    kw = dict(height=96, width=64, max_sequence_length=16, guidance_scale=1.0, text_encoder_out_layers=(0, 1, 1))
+
+    def run():
+        return _frames(pipe(prompt="a red cat", num_inference_steps=2, output_type="pt",
+                            generator=torch.Generator().manual_seed(0), **kw))
+
+    plain = run()
+    assert plain.shape[-2:] == (96, 64)
+    with vd.apply_rule(pipe, space="none") as h:
+        assert h.host == "ids4-style" and torch.equal(run(), plain)
+    vae_s = pipe.vae_scale_factor  # 2 here; FLUX.2 packs 2x2 latents per token: tokens = pixels / (2 * vae_s)
+    with vd.apply_rule(pipe, space="yarn", train_height=32, train_width=32, units="pixel", vae_scale=(1, vae_s)) as h:
+        ext = run()
+        assert h.axes["height"].train == 8.0 and h.last_bands["height"][0] == 1.0  # high band kept
+    assert torch.isfinite(ext).all() and not torch.equal(ext, plain)
+    with vd.apply_rule(pipe, space=vd.TimeAware("pi", "ntk_base"), train_height=32, train_width=32, units="pixel",
+                       vae_scale=(1, vae_s)):
+        timed = run()
+    assert not torch.equal(timed, plain) and not torch.equal(timed, ext)
+    assert torch.equal(run(), plain) and not pipe.transformer.pos_embed._forward_hooks
