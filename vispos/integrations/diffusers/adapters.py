@@ -1213,7 +1213,11 @@ class RopeEmbedderStyle(Adapter):
             raise ValueError("a vispos rule is already applied to this rope_embedder; remove() it first")
         ids = torch.cartesian_prod(torch.arange(3), torch.arange(min(5, int(emb.axes_lens[1]))),
                                    torch.arange(min(4, int(emb.axes_lens[2]))))
-        probe = type(emb)(theta=emb.theta, axes_dims=list(emb.axes_dims), axes_lens=list(emb.axes_lens))
+        try:  # a fresh instance, so the host's cached tables are left as they are
+            probe = type(emb)(theta=emb.theta, axes_dims=list(emb.axes_dims), axes_lens=list(emb.axes_lens))
+        except TypeError as err:
+            raise ValueError(f"{type(emb).__name__} looks like Z-Image's RopeEmbedder but is not built as one "
+                             f"(theta, axes_dims, axes_lens): {err}") from err
         ref = probe(ids)
         got = torch.cat([t[ids[:, i]] for i, t in enumerate(_embedder_tables(emb, emb.axes_lens, None, self.axes))],
                         dim=-1)
