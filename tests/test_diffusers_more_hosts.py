@@ -496,3 +496,46 @@ def test_briafibo2_rope_embedder_copy_takes_rules_like_zimage():
             outs.append(holder.rope_embedder(ids))
         assert torch.equal(holder.rope_embedder(ids), ref) and not torch.equal(outs[-1], ref)
     assert torch.equal(outs[0], outs[1])
+
+
+def _look_alikes():
+    """Each new layout's rope module, subclassed to compute something else (the structure kept)."""
+    from diffusers.models.transformers import (
+        transformer_flux2,
+        transformer_hunyuanimage,
+        transformer_qwenimage,
+        transformer_z_image,
+    )
+
+    class Flux2Off(transformer_flux2.Flux2PosEmbed):
+        def forward(self, ids):
+            cos, sin = super().forward(ids)
+            return cos * 0.5, sin
+
+    class HyOff(transformer_hunyuanimage.HunyuanImageRotaryPosEmbed):
+        def forward(self, hidden_states):
+            cos, sin = super().forward(hidden_states)
+            return cos.flip(0), sin
+
+    class QwenOff(transformer_qwenimage.QwenEmbedLayer3DRope):
+        def forward(self, video_fhw, max_txt_seq_len, device=None):
+            vid, txt = super().forward(video_fhw, max_txt_seq_len, device)
+            return vid.flip(0), txt
+
+    class ZOff(transformer_z_image.RopeEmbedder):
+        def __call__(self, ids):
+            return super().__call__(ids.flip(0))
+
+    return [("pos_embed", Flux2Off(2000, [4, 4, 4, 4]), "four-axis ids"),
+            ("rope", HyOff([1, 1], [8, 8], 256.0), "HunyuanImage-style"),
+            ("pos_embed", QwenOff(10000, [4, 6, 6], scale_rope=True), "layered RoPE"),
+            ("rope_embedder", ZOff(256.0, [4, 6, 6], [8, 16, 16]), "RopeEmbedder")]
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_a_look_alike_of_each_new_layout_is_refused(case):
+    attr, rope, why = _look_alikes()[case]
+    holder = torch.nn.Module()
+    setattr(holder, attr, rope)
+    with pytest.raises(ValueError, match=why):
+        vd.apply_rule(holder, space="pi", train_height=4, train_width=4)
