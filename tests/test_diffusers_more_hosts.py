@@ -502,6 +502,7 @@ def _look_alikes():
     """Each new layout's rope module, subclassed to compute something else (the structure kept)."""
     from diffusers.models.transformers import (
         transformer_flux2,
+        transformer_glm_image,
         transformer_hunyuanimage,
         transformer_qwenimage,
         transformer_z_image,
@@ -522,6 +523,11 @@ def _look_alikes():
             vid, txt = super().forward(video_fhw, max_txt_seq_len, device)
             return vid.flip(0), txt
 
+    class GlmOff(transformer_glm_image.GlmImageRotaryPosEmbed):
+        def forward(self, hidden_states):
+            cos, sin = super().forward(hidden_states)
+            return sin, cos
+
     class ZOff(transformer_z_image.RopeEmbedder):
         def __call__(self, ids):
             return super().__call__(ids.flip(0))
@@ -529,13 +535,44 @@ def _look_alikes():
     return [("pos_embed", Flux2Off(2000, [4, 4, 4, 4]), "four-axis ids"),
             ("rope", HyOff([1, 1], [8, 8], 256.0), "HunyuanImage-style"),
             ("pos_embed", QwenOff(10000, [4, 6, 6], scale_rope=True), "layered RoPE"),
-            ("rope_embedder", ZOff(256.0, [4, 6, 6], [8, 16, 16]), "RopeEmbedder")]
+            ("rope_embedder", ZOff(256.0, [4, 6, 6], [8, 16, 16]), "RopeEmbedder"),
+            ("rope", GlmOff(24, 2), "GLM-Image-style")]
 
 
-@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("case", range(5))
 def test_a_look_alike_of_each_new_layout_is_refused(case):
     attr, rope, why = _look_alikes()[case]
     holder = torch.nn.Module()
     setattr(holder, attr, rope)
     with pytest.raises(ValueError, match=why):
         vd.apply_rule(holder, space="pi", train_height=4, train_width=4)
+
+
+# ------------------------------------------------------------------------------------------------ GLM-Image
+@pytest.mark.parametrize("name", RULES)
+@torch.no_grad()
+def test_every_spatial_rule_on_glm_image_equals_the_formula_and_undoes(name):
+    from diffusers.models.transformers.transformer_glm_image import GlmImageRotaryPosEmbed
+
+    holder = torch.nn.Module()  # GlmImageTransformer2DModel keeps exactly this module as `rope`
+    holder.rope = GlmImageRotaryPosEmbed(24, 2, theta=10000.0)  # attention_head_dim 24: 6 bands per axis
+    hs = torch.zeros(1, 4, 24, 16)  # 12 x 8 tokens (patch 2); trained at 4 x 4
+    ref = holder.rope(hs)
+    with vd.apply_rule(holder, space=RULE_CASES[name], train_height=4, train_width=4) as hd:
+        assert hd.host == "glm-image-style"
+        got = holder.rope(hs)
+        rows, cols = torch.arange(12).repeat_interleave(8), torch.arange(8).repeat(12)
+        for i, (axis, n, pos) in enumerate((("height", 12, rows), ("width", 8, cols))):
+            rule = hd.axes[axis].resolve(n)
+            host = 1.0 / (10000.0 ** (torch.arange(0, 12, 2, dtype=torch.float32) / 12))
+            new = apply_rule(rope_freqs(12, 10000.0), rule, 10000.0, 12)
+            ang = torch.outer(pos, torch.where(new != rope_freqs(12, 10000.0), new.float(), host))
+            fac = rule_attention_factor(rule)
+            for lo in (6 * i, 12 + 6 * i):  # [rows, columns, rows, columns]
+                assert torch.equal(got[0][:, lo:lo + 6], ang.cos() * fac), (axis, lo)
+                assert torch.equal(got[1][:, lo:lo + 6], ang.sin() * fac), (axis, lo)
+        if name != "none":
+            assert not _same(got, ref)
+    assert _same(holder.rope(hs), ref) and not holder.rope._forward_hooks
+    with pytest.raises(ValueError, match="time axis has 0 components|no rotary components"):
+        vd.apply_rule(holder, time="pi", train_frames=1)

@@ -1118,6 +1118,99 @@ def _same_pair(a, b) -> bool:
     return len(a) == len(b) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, b))
 
 
+# ------------------------------------------------------------------------ image DiTs: GLM-Image style
+def _glm_cos_sin(rope, h: int, w: int, rules: Optional[Sequence[ScalingRule]], names, handle=None, keep=None):
+    """GLM-Image's cos/sin: ``dim // 2`` float32 bands per axis on integer rows / columns, angles laid out
+    ``[rows, columns, rows, columns]`` (halves concatenated); ``keep``: the host's output, kept on the axes the rules
+    leave alone."""
+    d = int(rope.dim) // 2
+    q = d // 2
+    per_axis = []
+    for i, n in enumerate((h, w)):
+        rule = rules[i] if rules is not None else ScalingRule("none")
+        host = 1.0 / (float(rope.theta) ** (torch.arange(0, d, 2, dtype=torch.float32)[:q].float() / d))
+        freqs, new64 = standard_bands(host, rule, float(rope.theta), d)
+        if handle is not None:
+            handle.last_bands[names[i]] = new64
+        per_axis.append((freqs is host, torch.outer(torch.arange(n), freqs), rule_attention_factor(rule)))
+    ang = torch.cat([per_axis[0][1].unsqueeze(1).expand(h, w, -1), per_axis[1][1].unsqueeze(0).expand(h, w, -1)], -1)
+    ang = torch.cat([ang, ang], dim=-1).reshape(h * w, -1)
+    cos, sin = ang.cos(), ang.sin()
+    for i, (same, _, attn) in enumerate(per_axis):
+        cols = torch.cat([torch.arange(i * q, (i + 1) * q), torch.arange((2 + i) * q, (3 + i) * q)])
+        if keep is not None and same and attn == 1.0:
+            cos[:, cols], sin[:, cols] = keep[0][:, cols].to(cos), keep[1][:, cols].to(sin)
+        elif attn != 1.0:
+            cos[:, cols], sin[:, cols] = cos[:, cols] * attn, sin[:, cols] * attn
+    return cos, sin
+
+
+class GlmImageStyle(Adapter):
+    """GLM-Image: ``rope.forward(hidden_states)`` computes cos/sin from ``dim``, ``patch_size``, ``theta`` on the
+    integer (rows, columns) grid of 4-D latents, the two axes' angles concatenated twice. Rules act on rows / columns
+    (``space``); there is no time axis."""
+
+    name = "glm-image-style"
+    layout = ("`transformer.rope.forward(hidden_states)`: `dim // 2` bands per axis from `dim`, `patch_size`, `theta` "
+              "on the (rows, columns) grid, angles `[rows, columns, rows, columns]`")
+    vae = (1, 8)
+    components = ("transformer",)
+    timestep_scale = 1000.0  # GlmImagePipeline passes the scheduler's timestep - 1 (sigma * 1000 - 1)
+
+    def match(self, model, pipe) -> bool:
+        rope = getattr(model, "rope", None)
+        return (isinstance(rope, torch.nn.Module) and _forward_params(rope) == ["hidden_states"]
+                and is_int(getattr(rope, "dim", None)) and is_int(getattr(rope, "patch_size", None))
+                and is_number(getattr(rope, "theta", None))
+                and not any(hasattr(rope, a) for a in ("rope_axes_dim", "rope_dim", "patch_size_t", "freqs_cos")))
+
+    def patch(self, model):
+        p = int(model.rope.patch_size)
+        return 1, p, p
+
+    def n_components(self, model):
+        q = int(model.rope.dim) // 4
+        return 0, q, q
+
+    def _verify(self, rope) -> None:
+        p = int(rope.patch_size)
+        with torch.no_grad():
+            ref = type(rope).forward(rope, torch.zeros(1, 1, 5 * p, 3 * p))
+            got = _glm_cos_sin(rope, 5, 3, None, AXES[1:])
+        if not _same_pair(got, ref):
+            raise ValueError(f"{type(rope).__name__} looks GLM-Image-style (forward(hidden_states), dim, patch_size, "
+                             "theta) but its output is not GLM-Image's RoPE: vispos cannot adjust it safely")
+
+    def install(self, handle, model, pipe):
+        rope = model.rope
+        self._verify(rope)
+        names = AXES[1:]
+        hooks = _timestep_hooks(handle, model, self.timestep_scale)
+
+        def post_hook(module, args, kwargs, output):
+            hs = _hidden_states(args, kwargs)
+            if hs.dim() != 4:
+                raise ValueError(f"{type(module).__name__} takes 4-D hidden_states, got shape {tuple(hs.shape)}")
+            p = int(module.patch_size)
+            h, w = hs.shape[2] // p, hs.shape[3] // p
+            rules = handle.resolve([1, h, w])[1:]
+            if all(r.name == "none" for r in rules):
+                for i in range(2):
+                    handle.last_bands[names[i]] = rope_freqs(int(module.dim) // 2, float(module.theta))
+                return None
+            cos, sin = _glm_cos_sin(module, h, w, rules, names, handle, keep=output)
+            return cos.to(output[0].device), sin.to(output[1].device)
+
+        hooks.append(rope.register_forward_hook(post_hook, with_kwargs=True))
+
+        def undo():
+            for h in reversed(hooks):
+                h.remove()
+            handle.sigma = None
+
+        return undo
+
+
 # ---------------------------------------------------------------- image DiTs: RopeEmbedder (Z-Image style)
 def _embedder_tables(emb, lengths: Sequence[int], rules: Optional[Sequence[ScalingRule]], names, handle=None):
     """Per-axis complex64 tables of a Z-Image-style ``RopeEmbedder`` (float64 ``b^(-2j/d)`` bands times float64
@@ -1451,8 +1544,8 @@ class QwenLayerStyle(QwenStyle):
 from .adapters_builtin import ChronoEditStyle, CosmosStyle, KandinskyStyle, LTX2VideoStyle  # noqa: E402
 
 ADAPTERS: Tuple[Adapter, ...] = (HunyuanStyle(), WanStyle(), BandBufferStyle(), LTXStyle(), CogVideoXStyle(),
-                                  AllegroStyle(), IdsStyle(), Ids4Style(), HunyuanImageStyle(), RopeEmbedderStyle(),
-                                  QwenStyle(), QwenLayerStyle(),
+                                  AllegroStyle(), IdsStyle(), Ids4Style(), HunyuanImageStyle(), GlmImageStyle(),
+                                  RopeEmbedderStyle(), QwenStyle(), QwenLayerStyle(),
                                   CosmosStyle(), KandinskyStyle(), ChronoEditStyle(), LTX2VideoStyle())
 
 
