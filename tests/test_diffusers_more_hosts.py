@@ -116,6 +116,26 @@ def test_every_spatial_rule_on_allegro_equals_the_formula(allegro, name):
     assert all(_same(a, b) for a, b in zip(_allegro_rope(allegro, 4, hp, wp)[0], ref[0]))
 
 
+@pytest.mark.parametrize("name", RULES)
+@torch.no_grad()
+def test_every_rule_on_allegros_time_axis_equals_the_formula(allegro, name):
+    frames = 20  # latent frames; trained at 8
+    ref = _allegro_rope(allegro, frames)
+    with vd.apply_rule(allegro, time=RULE_CASES[name], num_frames=frames, train_frames=8) as h:
+        got = _allegro_rope(allegro, frames)[0]
+        rule = h.axes["time"].resolve(frames)
+        new = _rule_bands(rule, rope_freqs(4, 10000.0) / 2.2, 4, 10000.0)
+        assert torch.equal(h.last_bands["time"], new)
+        ang = torch.outer(torch.arange(frames, dtype=torch.float64), new)
+        fac = rule_attention_factor(rule)
+        assert torch.allclose(got[0][0].double(), torch.cat([ang.cos(), ang.cos()], 1) * fac, atol=1e-6)
+        assert torch.allclose(got[0][1].double(), torch.cat([ang.sin(), ang.sin()], 1) * fac, atol=1e-6)
+        assert _same(got[1], ref[0][1]) and _same(got[2], ref[0][2])
+        if name != "none":
+            assert not _same(got[0], ref[0][0])
+    assert all(_same(a, b) for a, b in zip(_allegro_rope(allegro, frames)[0], ref[0]))
+
+
 def test_allegro_bare_transformer_and_look_alike_are_refused(allegro):
     with pytest.raises(ValueError, match="computed by the pipeline.*AllegroPipeline"):
         vd.apply_rule(allegro.transformer, time="riflex", train_frames=8)
