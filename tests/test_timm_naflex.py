@@ -68,10 +68,11 @@ def test_standard_batch_and_patch_input_forms_agree():
         assert torch.allclose(m(dict(patches=patches, patch_coord=coord, patch_valid=valid)), m(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("kw,pe", [(dict(), "ape"), (dict(rope_type="mixed", pos_embed="none"), "rope_mixed"),
-                                   (dict(rope_type="axial"), ["ape", "rope_axial"])],
-                         ids=["ape", "rope_mixed", "ape+rope_axial"])
-def test_checkpoint_round_trips(tmp_path, kw, pe):
+@pytest.mark.parametrize("kw,pe,pk", [(dict(), "ape", None), (dict(rope_type="mixed", pos_embed="none"), "rope_mixed", None),
+                                      (dict(rope_type="axial"), ["ape", "rope_axial"], None),
+                                      (dict(pos_embed="factorized"), "ape", dict(mode="bilinear"))],
+                         ids=["ape", "rope_mixed", "ape+rope_axial", "factorized"])
+def test_checkpoint_round_trips(tmp_path, kw, pe, pk):
     """A timm NaFlexViT checkpoint -> vispos (create_model(checkpoint_path=), load_state_dict) gives timm's outputs;
     the vispos model's own state dict reloads exactly."""
     ref = _ref(**kw)
@@ -80,8 +81,8 @@ def test_checkpoint_round_trips(tmp_path, kw, pe):
     batch = tp.naflex_batch(ref, generator=torch.Generator().manual_seed(3))
     x = torch.randn(2, 3, 64, 48)
     model_kw = {**TINY, **kw}
-    ours = vispos.create_model(NAME, pe=pe, checkpoint_path=str(path), **model_kw).eval()
-    fresh = vispos.create_model(NAME, pe=pe, **model_kw).eval()
+    ours = vispos.create_model(NAME, pe=pe, pe_kwargs=pk, checkpoint_path=str(path), **model_kw).eval()
+    fresh = vispos.create_model(NAME, pe=pe, pe_kwargs=pk, **model_kw).eval()
     fresh.load_state_dict(ref.state_dict())  # the pre-hook converts timm's keys
     with torch.no_grad():
         want_b, want_x = ref(batch), ref(x)
@@ -89,7 +90,7 @@ def test_checkpoint_round_trips(tmp_path, kw, pe):
             assert _rel(m(batch), want_b) < 1e-5 and _rel(m(x), want_x) < 1e-5
         vpath = tmp_path / "vispos.pth"
         torch.save(ours.state_dict(), vpath)
-        again = vispos.create_model(NAME, pe=pe, checkpoint_path=str(vpath), **model_kw).eval()
+        again = vispos.create_model(NAME, pe=pe, pe_kwargs=pk, checkpoint_path=str(vpath), **model_kw).eval()
         assert torch.equal(again(batch), ours(batch))
     assert not any(k.startswith("embeds.pos_embed") or k == "rope.freqs" for k in ours.state_dict())
 
@@ -167,7 +168,7 @@ def test_grad_checkpointing_same_outputs():
 
 
 @pytest.mark.parametrize("kw,what", [
-    (dict(pos_embed="factorized"), "factorized"),
+    (dict(pos_embed="factorized"), "mode='bilinear'"),  # reproduced with that option (parity matrix)
     (dict(rope_type="mrope", rope_mrope_section=(4, 6, 6), pos_embed="none"), "RotaryEmbeddingMRope"),
     (dict(pos_embed_use_grid_sample=True), "grid_sample"),
     (dict(pos_embed_align_corners=True), "align_corners"),

@@ -22,8 +22,7 @@ _logger = logging.getLogger(__name__)
 
 
 #: how timm describes what it stores, for the dropped-state warnings
-_ROLE_WORDS = {"abs_table": "learned absolute table", "rotary": "rotary embedding", "mixed_freqs": "RoPE-Mixed freqs",
-               "abs_factorized": "factorized absolute tables (NaFlex pos_embed_y / pos_embed_x)"}
+_ROLE_WORDS = {"abs_table": "learned absolute table", "rotary": "rotary embedding", "mixed_freqs": "RoPE-Mixed freqs"}
 
 
 def model_grid(model) -> Tuple[int, ...]:

@@ -16,7 +16,6 @@ factorized) and ``rope`` (axial / mixed / DINOv3 / MRoPE rotary modules); the ho
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -69,13 +68,23 @@ def naflex_grid(model: NaFlexVit) -> Tuple[int, int]:
 
 
 def _resample_settings(e) -> Dict[str, Any]:
+    """How timm resamples this model's table at another grid. Factorized tables are resampled linearly per axis
+    (no antialias, ``align_corners=False``) and summed: on their full table ``y[h] + x[w]`` that is exactly
+    bilinear resampling (the weights of each axis sum to one), so a vispos ``ape`` with ``mode="bilinear"``,
+    ``antialias=False`` reproduces them."""
+    if e.pos_embed_type == "factorized" or e.pos_embed_y is not None:
+        return dict(mode="bilinear", antialias=False, ar_preserving=bool(e.pos_embed_ar_preserving),
+                    align_corners=False)
     return dict(mode=e.pos_embed_interp_mode, antialias=bool(e.pos_embed_antialias),
                 ar_preserving=bool(e.pos_embed_ar_preserving), align_corners=bool(e.pos_embed_align_corners))
 
 
-def _factorized(y: torch.Tensor, x: torch.Tensor, source: str):
-    """The role value of a factorized table (no vispos family takes it: reported as dropped)."""
-    return SimpleNamespace(table=torch.cat([y, x], dim=1), source=source, y=y, x=x)
+def _factorized(y: torch.Tensor, x: torch.Tensor, source: str) -> HostTable:
+    """A factorized pair ``pos_embed_y (1, H, C)``, ``pos_embed_x (1, W, C)`` as the full table
+    ``y[h] + x[w]`` ``(1, H*W, C)`` it adds (see :func:`_resample_settings` for its resampling)."""
+    H, W, C = y.shape[1], x.shape[1], y.shape[2]
+    full = (y[:, :, None, :] + x[:, None, :, :]).reshape(1, H * W, C)
+    return HostTable(full, (H, W), 0, f"{source} (factorized, as its full table)")
 
 
 def host_pe(model: NaFlexVit, convert: bool, log, roles: Optional[Dict[str, Any]] = None) -> HostPE:
@@ -83,8 +92,10 @@ def host_pe(model: NaFlexVit, convert: bool, log, roles: Optional[Dict[str, Any]
     its table resampling (``pos_embed_interp_mode``, antialias, aspect preservation, align_corners) and, unless
     ``roles`` is given (a checkpoint's), its own PE by role."""
     e = model.embeds
+    # timm's rule as recorded when the PE was installed (its tables are gone then), else the model's own
+    settings = getattr(model, "_vispos_naflex_resample", None) or _resample_settings(e)
     host = HostPE(naflex_grid(model), int(model.num_prefix_tokens), prefix_in_table=False,
-                  resample=_resample_settings(e), convert=convert, log=log)
+                  resample=dict(settings), convert=convert, log=log)
     if roles is not None:
         host.roles.update(roles)
         return host
@@ -93,8 +104,8 @@ def host_pe(model: NaFlexVit, convert: bool, log, roles: Optional[Dict[str, Any]
         host.roles["abs_table"] = HostTable(e.pos_embed.detach().reshape(1, H * W, C), (H, W), 0,
                                             "embeds.pos_embed")
     elif e.pos_embed_y is not None:
-        host.roles["abs_factorized"] = _factorized(e.pos_embed_y.detach(), e.pos_embed_x.detach(),
-                                                   "embeds.pos_embed_y/x")
+        host.roles["abs_table"] = _factorized(e.pos_embed_y.detach(), e.pos_embed_x.detach(),
+                                              "embeds.pos_embed_y/x")
     rope = getattr(model, "rope", None)
     if rope is not None:
         host.roles["rotary"] = rope
@@ -116,7 +127,7 @@ def checkpoint_roles(model: NaFlexVit, sd: dict, prefix: str) -> Dict[str, Any]:
         roles["abs_table"] = HostTable(pos.reshape(1, H * W, C), (H, W), 0, "checkpoint embeds.pos_embed")
     y, x = sd.pop(f"{prefix}embeds.pos_embed_y", None), sd.pop(f"{prefix}embeds.pos_embed_x", None)
     if y is not None and x is not None:
-        roles["abs_factorized"] = _factorized(y, x, "checkpoint embeds.pos_embed_y/x")
+        roles["abs_table"] = _factorized(y, x, "checkpoint embeds.pos_embed_y/x")
     freqs = sd.pop(f"{prefix}rope.freqs", None)
     if freqs is not None:
         roles["mixed_freqs"] = HostFreqs(freqs, getattr(model, "_vispos_timm_rope_indexing", "ij"),
@@ -127,15 +138,13 @@ def checkpoint_roles(model: NaFlexVit, sd: dict, prefix: str) -> Dict[str, Any]:
 def unreproduced_settings(model: NaFlexVit, pe: nn.Module, host: HostPE) -> list:
     """What the PE member that took timm's learned table does not reproduce of timm's resampling of it (the
     options it has for it: ``mode``, ``antialias``, ``ar_preserving``, ``align_corners``), and timm settings no
-    vispos PE reproduces (factorized tables, ``pos_embed_use_grid_sample``)."""
+    vispos PE reproduces (``pos_embed_use_grid_sample``)."""
     e = model.embeds
     out = []
-    if "abs_factorized" in host.roles:
-        out.append("timm pos_embed='factorized' (embeds.pos_embed_y / pos_embed_x) has no vispos family")
     owner = host.taken.get("abs_table")
     if owner is not None:
         member = dict(pe.named_modules(prefix="pe")).get(owner.rsplit(".", 1)[0])
-        for k, v in _resample_settings(e).items():
+        for k, v in host.resample.items():
             have = getattr(member, k, False if k in ("ar_preserving", "align_corners") else None)
             if have != v:
                 hint = (f" (build it with pe_kwargs {k}={v!r})" if member is not None and hasattr(member, k)
@@ -373,6 +382,8 @@ def check_naflex(model: NaFlexVit) -> None:
     if model.embeds.patch_interpolator is not None and not model.embeds.is_linear:
         raise ValueError("NaFlexVit with a conv patch embedding and a patch interpolator is not supported")
     math.prod(naflex_grid(model))  # raises when there is no training grid
+    if getattr(model, "_vispos_naflex_resample", None) is None:  # timm's table rule, kept past the table's removal
+        model._vispos_naflex_resample = _resample_settings(model.embeds)
 
 
 add_host(TimmHost(
