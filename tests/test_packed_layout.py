@@ -441,3 +441,22 @@ def test_coordinate_augmentation_one_draw_per_packed_forward(name):
     torch.manual_seed(4)
     other = pe.forward_qk(q, k, pe.prepare(x, L), 1)[0]
     assert not torch.allclose(other, qo)  # a new forward draws a new transform
+
+
+def test_generic_decomposed_bias_stays_factored():
+    """A family returning a DecomposedBias per grid (ALiBi Manhattan) gets a PackedDecomposedBias from the generic
+    path (no N x N tensor), equal to its dense per-sample blocks; a tensor bias (Euclidean) is blocked densely."""
+    L = PackedLayout(SHAPES[2], 1)
+    q, k, v = torch.randn(3, 4, HEADS, L.num_tokens, DIM // HEADS).unbind(0)
+    man = vispos.build_pe("alibi", num_heads=HEADS, grid=(5, 5))
+    bias = man.attn_bias(q, L, 0)
+    assert isinstance(bias, PackedDecomposedBias)
+    dense = bias.dense()
+    for b, s in enumerate(L.samples):
+        n = s.num_tokens
+        torch.testing.assert_close(dense[b:b + 1, :, :n, :n], man.attn_bias(q[b:b + 1, :, :n], s, 0).dense())
+    torch.testing.assert_close(sdpa(q, k, v, bias, layout=L), sdpa(q, k, v, dense, layout=L), atol=1e-5, rtol=1e-5)
+    euc = vispos.build_pe("alibi", num_heads=HEADS, grid=(5, 5), distance="euclidean")
+    t = euc.attn_bias(q, L, 0)
+    assert isinstance(t, torch.Tensor) and t.shape == (4, HEADS, L.num_tokens, L.num_tokens)
+    torch.testing.assert_close(t[1:2, :, :22, :22], euc.attn_bias(q[1:2, :, :22], L.sample(1), 0).expand(1, -1, -1, -1))

@@ -194,16 +194,28 @@ def _generic_prepare(pe, fn, x, layout):
 
 
 def _generic_attn_bias(pe, fn, q, layout, *rest, **kw):
+    """Per-group biases as one per-sample bias: a :class:`~vispos.ops.attention.PackedDecomposedBias` when every
+    group returns a self-attention ``DecomposedBias`` (folded by ``sdpa``, no ``N x N`` tensor), else the
+    per-sample blocks in one ``(B, heads, N, N)`` tensor (``DecomposedBias`` densified)."""
     _check_packed_tensor(q, layout, f"{pe.name}.attn_bias: q", 2)
     runs = _group_runs(pe, layout, q.device)
     if len(runs) == 1 and runs[0][1] is None:
         return fn(pe, q, runs[0][0], *rest, **kw)
-    from ..ops.attention import DecomposedBias
+    from ..ops.attention import DecomposedBias, PackedDecomposedBias, packed_bias_width
 
     B, H, N = q.shape[0], q.shape[1], q.shape[2]
+    got = [(run, ix, n, fn(pe, _take(q, ix, n, 2), run, *rest, **kw)) for run, ix, n in runs]
+    if all(b is None for *_, b in got):
+        return None
+    if all(isinstance(b, DecomposedBias) and b.q_layout.shape == b.k_layout.shape == run.shape
+           and b.q_layout.num_prefix == b.k_layout.num_prefix == run.num_prefix for run, _, _, b in got):
+        rel = q.new_zeros(B, H, layout.length, packed_bias_width(layout))
+        for run, ix, _, b in got:
+            f = torch.cat([t.to(q.dtype) for t in b.factors], dim=-1)  # (B_g or 1, H or 1, n_patches, sum(shape))
+            rel[ix, :, :run.num_patches, :sum(run.shape)] = f.expand(len(ix), H, *f.shape[2:])
+        return PackedDecomposedBias(rel, layout)
     out = None
-    for run, ix, n in runs:
-        b = fn(pe, _take(q, ix, n, 2), run, *rest, **kw)
+    for _run, ix, n, b in got:
         if b is None:
             continue
         if isinstance(b, DecomposedBias):
