@@ -460,3 +460,21 @@ def test_generic_decomposed_bias_stays_factored():
     t = euc.attn_bias(q, L, 0)
     assert isinstance(t, torch.Tensor) and t.shape == (4, HEADS, L.num_tokens, L.num_tokens)
     torch.testing.assert_close(t[1:2, :, :22, :22], euc.attn_bias(q[1:2, :, :22], L.sample(1), 0).expand(1, -1, -1, -1))
+
+
+@pytest.mark.parametrize("name", ["rope_axial", "ape_sincos"])
+def test_samples_with_explicit_positions(name):
+    """A sample given as a GridLayout with explicit positions keeps them (e.g. strided frames / columns)."""
+    s0 = GridLayout((3, 4), 1, positions=((0.0, 2.0, 4.0), None))
+    L = PackedLayout([s0, (4, 4), s0], num_prefix=1)
+    assert L.sample(0).positions == s0.positions and len(L.groups()) == 2
+    model = _model(name, 2, 1)
+    x = torch.randn(3, L.num_tokens, DIM)
+    with torch.no_grad():
+        out = model(x, L)
+        for b in range(3):
+            s = L.sample(b)
+            torch.testing.assert_close(out[b:b + 1, :s.num_tokens], model(x[b:b + 1, :s.num_tokens], s),
+                                       atol=2e-5, rtol=1e-4)
+        plain = model(x[:1, :13], GridLayout((3, 4), 1))
+    assert not torch.allclose(plain, out[:1, :13], atol=1e-3)  # the positions matter
