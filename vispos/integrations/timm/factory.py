@@ -90,8 +90,8 @@ def install_pe(
             its RoPE base, pairing and reference grid; with ``convert``, ``peg`` starts as the identity.
         convert: move timm's PE into the vispos PE (see the module docstring) and log every converted / new key.
 
-    The model's ``pos_embed`` (and EVA / NaFlexViT ``rope``; NaFlexViT ``embeds.pos_embed``) are removed; other state-dict keys are unchanged; the PE appears
-    under ``pe.``. Raises ``TypeError`` for unsupported models, ``ValueError`` for unsupported configurations.
+    The model's ``pos_embed`` (and EVA / NaFlexViT ``rope``; NaFlexViT ``embeds.pos_embed``) are removed; other
+    state-dict keys are unchanged; the PE appears under ``pe.``. Raises ``TypeError`` for unsupported models, ``ValueError`` for unsupported configurations.
     """
     host = find_host(model)
     _check_model(model, host)
