@@ -69,6 +69,7 @@ def resample_abs_pe(
     num_prefix: int = 0,
     mode: str = "bicubic",
     antialias: bool = False,
+    align_corners: bool = False,
 ) -> torch.Tensor:
     """Resample a learned absolute PE table to another grid.
 
@@ -82,6 +83,9 @@ def resample_abs_pe(
             grid ``bicubic``/``bilinear`` resample each frame's ``(H, W)`` plane with that mode, then the time axis
             linearly (so ``bilinear`` equals ``trilinear`` without antialias).
         antialias: antialiasing when downsampling (``bicubic`` / ``bilinear`` only; spatial axes in 3D).
+        align_corners: ``F.interpolate``'s ``align_corners`` for the interpolating modes (``bicubic``,
+            ``bilinear``, ``trilinear``; also the time axis in 3D): corner cells of the two grids aligned (timm
+            NaFlex ``pos_embed_align_corners``, the C-RADIOv3 checkpoints). ``area`` / ``nearest`` refuse it.
 
     Returns ``(1, num_prefix + prod(new_grid), C)`` (same rank and dtype as ``table``). Equal grids return
     ``table`` itself. Interpolation runs in float32 (float64 stays float64), cast back once. With
@@ -112,6 +116,8 @@ def resample_abs_pe(
         raise ValueError(f"mode 'trilinear' is for 3D grids (T, H, W), got a {nd}-D grid {old_grid}")
     if antialias and mode not in ("bicubic", "bilinear"):
         raise ValueError(f"antialias works with modes 'bicubic' and 'bilinear', got mode={mode!r}")
+    if align_corners and mode not in ("bicubic", "bilinear", "trilinear"):
+        raise ValueError(f"align_corners works with modes 'bicubic', 'bilinear' and 'trilinear', got mode={mode!r}")
     # no size-match early-out while exporting: it would specialise the graph to the example's grid (as timm)
     if not torch.compiler.is_exporting() and new_grid == old_grid:
         return table.squeeze(0) if squeeze else table
@@ -121,19 +127,19 @@ def resample_abs_pe(
     prefix, patch = table[:, :num_prefix], table[:, num_prefix:]
     work = patch if orig_dtype == torch.float64 else patch.float()
     x = work.reshape(1, *old_grid, C).movedim(-1, 1)  # (1, C, *old_grid)
-    ac = False if mode in ("bicubic", "bilinear", "trilinear") else None
+    ac = bool(align_corners) if mode in ("bicubic", "bilinear", "trilinear") else None
     if nd == 2 or mode in ("area", "nearest", "trilinear"):
         x = F.interpolate(x, size=new_grid, mode=mode, align_corners=ac, antialias=antialias)
     else:  # 3D, bicubic/bilinear: spatial per frame, then linear in time
         T, H, W = old_grid
         x = x[0].transpose(0, 1)  # (T, C, H, W)
         if (H, W) != new_grid[1:]:
-            x = F.interpolate(x, size=new_grid[1:], mode=mode, align_corners=False, antialias=antialias)
+            x = F.interpolate(x, size=new_grid[1:], mode=mode, align_corners=ac, antialias=antialias)
         x = x.transpose(0, 1)[None]  # (1, C, T, H', W')
         if T != new_grid[0]:
             h2, w2 = new_grid[1:]
             x = x.reshape(1, C, T, h2 * w2).permute(0, 3, 1, 2).reshape(h2 * w2, C, T)
-            x = F.interpolate(x, size=new_grid[0], mode="linear", align_corners=False)
+            x = F.interpolate(x, size=new_grid[0], mode="linear", align_corners=ac)
             x = x.reshape(1, h2 * w2, C, new_grid[0]).permute(0, 2, 3, 1).reshape(1, C, new_grid[0], h2, w2)
     out = x.movedim(1, -1).reshape(1, -1, C).to(orig_dtype)
     out = torch.cat([prefix, out], dim=1)
@@ -473,7 +479,8 @@ class AbsolutePE(_TokenPE):
         num_prefix: prefix tokens (class, registers) of the host.
         embed_prefix: if True (timm default) the table has rows for the ``num_prefix`` prefix tokens; False is
             timm's ``no_embed_class`` (prefix tokens get no PE, any number of them is accepted).
-        mode, antialias: resampling at another grid (:func:`resample_abs_pe`).
+        mode, antialias, align_corners: resampling at another grid (:func:`resample_abs_pe`; ``align_corners``
+            for the evaluation-time resampling, not the train-time ``crop_aug`` / ``fuzzy`` read-outs).
         crop_aug: RO-ViT cropped PE during training (2D only): per sample, upsample the table to ``crop_upsample``,
             cut a random box (RandomResizedCrop rule, :func:`sample_crop_boxes`: area ``crop_scale``, aspect
             ``crop_ratio``) and resize it to the current grid. Off in ``eval()``.
@@ -513,6 +520,7 @@ class AbsolutePE(_TokenPE):
         crop_sampling: str = "center",
         fuzzy: float = 0.0,
         init_std: float = 0.02,
+        align_corners: bool = False,
         device=None,
         dtype=None,
     ):
@@ -530,6 +538,11 @@ class AbsolutePE(_TokenPE):
             raise ValueError(f"mode 'trilinear' is for 3D grids, got grid {self.grid}")
         if antialias and mode not in ("bicubic", "bilinear"):
             raise ValueError(f"antialias works with modes 'bicubic' and 'bilinear', got mode={mode!r}")
+        if not isinstance(align_corners, bool):
+            raise TypeError(f"ape: align_corners must be a bool, got {align_corners!r}")
+        if align_corners and mode not in ("bicubic", "bilinear", "trilinear"):
+            raise ValueError(f"ape: align_corners works with modes 'bicubic', 'bilinear' and 'trilinear', got "
+                             f"mode={mode!r}")
         if crop_aug and len(self.grid) != 2:
             raise ValueError(f"crop_aug (RO-ViT cropped PE) is 2D-only, got a {len(self.grid)}-D grid {self.grid}")
         if crop_aug:
@@ -546,6 +559,7 @@ class AbsolutePE(_TokenPE):
         self.embed_prefix = bool(embed_prefix)
         self.mode = mode
         self.antialias = bool(antialias)
+        self.align_corners = align_corners
         self.crop_aug = bool(crop_aug)
         self.crop_scale = tuple(crop_scale)
         self.crop_ratio = tuple(crop_ratio)
@@ -596,7 +610,8 @@ class AbsolutePE(_TokenPE):
         host.take("abs_table", f"{path}.pos_embed")
         if tuple(t.grid) != tuple(self.grid):
             table = resample_abs_pe(table, self.grid, tuple(t.grid), src_prefix, host.resample.get("mode", "bicubic"),
-                                    bool(host.resample.get("antialias", False)))
+                                    bool(host.resample.get("antialias", False)),
+                                    bool(host.resample.get("align_corners", False)))
             host.log("%s resampled from grid %s to %s", t.source, tuple(t.grid), self.grid)
         dst = torch.zeros_like(self.pos_embed)
         dst[:, dst_prefix:] = table[:, src_prefix:].to(dst.dtype)
@@ -619,10 +634,11 @@ class AbsolutePE(_TokenPE):
         if side * side != n or len(self.grid) != 2:
             raise ValueError(f"checkpoint pos_embed {tuple(tensor.shape)} has {n} patch rows, not a square grid; "
                              f"cannot tell its grid")
-        # with this table's own rule (mode, antialias): equal to what the saved model computes at this grid
-        host.log("checkpoint pos_embed resampled from grid %s to %s (%s, antialias=%s)", (side, side), self.grid,
-                 self.mode, self.antialias)
-        return resample_abs_pe(tensor, self.grid, (side, side), self.table_prefix, self.mode, self.antialias)
+        # with this table's own rule (mode, antialias, align_corners): what the saved model computes at this grid
+        host.log("checkpoint pos_embed resampled from grid %s to %s (%s, antialias=%s, align_corners=%s)",
+                 (side, side), self.grid, self.mode, self.antialias, self.align_corners)
+        return resample_abs_pe(tensor, self.grid, (side, side), self.table_prefix, self.mode, self.antialias,
+                               self.align_corners)
 
     def _check(self, layout: GridLayout) -> None:
         self.check_layout(layout)
@@ -639,11 +655,13 @@ class AbsolutePE(_TokenPE):
         if len(grid) != len(self.grid):
             raise ValueError(f"ape was built for {len(self.grid)}-D grids, got grid {grid}")
         if torch.compiler.is_exporting():  # no early-out that specialises the exported graph to one grid
-            return resample_abs_pe(self.pos_embed, grid, self.grid, self.table_prefix, self.mode, self.antialias)
+            return resample_abs_pe(self.pos_embed, grid, self.grid, self.table_prefix, self.mode, self.antialias,
+                                   self.align_corners)
         if grid == self.grid:
             return self.pos_embed
         if torch.compiler.is_compiling() or (torch.is_grad_enabled() and self.pos_embed.requires_grad):
-            return resample_abs_pe(self.pos_embed, grid, self.grid, self.table_prefix, self.mode, self.antialias)
+            return resample_abs_pe(self.pos_embed, grid, self.grid, self.table_prefix, self.mode, self.antialias,
+                                   self.align_corners)
         key = (grid, self.pos_embed.device, self.pos_embed.dtype)
         version = self.pos_embed._version
         cache = self._table_cache()
@@ -652,7 +670,7 @@ class AbsolutePE(_TokenPE):
             cache.move_to_end(key)
             return hit[1]
         out = resample_abs_pe(self.pos_embed.detach(), grid, self.grid, self.table_prefix, self.mode,
-                              self.antialias)
+                              self.antialias, self.align_corners)
         self._cache_put(key, (version, out))
         return out
 
@@ -688,7 +706,8 @@ class AbsolutePE(_TokenPE):
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, grid={self.grid}, num_prefix={self.num_prefix}, embed_prefix={self.embed_prefix}, "
                 f"mode={self.mode!r}, antialias={self.antialias}, crop_aug={self.crop_aug}"
-                + (f", fuzzy={self.fuzzy:g}" if self.fuzzy else ""))
+                + (f", fuzzy={self.fuzzy:g}" if self.fuzzy else "")
+                + (", align_corners=True" if self.align_corners else ""))
 
 
 class SinCosPE(_TokenPE):

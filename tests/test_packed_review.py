@@ -1,0 +1,73 @@
+"""Independent re-check of issue #17 (variable-resolution batches, NaFlexViT host): cases the first tests did not
+cover. Each test failed before its fix."""
+import copy
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import vispos
+from vispos.integrations.timm import install_pe
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "timm_parity.py"
+if "timm_parity" not in sys.modules:
+    _spec = importlib.util.spec_from_file_location("timm_parity", _PATH)
+    _mod = importlib.util.module_from_spec(_spec)
+    sys.modules["timm_parity"] = _mod
+    _spec.loader.exec_module(_mod)
+tp = sys.modules["timm_parity"]
+
+TINY = dict(embed_dim=64, depth=2, num_heads=2, num_classes=5)
+
+
+def _rel(a, b):
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+# ---- C-RADIOv3 NaFlexViTs resample their learned table with align_corners=True ------------------------------------
+def test_radio_v3_align_corners_table_reproduced(caplog):
+    """``naflexvit_base_patch16_radio_v3`` (timm ``pos_embed_align_corners=True``, bilinear, no antialias,
+    aspect-preserving) with ``ape(mode="bilinear", antialias=False, align_corners=True)`` gives timm's outputs on a
+    mixed NaFlex batch and an image batch, and nothing is reported as unreproduced."""
+    torch.manual_seed(0)
+    ref = timm.create_model("naflexvit_base_patch16_radio_v3", pos_embed_grid_size=(8, 8), **TINY).eval()
+    tp.randomise(ref)
+    assert ref.embeds.pos_embed_align_corners
+    with caplog.at_level(logging.WARNING):
+        ours = install_pe(copy.deepcopy(ref), "ape", dict(mode="bilinear", antialias=False, align_corners=True),
+                          convert=True).eval()
+    assert not [r for r in caplog.records if "not reproduced" in r.getMessage()]
+    batch = tp.naflex_batch(ref, grids=((4, 6), (7, 3), (1, 12), (12, 1)), length=26,
+                            generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, 3, 48, 112)
+    with torch.no_grad():
+        assert _rel(ours(batch), ref(batch)) < 1e-5
+        assert _rel(ours(x), ref(x)) < 1e-5
+    # without the option the difference is reported (and real)
+    with caplog.at_level(logging.WARNING):
+        other = install_pe(copy.deepcopy(ref), "ape", dict(mode="bilinear", antialias=False), convert=True).eval()
+    assert any("align_corners=True" in r.getMessage() and "pe_kwargs align_corners=True" in r.getMessage()
+               for r in caplog.records)
+    with torch.no_grad():
+        assert _rel(other(batch), ref(batch)) > 1e-3
+
+
+def test_ape_align_corners_option():
+    from vispos.pe.absolute import resample_abs_pe
+
+    t = torch.randn(1, 1 + 16, 8)
+    a = resample_abs_pe(t, (6, 3), (4, 4), 1, "bilinear", align_corners=True)
+    want = torch.nn.functional.interpolate(t[:, 1:].reshape(1, 4, 4, 8).permute(0, 3, 1, 2), size=(6, 3),
+                                           mode="bilinear", align_corners=True).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(a[:, 1:], want)
+    assert torch.equal(a[:, :1], t[:, :1])
+    pe = vispos.build_pe("ape", dim=8, grid=(4, 4), num_prefix=1, mode="bicubic", align_corners=True)
+    assert "align_corners=True" in repr(pe)
+    with pytest.raises(ValueError, match="align_corners"):
+        vispos.build_pe("ape", dim=8, grid=(4, 4), mode="area", align_corners=True)
+    with pytest.raises(ValueError, match="align_corners"):
+        resample_abs_pe(t, (6, 3), (4, 4), 1, "nearest", align_corners=True)
