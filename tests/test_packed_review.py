@@ -71,3 +71,32 @@ def test_ape_align_corners_option():
         vispos.build_pe("ape", dim=8, grid=(4, 4), mode="area", align_corners=True)
     with pytest.raises(ValueError, match="align_corners"):
         resample_abs_pe(t, (6, 3), (4, 4), 1, "nearest", align_corners=True)
+
+
+# ---- NaFlex patches of the wrong width are named before any work --------------------------------------------------
+def test_naflex_patch_width_checked():
+    m = vispos.create_model("naflexvit_base_patch16_gap", pe="rope_axial", pos_embed_grid_size=(4, 4), **TINY).eval()
+    batch = tp.naflex_batch(m)
+    with pytest.raises(ValueError, match=r"768 values .* got 100"):
+        m(dict(batch, patches=batch["patches"][..., :100]))
+    five = batch["patches"].reshape(3, 28, 16, 16, 3)
+    with torch.no_grad():  # (B, N, Ph, Pw, C) at the model's patch size is accepted, as timm
+        assert torch.equal(m(dict(batch, patches=five)), m(batch))
+    with pytest.raises(ValueError, match=r"768 values .* got 588"):
+        m(dict(batch, patches=five[:, :, :14, :14]))
+
+
+def test_from_patch_coord_names_truncation_and_missing_valid():
+    from timm.data.naflex_dataset import NaFlexCollator
+    from timm.data.naflex_transforms import Patchify
+
+    from vispos.grid import PackedLayout
+
+    items = [(Patchify(patch_size=(4, 4))(torch.randn(3, 4 * h, 4 * w)), 0) for h, w in ((4, 6), (2, 3))]
+    batch, _ = NaFlexCollator(max_seq_len=10)(items)  # sample 0 (24 patches) cut to 10
+    with pytest.raises(ValueError, match="truncated"):
+        PackedLayout.from_patch_coord(batch["patch_coord"], batch["patch_valid"])
+    batch, _ = NaFlexCollator(max_seq_len=30)(items)
+    with pytest.raises(ValueError, match="pass patch_valid"):
+        PackedLayout.from_patch_coord(batch["patch_coord"])
+    assert PackedLayout.from_patch_coord(batch["patch_coord"], batch["patch_valid"]).shapes == ((4, 6), (2, 3))

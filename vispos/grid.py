@@ -304,8 +304,17 @@ class PackedLayout:
             shape = tuple(int(v) + 1 for v in c.max(0).values)
             expect = grid_coords(shape, "index", dtype=torch.long) if math.prod(shape) == n else None
             if expect is None or not torch.equal(c, expect):
+                full = grid_coords(shape, "index", dtype=torch.long)
+                if n < full.shape[0] and torch.equal(c, full[:n]):
+                    hint = (f"; they are its first {n} of {full.shape[0]} patches: the sample was truncated (a "
+                            f"NaFlexCollator max_seq_len below its patch count; size images to the budget)")
+                elif patch_valid is None:
+                    hint = "; no patch_valid was given, so padding tokens counted as valid: pass patch_valid"
+                else:
+                    hint = ""
                 raise ValueError(f"from_patch_coord: sample {b}'s {n} valid coordinates are not the full row-major "
-                                 f"grid {shape} (NaFlex order: coordinates 0..size-1 per axis, last axis fastest)")
+                                 f"grid {shape} (NaFlex order: coordinates 0..size-1 per axis, last axis fastest)"
+                                 f"{hint}")
             shapes.append(shape)
         return cls(tuple(shapes), num_prefix, N)
 

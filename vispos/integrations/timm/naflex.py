@@ -237,6 +237,10 @@ class _NaFlexHooks(_ModelHooks):
                              "embeds images with a conv, give it (B, C, H, W) images")
         if x.dim() not in (3, 5):
             raise _bad_input(f"NaFlex patches must be (B, N, P*P*C) or (B, N, Ph, Pw, C), got {tuple(x.shape)}")
+        if not (e.enable_patch_interpolator and x.dim() == 5) and math.prod(x.shape[2:]) != e.proj.in_features:
+            ph, pw = e.patch_size
+            raise _bad_input(f"NaFlex patches must hold {e.proj.in_features} values each ({ph}x{pw} patches of "
+                             f"{e.in_chans} channels), got {math.prod(x.shape[2:])} (patches {tuple(x.shape)})")
         if not isinstance(patch_coord, torch.Tensor) or patch_coord.shape != (*x.shape[:2], 2):
             got = tuple(patch_coord.shape) if isinstance(patch_coord, torch.Tensor) else type(patch_coord).__name__
             raise _bad_input(f"patch_coord must be (B, N, 2) = {(*x.shape[:2], 2)} (row, column per patch), got {got}")
