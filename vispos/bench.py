@@ -91,6 +91,16 @@ def _pin_malloc() -> None:
         pass
 
 
+def _trim_malloc() -> None:
+    """Return glibc's free heap memory to the OS (``malloc_trim(0)`` also drops the pages of free chunks inside the
+    heap). Without it, a buffer that fits a free chunk left resident by earlier work costs no new RSS and the
+    measured peak reads 0."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (no malloc_trim): the peak may read low there
+        pass
+
+
 def _rss(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -111,6 +121,7 @@ def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> Optional
         return torch.cuda.max_memory_allocated() - base
     if not os.path.exists("/proc/self/clear_refs"):
         return None
+    _trim_malloc()  # free heap chunks are made non-resident, so reusing one for fn() shows up in the peak
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current RSS
     base = _rss("VmHWM")  # read after the reset: memory other threads free in between cannot lower the peak's base
