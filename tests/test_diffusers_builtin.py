@@ -83,7 +83,7 @@ def test_cosmos_builtin_factor_below_one_is_reproduced():
 
 
 @torch.no_grad()
-def test_cosmos_riflex_on_time_and_yarn_on_space_replace_the_builtin_ntk(cosmos):
+def test_cosmos_riflex_on_time_keeps_the_builtin_ntk_and_yarn_on_space_replaces_it(cosmos):
     x = torch.zeros(1, 2, FRAMES, 3, 4)
     own = cosmos.rope(x, fps=FPS)
     step = 24 / FPS  # Cosmos's temporal position of latent frame i is i * base_fps / fps
@@ -96,11 +96,13 @@ def test_cosmos_riflex_on_time_and_yarn_on_space_replace_the_builtin_ntk(cosmos)
         assert h.last_bands["time"][0].item() == pytest.approx(0.9 * 2 * math.pi / FRAMES, rel=1e-12)
     pos = torch.arange(FRAMES, dtype=torch.float32) / FPS * 24
     time_cols = cos.reshape(FRAMES, 3, 4, -1)[:, 0, 0]  # (T, 24): [t(4), h(4), w(4)] * 2
-    for j in range(4):  # the rule replaced the NTK on time: the unscaled bands, the k-th lowered
-        theta = torch.tensor(new if j == 0 else 1.0 / 10000.0 ** (2 * j / 8), dtype=torch.float32)
-        if j:  # the host's own float32 form of the unscaled band
-            theta = 1.0 / (10000.0 ** (torch.arange(0, 8, 2, dtype=torch.float32)[j] / 8))
-        assert torch.equal(time_cols[:, j], (pos * theta).cos()) and torch.equal(time_cols[:, 12 + j], time_cols[:, j])
+    own_cols = own[0].reshape(FRAMES, 3, 4, -1)[:, 0, 0]
+    for j in range(4):  # RIFLEx acts on the model's own (NTK-scaled) bands: the k-th lowered, the others the host's
+        if j:
+            assert torch.equal(time_cols[:, j], own_cols[:, j])
+        else:
+            assert torch.equal(time_cols[:, j], (pos * torch.tensor(new, dtype=torch.float32)).cos())
+        assert torch.equal(time_cols[:, 12 + j], time_cols[:, j])
     spatial = [c for c in range(24) if c % 12 >= 4]
     assert torch.equal(cos[:, spatial], own[0][:, spatial]) and torch.equal(sin[:, spatial], own[1][:, spatial])
     # YaRN on space instead of the built-in NTK: vispos's YaRN bands of base 10000
@@ -374,3 +376,58 @@ def test_builtin_rules_of_a_model_without_builtin_scaling_and_pi_factor():
     f = rope_freqs(8)
     assert torch.equal(apply_rule(f, {"name": "pi", "factor": 2.0}, 10000.0, 8), f / 2)
     assert torch.equal(apply_rule(f, {"name": "pi", "factor": 0.5}, 10000.0, 8), f / 0.5)  # < 1 extrapolates
+
+
+# ------------------------------------------------------------------------- RIFLEx on the model's own bands
+@pytest.mark.parametrize("hd, rope_scale, fps", [(24, (2.0, 1.0, 1.0), 30), (30, (20 / 24, 2.0, 2.0), 16),
+                                                 (36, (2.0, 2.0, 2.0), None)])
+@torch.no_grad()
+def test_cosmos_riflex_changes_only_band_k_of_the_models_own_ntk_bands(hd, rope_scale, fps):
+    """RIFLEx lowers one band of the checkpoint's RoPE: with a temporal NTK built in (Cosmos 1.0 (2, 1, 1), 2.0 14B
+    (20/24, 2, 2)) the other temporal bands stay the host's scaled ones, bit-exactly, and band k is the formula on
+    the host's own band (recomputed here from vispos.freqs on base 10000 * rope_scale^(d/(d-2)))."""
+    torch.manual_seed(0)
+    model = diffusers.CosmosTransformer3DModel(
+        in_channels=2, out_channels=2, num_attention_heads=1, attention_head_dim=hd, num_layers=1, text_embed_dim=8,
+        adaln_lora_dim=4, max_size=(64, 16, 16), patch_size=(1, 1, 1), rope_scale=rope_scale,
+        concat_padding_mask=False, extra_pos_embed_type=None).eval()
+    frames = 40
+    x = torch.zeros(1, 2, frames, 2, 2)
+    own = model.rope(x, fps=fps)
+    d = model.rope.dim_t
+    step = 1.0 if fps is None else 24 / fps
+    lam = rope_scale[0] ** (d / (d - 2))
+    bands = rope_freqs(d, 10000.0 * lam)  # the model's own temporal bands per position
+    rule = ScalingRule("riflex", k=2, test_len=frames * step, mode="unchecked")
+    want = apply_rule(bands, rule, 10000.0 * lam, d)
+    assert (want != bands).tolist() == [j == 1 for j in range(d // 2)]
+    with vd.apply_rule(model, time={"name": "riflex", "k": 2, "mode": "unchecked"}, num_frames=frames) as h:
+        cos, sin = model.rope(x, fps=fps)
+        assert torch.allclose(h.last_bands["time"], want * step, rtol=1e-12, atol=0)
+    changed = [c for c in range(2 * hd // 2) if not torch.equal(cos[:, c], own[0][:, c])]
+    half = hd // 2 * 1  # halves layout [t, h, w] * 2: column 1 of each half
+    assert changed == [1, half + 1]
+    pos = torch.arange(frames, dtype=torch.float32) if fps is None else torch.arange(frames) / fps * 24
+    assert torch.equal(cos.reshape(frames, 4, -1)[:, 0, 1], (pos.float() * want[1].float()).cos())
+    assert _same(model.rope(x, fps=fps), own)
+
+
+@torch.no_grad()
+def test_kandinsky_riflex_on_an_interpolated_axis_changes_only_band_k_of_its_own_bands():
+    """Kandinsky 6 holds scale_factor (1, 2, 2): RIFLEx on the height keeps the interpolation on the other bands
+    (bit-exact) and lowers band k of the model's own bands angle / 2."""
+    model = _kandinsky("Kandinsky6Transformer3DModel")
+    pos = [torch.arange(2), torch.arange(40), torch.arange(3)]
+    sf = (1.0, 2.0, 2.0)
+    own = _k_call(model, pos, sf)
+    bands = rope_freqs(6, 10000.0) / 2.0  # height dim 6: the model's own per-position bands
+    want = apply_rule(bands, ScalingRule("riflex", k=1, test_len=40), 10000.0, 6)
+    assert (want != bands).tolist() == [True, False, False]
+    with vd.apply_rule(model, space=({"name": "riflex", "k": 1}, "none"), height=40, units="token") as h:
+        got = _k_call(model, pos, sf)
+        assert torch.allclose(h.last_bands["height"], want, rtol=1e-12, atol=0)
+    flat, ref = got.reshape(-1, 8, 2, 2), own.reshape(-1, 8, 2, 2)  # (T*H*W, 2 + 3 + 3 bands, 2, 2)
+    assert torch.equal(flat[:, :2], ref[:, :2]) and torch.equal(flat[:, 3:], ref[:, 3:])
+    h_pos = torch.arange(40).repeat_interleave(3).repeat(2).float()
+    assert torch.allclose(flat[:, 2, 0, 0], (h_pos * want[0].float()).cos(), atol=1e-6)
+    assert _same(_k_call(model, pos, sf), own)

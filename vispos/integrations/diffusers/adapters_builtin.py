@@ -5,8 +5,9 @@ LTX-2's video stream). Part of :data:`~vispos.integrations.diffusers.adapters.AD
 (``rope_scale``: ``lam = rope_scale^(d/(d-2))``, the ``ntk`` rule at scale ``rope_scale``); Kandinsky divides each
 axis's angles by the ``scale_factor`` its transformer passes at each call (position interpolation, the ``pi`` rule with
 ``factor=scale_factor``). :func:`builtin_rules` returns these as vispos rules. An axis left ``none`` keeps the
-model's own scaling (bit-identical to diffusers); an axis given a rule **replaces** its built-in scaling: the rule acts
-on the unscaled bands (base 10000 for Cosmos, Kandinsky's ``max_period``). The built-in rules themselves are computed
+model's own scaling (bit-identical to diffusers); RIFLEx lowers one band of the model's own (scaled) bands and keeps
+the others; an axis given another rule **replaces** its built-in scaling: the rule acts on the unscaled bands (base
+10000 for Cosmos, Kandinsky's ``max_period``). The built-in rules themselves are computed
 the way the host computes them (Cosmos: ``1 / (10000 lam)^(2j/d)`` in float32; Kandinsky: the host's angles divided
 by the factor), so ``apply_rule(model, **builtin_rules(model))``-style calls reproduce diffusers bit-exactly, also on
 a model built without the scaling.
@@ -157,6 +158,13 @@ class CosmosStyle(Adapter):
                     lam = host_lam[i] if rule.name == "none" else _ntk_lambda(rule, d)
                     b = _cosmos_bands(d, _COSMOS_BASE * lam, dev)
                     new64 = rope_freqs(d, _COSMOS_BASE * lam)
+                elif rule.name == "riflex":  # RIFLEx lowers one band of the model's own RoPE: on the NTK-scaled bands
+                    if i == 0 and step != 1.0:
+                        rule = _scaled_lengths(rule, step)
+                    base = _COSMOS_BASE * host_lam[i]
+                    theta64 = rope_freqs(d, base)
+                    new64 = adjust_bands(theta64, rule, base, d)
+                    b = merge_bands(_cosmos_bands(d, base, dev), theta64, new64)
                 else:  # the rule replaces the built-in NTK: it acts on the unscaled bands
                     if i == 0 and rule.name in ("riflex", "yarn") and step != 1.0:
                         rule = _scaled_lengths(rule, step)
@@ -277,6 +285,17 @@ class KandinskyStyle(Adapter):
                     table = host if length == host.shape[0] else _kandinsky_table(
                         _kandinsky_freq(d, theta, cur.device), length).to(cur.dtype)
                     handle.last_bands[AXES[i]] = theta64 / float(new_sf[i])
+                elif r.name == "riflex":  # one band of the model's own RoPE lowered: the interpolation stays
+                    own64 = theta64 / float(new_sf[i])
+                    new64 = adjust_bands(own64, r, theta, d)
+                    changed = (new64 != own64).to(cur.device)
+                    host_freq = _kandinsky_freq(d, theta, cur.device)
+                    # the host divides the gathered angles by the factor: band k's frequency times it, the rest kept
+                    freq = torch.where(changed, (new64 * float(new_sf[i])).to(device=cur.device, dtype=torch.float32),
+                                       host_freq)
+                    table = host if not bool(changed.any()) and length == host.shape[0] else _kandinsky_table(
+                        freq, length).to(cur.dtype)
+                    handle.last_bands[AXES[i]] = new64
                 else:  # the rule replaces the call's interpolation on this axis
                     new64 = adjust_bands(theta64, r, theta, d)
                     freq = merge_bands(_kandinsky_freq(d, theta, cur.device), theta64, new64)
