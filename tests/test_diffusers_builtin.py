@@ -431,3 +431,16 @@ def test_kandinsky_riflex_on_an_interpolated_axis_changes_only_band_k_of_its_own
     h_pos = torch.arange(40).repeat_interleave(3).repeat(2).float()
     assert torch.allclose(flat[:, 2, 0, 0], (h_pos * want[0].float()).cos(), atol=1e-6)
     assert _same(_k_call(model, pos, sf), own)
+
+
+def test_a_training_length_below_one_rope_position_is_refused_naming_it():
+    """train_height=1 latent pixel on a patch-2 host is 0 RoPE positions: the error names the argument and the patch
+    (it used to surface as ScalingRule's 'train_len must be ... got 0.0')."""
+    torch.manual_seed(0)
+    model = diffusers.ChronoEditTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=1, attention_head_dim=24, in_channels=2, out_channels=2,
+        text_dim=8, freq_dim=8, ffn_dim=8, num_layers=1).eval()
+    with pytest.raises(ValueError, match=r"train_height=1 is 0 RoPE positions \(height patch 2\)"):
+        vd.apply_rule(model, space="ntk", train_height=1, train_width=4)
+    with pytest.raises(ValueError, match=r"height=1 is 0 RoPE positions \(height patch 2\)"):
+        vd.apply_rule(model, space="ntk", height=1, train_height=4, train_width=4)

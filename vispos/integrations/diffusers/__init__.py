@@ -146,6 +146,10 @@ def _build_axes(adapter: Adapter, model, pipe, time, space, lengths, units, vae_
         f = t_vae if a == 0 else s_vae
         target = _positions(adapter, model, a, vals[a], units, f, names[a])
         train = _positions(adapter, model, a, vals[3 + a], units, f, names[3 + a])
+        for v, n, pos in ((vals[a], names[a], target), (vals[3 + a], names[3 + a], train)):
+            if pos is not None and not pos > 0:  # refused here, not at the host's first call
+                raise ValueError(f"{n}={v} is {pos:g} RoPE positions ({adapter.axes[a]} patch "
+                                 f"{adapter.patch(model)[a]}): give at least one patch")
         if isinstance(rules[a], TimeAware):
             subs = [_rule_in_positions(r, adapter, model, a, units, f) for r in rules[a].rules]
             rule = replace(rules[a], high_noise=subs[0], low_noise=subs[1])
