@@ -1,6 +1,7 @@
 """Cosmos and Kandinsky 5 / 6 (built-in RoPE scaling as vispos rules), ChronoEdit and LTX-2's video stream: rules
 off bit-identical to diffusers, RIFLEx equal to the formula on their own RoPE, the built-in scaling reproduced
 bit-exactly as vispos rules and replaceable, undo bit-exact. Tiny random configs built here (CPU, no downloads)."""
+import json
 import math
 
 import pytest
@@ -444,3 +445,37 @@ def test_a_training_length_below_one_rope_position_is_refused_naming_it():
         vd.apply_rule(model, space="ntk", train_height=1, train_width=4)
     with pytest.raises(ValueError, match=r"height=1 is 0 RoPE positions \(height patch 2\)"):
         vd.apply_rule(model, space="ntk", height=1, train_height=4, train_width=4)
+
+
+@pytest.mark.parametrize("fps", [None, 16, 30])
+@torch.no_grad()
+def test_cosmos_N_picks_the_same_k_in_vispos_riflex_with_time_step(fps, capsys):
+    """Cosmos's temporal position of latent frame i is i * base_fps / fps: `vispos riflex --time-step base_fps/fps`
+    on the model's own bands (base 10000 * rope_scale^(d/(d-2))) picks the k apply_rule picks for the same N (latent
+    frames), and says whether RIFLEx acts, for the checked mode too. At 16 fps, N = 12 is band 2 (band 1 without the
+    step)."""
+    from vispos.cli import main
+    from vispos.integrations.diffusers.report import riflex_table
+
+    torch.manual_seed(0)
+    model = diffusers.CosmosTransformer3DModel(
+        in_channels=2, out_channels=2, num_attention_heads=1, attention_head_dim=48, num_layers=1, text_embed_dim=8,
+        adaln_lora_dim=4, max_size=(128, 4, 4), patch_size=(1, 1, 1), rope_scale=(2.0, 1.0, 1.0),
+        concat_padding_mask=False, extra_pos_embed_type=None).eval()
+    d, base = model.rope.dim_t, 10000.0 * model.rope.t_ntk_factor
+    step = 1.0 if fps is None else 24 / fps
+    frames = 100
+    x = torch.zeros(1, 2, frames, 1, 1)
+    own = rope_freqs(d, base) * step  # per latent frame
+    for N, mode in ((5, "unchecked"), (12, "unchecked"), (30, "checked"), (60, "checked"), (90, "checked")):
+        with vd.apply_rule(model, time={"name": "riflex", "N": N, "mode": mode}, num_frames=frames) as h:
+            model.rope(x, fps=fps)
+            moved = [j + 1 for j in range(d // 2) if h.last_bands["time"][j] != pytest.approx(own[j].item(), rel=1e-12)]
+        rep = riflex_table(base=base, dim=d, train_frames=10, frames=frames, N=N, mode=mode, time_step=step)
+        assert moved == ([rep["k"]] if rep["applied"] else []), (N, mode)
+        assert main(["riflex", "--base", repr(base), "--dim", str(d), "--train-frames", "10", "--frames", str(frames),
+                     "--N", str(N), "--mode", mode, "--time-step", repr(step), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["k"] == rep["k"]
+    if fps == 16:
+        assert riflex_table(base=base, dim=d, train_frames=10, frames=frames, N=12, time_step=step)["k"] == 2
+        assert riflex_table(base=base, dim=d, train_frames=10, frames=frames, N=12)["k"] == 1

@@ -43,6 +43,9 @@ def add_riflex_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vae-temporal", type=int, default=None, help="VAE temporal compression (default: the host's)")
     p.add_argument("--gamma", type=float, default=0.9, help="RIFLEx factor (0.9 official code, 1.0 paper)")
     p.add_argument("--frame-rate", type=float, default=25.0, help="LTX-Video only: frame rate given to the pipeline")
+    p.add_argument("--time-step", type=float, default=1.0,
+                   help="temporal RoPE positions per latent frame (Cosmos with fps: base_fps / fps, e.g. 1.5 at 16 "
+                        "fps); lengths and N stay in latent frames, as in apply_rule (default: 1)")
     p.add_argument("--all", action="store_true", help=f"print every component (default: at most {_COMPACT} rows "
                                                       "around k)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -98,7 +101,7 @@ def run_riflex(args) -> int:
     train, note_t = _to_latent(args.train_frames, args.train_pixel_frames, vae_t)
     rep = riflex_table(
         args.model_class, frames=frames, train_frames=train, N=args.N, k=args.k, base=args.base, dim=args.dim,
-        gamma=args.gamma, frame_rate=args.frame_rate, mode=args.mode, vae_t=vae_t,
+        gamma=args.gamma, frame_rate=args.frame_rate, mode=args.mode, vae_t=vae_t, time_step=args.time_step,
     )
     rep["notes"] = [n for n in (note_f, note_t) if n]
     text = json.dumps(rep, indent=2) if args.json else "\n".join(_lines(rep, args.gamma, args.all))

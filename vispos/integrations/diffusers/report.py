@@ -30,6 +30,7 @@ def riflex_table(
     model_class: Optional[str] = None, frames: Optional[float] = None, train_frames: Optional[float] = None,
     N: Optional[float] = None, k: Optional[int] = None, base: Optional[float] = None, dim: Optional[int] = None,
     gamma: float = 0.9, frame_rate: float = 25.0, mode: str = "checked", vae_t: Optional[int] = None,
+    time_step: float = 1.0,
 ) -> dict:
     """The RIFLEx report for a host's temporal axis.
 
@@ -41,7 +42,13 @@ def riflex_table(
     (:data:`vispos.freqs.RIFLEX_MODES`). The report's lengths are in temporal RoPE positions (``ceil(F / p_t)``);
     ``unit`` and ``p_t`` say which; ``acts_from_video_frames`` is the first video length the rule changes RoPE at
     (``None``: every length), ``extension`` the paper's guidance (about 2x training-free, 3x fine-tuned).
+    ``time_step``: temporal RoPE positions per latent frame, for hosts whose positions are not frame indices (Cosmos
+    with ``fps``: ``base_fps / fps``); the lengths are converted as ``apply_rule`` converts them (``* time_step``), so
+    the same ``N`` picks the same ``k`` (b^(-2j/d) bands with a temporal patch of 1 only).
     """
+    if isinstance(time_step, bool) or not isinstance(time_step, (int, float)) or not (
+            math.isfinite(time_step) and time_step > 0):
+        raise ValueError(f"time_step must be a positive number of RoPE positions per latent frame, got {time_step!r}")
     if model_class is None:
         if base is None or dim is None or train_frames is None:
             raise ValueError("without --model-class, give --base, --dim and --train-frames")
@@ -60,15 +67,21 @@ def riflex_table(
         source = f"released: {host.source}; here base {b:g}, dim {d}"
     L = float(train_frames) if train_frames is not None else float(host.train)
     p_t = host.p_t
-    L_pos, L2_pos = _positions(L, p_t), _positions(float(frames), p_t)
-    N_pos = None if N is None else _positions(float(N), p_t)
+    if time_step != 1.0 and (host.bands == "ltx" or p_t != 1):
+        raise ValueError(f"time_step is for b^(-2j/d) bands with one latent frame per position; {model_class} has "
+                         f"{'LTX bands (use --frame-rate)' if host.bands == 'ltx' else f'a temporal patch of {p_t}'}")
+    L_pos, L2_pos = _positions(L, p_t) * time_step, _positions(float(frames), p_t) * time_step
+    N_pos = None if N is None else _positions(float(N), p_t) * time_step
     if host.bands == "ltx":
         step = vt / frame_rate * p_t / host.base_num_frames
         rep = bands_report(ltx_bands(b, d, step), L_pos, L2_pos, N=N_pos, k=k, gamma=gamma, mode=mode)
         rep.update(base=b, dim=d, frame_rate=frame_rate, bands_per_axis=d // 6)
     else:
         rep = riflex_report(b, d, L_pos, L2_pos, N=N_pos, k=k, gamma=gamma, mode=mode)
-    if mode == "checked":
+    if mode == "checked" and time_step != 1.0:
+        lat = math.floor(rep["N_k"] / time_step) + 1  # the first latent length L with L * time_step > N_k
+        acts = dict(acts_from_latent_frames=lat, acts_from_video_frames=(lat - 1) * vt + 1)
+    elif mode == "checked":
         lat = int(rep["N_k"]) * p_t + 1  # the first latent length with ceil(F / p_t) > N_k
         acts = dict(acts_from_latent_frames=lat, acts_from_video_frames=(lat - 1) * vt + 1)
     else:
@@ -77,7 +90,9 @@ def riflex_table(
     limit = FINETUNED_MAX if mode == "finetune" else TRAINING_FREE_MAX
     rep.update(
         model_class=model_class, source=source, p_t=p_t, vae_t=vt,
-        unit="latent frames" if p_t == 1 else f"temporal RoPE positions (1 position = {p_t} latent frames)",
+        unit=(f"temporal RoPE positions (1 latent frame = {time_step:g} positions)" if time_step != 1.0
+              else "latent frames" if p_t == 1 else f"temporal RoPE positions (1 position = {p_t} latent frames)"),
+        time_step=time_step,
         train_frames_latent=L, frames_latent=float(frames), **acts,
         extension=dict(ratio=ratio, training_free_max=TRAINING_FREE_MAX, finetuned_max=FINETUNED_MAX,
                        beyond_guidance=ratio > limit),
