@@ -479,3 +479,16 @@ def test_cosmos_N_picks_the_same_k_in_vispos_riflex_with_time_step(fps, capsys):
     if fps == 16:
         assert riflex_table(base=base, dim=d, train_frames=10, frames=frames, N=12, time_step=step)["k"] == 2
         assert riflex_table(base=base, dim=d, train_frames=10, frames=frames, N=12)["k"] == 1
+
+
+@torch.no_grad()
+def test_time_aware_rules_on_a_video_host_are_refused_at_apply_rule_naming_why():
+    """TimeAware reads the transformer call's timestep on the image-DiT adapters only: the video adapters used to
+    accept it and fail at the first transformer call with 'call the transformer, not its rope module'."""
+    ta = vd.TimeAware("pi", "ntk_base")
+    models = [_cosmos((2.0, 1.0, 1.0)), _kandinsky("Kandinsky6Transformer3DModel"), _chronoedit(), _ltx2()]
+    for model in models:
+        for kw in (dict(space=ta, train_height=4, train_width=4), dict(time=ta, train_frames=4)):
+            with pytest.raises(ValueError, match=r"TimeAware .* does not read the denoising timestep .* ids-style"):
+                vd.apply_rule(model, **kw)
+        assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())

@@ -139,6 +139,12 @@ def _build_axes(adapter: Adapter, model, pipe, time, space, lengths, units, vae_
     names = ("num_frames", "height", "width", "train_frames", "train_height", "train_width")
     vals = [check_len(v, n) for v, n in zip(lengths, names)]
     rules = axis_rules(time, space)
+    if any(isinstance(r, TimeAware) for r in rules) and getattr(adapter, "timestep_scale", None) is None:
+        # the adapters that read the transformer call's timestep say how it maps to the noise level
+        readers = ", ".join(a.name for a in ADAPTERS if getattr(a, "timestep_scale", None) is not None)
+        raise ValueError(f"a TimeAware rule switches with the denoising step, but the {adapter.name} adapter "
+                         f"({type(model).__name__}) does not read the denoising timestep (the adapters that do: "
+                         f"{readers}): give one rule per axis")
     t_vae, s_vae = vae_scale_of(adapter.vae, pipe, vae_scale) if units == "pixel" else (1, 1)
     ncomp = adapter.n_components(model)
     axes = []
