@@ -100,3 +100,42 @@ def test_from_patch_coord_names_truncation_and_missing_valid():
     with pytest.raises(ValueError, match="pass patch_valid"):
         PackedLayout.from_patch_coord(batch["patch_coord"])
     assert PackedLayout.from_patch_coord(batch["patch_coord"], batch["patch_valid"]).shapes == ((4, 6), (2, 3))
+
+
+# ---- the packed rel-pos one-hot key table follows the configurable table-cache bound -----------------------------
+def test_packed_onehot_cache_follows_the_table_cache_bound():
+    """The ``(B, N, W)`` one-hot key columns of packed ``rel_decomposed`` were kept for the last 64 layouts whatever
+    ``set_table_cache_size`` said (a NaFlex run, a new layout every batch: B=256, N=1024, W=64 fp32 is 64 MB an
+    entry, 4 GB for 64). They now follow the module-level bound, least recently used first, and 0 disables them."""
+    from vispos.grid import PackedLayout
+    from vispos.ops import attention as A
+    from vispos.pe.base import set_table_cache_size
+
+    pe = vispos.build_pe("rel_decomposed", dim=32, num_heads=2, depth=1, grid=(4, 4), num_prefix=1)
+    with torch.no_grad():
+        for p in pe.parameters():
+            p.normal_()
+
+    def run(layout):
+        q = torch.randn(layout.batch_size, 2, layout.num_tokens, 16)
+        return A.sdpa(q, q, q, pe.attn_bias(q, layout, 0), layout=layout)
+
+    layouts = [PackedLayout([(2, 1 + i), (3, 2)], 1) for i in range(6)]
+    old = set_table_cache_size(3)
+    try:
+        A._ONEHOT_CACHE.clear()
+        with torch.no_grad():
+            for L in layouts:
+                run(L)
+                assert len(A._ONEHOT_CACHE) <= 3
+            assert len(A._ONEHOT_CACHE) == 3
+            run(layouts[3])  # a hit: most recent now, so layouts[4] is the next one evicted
+            run(PackedLayout([(1, 1), (3, 2)], 1))
+            kept = {k[0] for k in A._ONEHOT_CACHE}
+            assert layouts[3] in kept and layouts[5] in kept and layouts[4] not in kept
+            set_table_cache_size(0)
+            out = run(layouts[0])
+            assert len(A._ONEHOT_CACHE) == 0 and out.isfinite().all()
+    finally:
+        set_table_cache_size(old)
+        A._ONEHOT_CACHE.clear()

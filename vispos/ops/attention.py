@@ -18,6 +18,7 @@ bias; padding queries attend to the valid keys of their sample, so every output 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -120,13 +121,18 @@ def packed_bias_width(layout: PackedLayout) -> int:
     return max(sum(s) for s in layout.shapes)
 
 
-_ONEHOT_CACHE: "dict" = {}
+#: one-hot key columns per (layout, width, device): an LRU bounded by the table-cache bound
+#: (:func:`vispos.pe.base.set_table_cache_size`; 0 disables it), as the PEs' own per-layout tables
+_ONEHOT_CACHE: "OrderedDict" = OrderedDict()
 
 
 def _packed_onehot(layout: PackedLayout, width: int, device: str) -> torch.Tensor:
+    from ..pe.base import get_table_cache_size
+
     key = (layout, width, device)
     hit = _ONEHOT_CACHE.get(key)
     if hit is not None:
+        _ONEHOT_CACHE.move_to_end(key)
         return hit
     if width < packed_bias_width(layout):
         raise ValueError(f"PackedDecomposedBias: rel has {width} columns, the layout's grids need "
@@ -143,9 +149,11 @@ def _packed_onehot(layout: PackedLayout, width: int, device: str) -> torch.Tenso
             stride *= g.shape[a]
             out[ix[:, None], (P + m)[None, :], (offs[a] + c)[None, :]] = 1.0
     out = out.to(device)
-    if len(_ONEHOT_CACHE) >= 64:  # bounded: drop the oldest entry
-        _ONEHOT_CACHE.pop(next(iter(_ONEHOT_CACHE)))
-    _ONEHOT_CACHE[key] = out
+    bound = get_table_cache_size()
+    if bound:
+        _ONEHOT_CACHE[key] = out
+    while len(_ONEHOT_CACHE) > bound:  # least recently used first
+        _ONEHOT_CACHE.popitem(last=False)
     return out
 
 
