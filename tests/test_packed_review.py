@@ -139,3 +139,21 @@ def test_packed_onehot_cache_follows_the_table_cache_bound():
     finally:
         set_table_cache_size(old)
         A._ONEHOT_CACHE.clear()
+
+
+# ---- a conv patch embedding with dynamic_img_pad pads height and width as timm -----------------------------------
+@pytest.mark.parametrize("kw,pe", [(dict(), "ape"), (dict(rope_type="axial", pos_embed="none"), "rope_axial")],
+                         ids=["ape", "rope_axial"])
+def test_conv_embed_dynamic_pad_matches_timm(kw, pe):
+    """``embed_proj_type='conv', dynamic_img_pad=True`` at 50x70 (pads 14 rows, 10 columns to a 4x5 grid): the
+    vispos host padded the width by the height's amount and the other way round (a 3x5 grid)."""
+    torch.manual_seed(0)
+    ref = timm.create_model("naflexvit_base_patch16_gap", pos_embed_grid_size=(4, 4), embed_proj_type="conv",
+                            dynamic_img_pad=True, **TINY, **kw).eval()
+    tp.randomise(ref)
+    ours = install_pe(copy.deepcopy(ref), pe, convert=True).eval()
+    x = torch.randn(2, 3, 50, 70)
+    with torch.no_grad():
+        feats = ours.forward_intermediates(x, indices=1, intermediates_only=True)[0]
+        assert feats.shape[-2:] == (4, 5)
+        assert _rel(ours(x), ref(x)) < 1e-5

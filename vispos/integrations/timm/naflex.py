@@ -270,7 +270,7 @@ class _NaFlexHooks(_ModelHooks):
             if e.dynamic_img_pad:
                 ph, pw = e.patch_size
                 H, W = x.shape[-2:]
-                x = F.pad(x, (0, (ph - H % ph) % ph, 0, (pw - W % pw) % pw))
+                x = F.pad(x, (0, (pw - W % pw) % pw, 0, (ph - H % ph) % ph))  # (left, right, top, bottom)
             x = e.proj(x)
             grid = tuple(x.shape[-2:])
             x = x.flatten(2).transpose(1, 2)
