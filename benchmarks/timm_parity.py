@@ -89,11 +89,18 @@ ROWS: List[Row] = [
     Row("NaFlexViT, MAP pool", "naflexvit_base_patch16_map", "ape", dict(_NAF), rect=(48, 96)),
     Row("NaFlexViT, aspect-preserving APE", "naflexvit_base_patch16_par_gap", "ape", dict(_NAF), rect=(48, 96)),
     Row("NaFlexViT, factorized APE", "naflexvit_base_patch16_gap", "ape", dict(_NAF, pos_embed="factorized"),
-        rect=(48, 96), pe_kwargs=dict(mode="bilinear")),
+        rect=(48, 96)),
     Row("NaFlexViT, factorized aspect-preserving APE", "naflexvit_base_patch16_parfac_gap", "ape", dict(_NAF),
-        rect=(48, 96), pe_kwargs=dict(mode="bilinear")),
-    Row("NaFlexViT SigLIP (bilinear table)", "naflexvit_base_patch16_siglip", "ape", dict(_NAF), rect=(48, 96),
-        pe_kwargs=dict(mode="bilinear")),
+        rect=(48, 96)),
+    Row("NaFlexViT SigLIP (bilinear table)", "naflexvit_base_patch16_siglip", "ape", dict(_NAF), rect=(48, 96)),
+    Row("NaFlexViT C-RADIOv3 (align_corners table)", "naflexvit_base_patch16_radio_v3", "ape", dict(_NAF),
+        rect=(48, 96)),
+    Row("NaFlexViT, grid_sample APE (bicubic)", "naflexvit_base_patch16_gap", "ape",
+        dict(_NAF, pos_embed_use_grid_sample=True), rect=(48, 96)),
+    Row("NaFlexViT, grid_sample aspect-preserving APE", "naflexvit_base_patch16_par_gap", "ape",
+        dict(_NAF, pos_embed_use_grid_sample=True), rect=(48, 96)),
+    Row("NaFlexViT, grid_sample factorized APE", "naflexvit_base_patch16_parfac_gap", "ape",
+        dict(_NAF, pos_embed_use_grid_sample=True), rect=(48, 96)),
     Row("NaFlexViT from ViT (use_naflex)", "vit_base_patch16_224", "ape", dict(_VIT, img_size=64, use_naflex=True),
         rect=(48, 96)),
     Row("NaFlexViT, RoPE axial", "naflexvit_base_patch16_gap", "rope_axial",
@@ -198,6 +205,10 @@ def _member(m) -> str:
             opts.append(f"mode={m.mode}")
         if getattr(m, "ar_preserving", False):
             opts.append("ar_preserving=True")
+        if m.align_corners:
+            opts.append("align_corners=True")
+        if m.grid_sample:
+            opts.append("grid_sample=True")
     if m.name in ("rope_axial", "vope"):
         b = sorted(set(m.bases))
         opts.append(f"base={b[0]:g}" if len(b) == 1 else f"bases={m.bases}")

@@ -47,9 +47,10 @@ def test_radio_v3_align_corners_table_reproduced(caplog):
     with torch.no_grad():
         assert _rel(ours(batch), ref(batch)) < 1e-5
         assert _rel(ours(x), ref(x)) < 1e-5
-    # without the option the difference is reported (and real)
+    # overriding the host's align_corners (taken from it by default) is reported (and real)
     with caplog.at_level(logging.WARNING):
-        other = install_pe(copy.deepcopy(ref), "ape", dict(mode="bilinear", antialias=False), convert=True).eval()
+        other = install_pe(copy.deepcopy(ref), "ape", dict(mode="bilinear", antialias=False, align_corners=False),
+                           convert=True).eval()
     assert any("align_corners=True" in r.getMessage() and "pe_kwargs align_corners=True" in r.getMessage()
                for r in caplog.records)
     with torch.no_grad():

@@ -3,6 +3,7 @@ mixed NaFlex batch (each sample's valid outputs = the sample alone), what is not
 
 Parity of every NaFlexViT PE type with timm (standard batch, rectangular batch, mixed NaFlex batch) is in the parity
 matrix (tests/test_timm_parity.py, rows "NaFlexViT ...")."""
+import copy
 import importlib.util
 import logging
 import sys
@@ -70,7 +71,7 @@ def test_standard_batch_and_patch_input_forms_agree():
 
 @pytest.mark.parametrize("kw,pe,pk", [(dict(), "ape", None), (dict(rope_type="mixed", pos_embed="none"), "rope_mixed", None),
                                       (dict(rope_type="axial"), ["ape", "rope_axial"], None),
-                                      (dict(pos_embed="factorized"), "ape", dict(mode="bilinear"))],
+                                      (dict(pos_embed="factorized"), "ape", None)],
                          ids=["ape", "rope_mixed", "ape+rope_axial", "factorized"])
 def test_checkpoint_round_trips(tmp_path, kw, pe, pk):
     """A timm NaFlexViT checkpoint -> vispos (create_model(checkpoint_path=), load_state_dict) gives timm's outputs;
@@ -167,29 +168,78 @@ def test_grad_checkpointing_same_outputs():
     assert m.pe.parameters().__next__().grad is not None
 
 
-@pytest.mark.parametrize("kw,what", [
-    (dict(pos_embed="factorized"), "mode='bilinear'"),  # reproduced with that option (parity matrix)
-    (dict(rope_type="mrope", rope_mrope_section=(4, 6, 6), pos_embed="none"), "RotaryEmbeddingMRope"),
-    (dict(pos_embed_use_grid_sample=True), "grid_sample"),
-    (dict(pos_embed_align_corners=True), "align_corners"),
+@pytest.mark.parametrize("kw,pk,what", [
+    (dict(rope_type="mrope", rope_mrope_section=(4, 6, 6), pos_embed="none"), None, "RotaryEmbeddingMRope"),
+    # a user option that overrides the host's table rule is reported, naming timm's setting and the fix
+    (dict(pos_embed_use_grid_sample=True), dict(grid_sample=False), "pos_embed_use_grid_sample=True"),
+    (dict(pos_embed_interp_mode="bilinear"), dict(mode="bicubic"), "pe_kwargs mode='bilinear'"),
 ])
-def test_unreproduced_timm_pe_is_a_warning(caplog, kw, what):
+def test_unreproduced_timm_pe_is_a_warning(caplog, kw, pk, what):
     pe = "rope_axial" if "rope_type" in kw else "ape"
     with caplog.at_level(logging.WARNING, logger="vispos.integrations.timm"):
-        install_pe(_ref(**kw), pe, convert=True)
+        install_pe(_ref(**kw), pe, pk, convert=True)
     assert any(what in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
 
 
-def test_reproduced_table_settings_warn_nothing():
-    """Aspect-preserving tables are reproduced on this host; SigLIP's bilinear table with pe_kwargs mode='bilinear'
-    (without it, the warning names the option)."""
-    par = install_pe(timm.create_model("naflexvit_base_patch16_par_gap", **TINY), "ape")
-    assert par._vispos_unreproduced == () and par.pe.ar_preserving
-    kw = dict(TINY)
-    sig = install_pe(timm.create_model("naflexvit_base_patch16_siglip", **kw), "ape", dict(mode="bilinear"))
-    assert sig._vispos_unreproduced == ()
-    plain = install_pe(timm.create_model("naflexvit_base_patch16_siglip", **kw), "ape")
-    assert any("mode='bilinear'" in w for w in plain._vispos_unreproduced)
+@pytest.mark.parametrize("name,kw,want", [
+    ("naflexvit_base_patch16_par_gap", dict(), dict(ar_preserving=True)),
+    ("naflexvit_base_patch16_siglip", dict(), dict(mode="bilinear")),
+    ("naflexvit_base_patch16_gap", dict(pos_embed="factorized"), dict(mode="bilinear", antialias=False)),
+    ("naflexvit_base_patch16_radio_v3", dict(), dict(mode="bilinear", align_corners=True, ar_preserving=True)),
+    ("naflexvit_base_patch16_gap", dict(pos_embed_use_grid_sample=True), dict(mode="bicubic", grid_sample=True)),
+    ("naflexvit_base_patch16_parfac_gap", dict(pos_embed_use_grid_sample=True), dict(mode="bilinear")),
+])
+def test_table_settings_taken_from_the_host_without_options(caplog, name, kw, want):
+    """The host's table rule becomes the ape's options with no pe_kwargs (SigLIP's bilinear, factorized bilinear,
+    C-RADIOv3's align_corners, grid_sample read-out, aspect preservation); nothing is reported, and the converted
+    model gives timm's outputs on a mixed NaFlex batch and an image batch."""
+    torch.manual_seed(0)
+    ref = timm.create_model(name, **{**TINY, **kw}).eval()
+    tp.randomise(ref)
+    with caplog.at_level(logging.WARNING, logger="vispos.integrations.timm"):
+        ours = install_pe(copy.deepcopy(ref), "ape", convert=True).eval()
+    assert ours._vispos_unreproduced == () and not caplog.records, [r.getMessage() for r in caplog.records]
+    assert {k: getattr(ours.pe, k) for k in want} == want
+    batch = tp.naflex_batch(ref, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(2, 3, 48, 96)
+    with torch.no_grad():
+        assert _rel(ours(batch), ref(batch)) < 1e-5 and _rel(ours(x), ref(x)) < 1e-5
+
+
+def test_ape_grid_sample_reads_like_timm():
+    """grid_sample_abs_pe is F.grid_sample at the cell centres with border padding; it differs from interpolate in
+    antialias and nearest; ape(grid_sample=True) uses it on packed batches only."""
+    from vispos.grid import PackedLayout
+    from vispos.pe.absolute import grid_sample_abs_pe, resample_abs_pe
+
+    t = torch.randn(1, 1 + 16, 8)
+    got = grid_sample_abs_pe(t, (3, 6), (4, 4), 1, "bicubic")
+    ys, xs = (torch.arange(3) * 2 + 1) / 3 - 1, (torch.arange(6) * 2 + 1) / 6 - 1
+    g = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1)[None]
+    want = torch.nn.functional.grid_sample(t[:, 1:].reshape(1, 4, 4, 8).permute(0, 3, 1, 2), g, mode="bicubic",
+                                           padding_mode="border", align_corners=False)
+    torch.testing.assert_close(got[:, 1:], want.flatten(2).transpose(1, 2))
+    assert torch.equal(got[:, :1], t[:, :1])
+    # no antialias (timm's NaFlex default antialias=True differs on downsampled axes), nearest rounds to the centre
+    torch.testing.assert_close(got, resample_abs_pe(t, (3, 6), (4, 4), 1, "bicubic"))
+    assert (got - resample_abs_pe(t, (3, 6), (4, 4), 1, "bicubic", antialias=True)).abs().max() > 1e-2
+    assert (grid_sample_abs_pe(t, (7, 3), (4, 4), 1, "nearest")
+            - resample_abs_pe(t, (7, 3), (4, 4), 1, "nearest")).abs().max() > 1e-2
+    torch.testing.assert_close(grid_sample_abs_pe(t, (3, 6), (4, 4), 1, "bilinear", align_corners=True),
+                               resample_abs_pe(t, (3, 6), (4, 4), 1, "bilinear", align_corners=True))
+    pe = vispos.build_pe("ape", dim=8, grid=(4, 4), antialias=True, grid_sample=True)
+    coord = torch.stack(torch.meshgrid(torch.arange(3), torch.arange(6), indexing="ij"), -1).reshape(1, 18, 2)
+    x = torch.zeros(1, 18, 8)
+    with torch.no_grad():
+        packed = pe.forward_tokens(x, PackedLayout.from_patch_coord(coord, torch.ones(1, 18, dtype=torch.bool)))
+        torch.testing.assert_close(packed, grid_sample_abs_pe(pe.pos_embed, (3, 6), (4, 4), 0, "bicubic"))
+        torch.testing.assert_close(pe.forward_tokens(x, (3, 6)),
+                                   resample_abs_pe(pe.pos_embed, (3, 6), (4, 4), antialias=True))
+    assert "grid_sample=True" in repr(pe)
+    with pytest.raises(ValueError, match="grid_sample"):
+        vispos.build_pe("ape", dim=8, grid=(4, 4), mode="area", grid_sample=True)
+    with pytest.raises(TypeError, match="grid_sample"):
+        vispos.build_pe("ape", dim=8, grid=(4, 4), grid_sample=1)
 
 
 def test_bad_inputs_named_before_work():

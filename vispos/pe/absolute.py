@@ -33,6 +33,8 @@ __all__ = [
     "RESAMPLE_MODES",
     "SINCOS_STYLES",
     "resample_abs_pe",
+    "grid_sample_abs_pe",
+    "GRID_SAMPLE_MODES",
     "build_sincos_1d",
     "build_sincos_2d",
     "build_sincos_3d",
@@ -62,6 +64,57 @@ def _grid(shape, name: str, ndims=(2, 3)) -> Tuple[int, ...]:
 # ---------------------------------------------------------------------------------------------------------------
 # resampling
 # ---------------------------------------------------------------------------------------------------------------
+#: modes of :func:`grid_sample_abs_pe` (``F.grid_sample``'s)
+GRID_SAMPLE_MODES = ("bilinear", "bicubic", "nearest")
+
+
+def grid_sample_abs_pe(
+    table: torch.Tensor,
+    new_grid: Sequence[int],
+    old_grid: Sequence[int],
+    num_prefix: int = 0,
+    mode: str = "bilinear",
+    align_corners: bool = False,
+) -> torch.Tensor:
+    """Read a 2D learned table at the cell centres of another grid with ``F.grid_sample`` (timm NaFlex
+    ``pos_embed_use_grid_sample``): cell ``c`` of an axis of length ``n`` is at the normalised coordinate
+    ``(2c + 1) / n - 1`` (``align_corners=True``: ``2c / max(n - 1, 1) - 1``), sampled with ``mode`` and border
+    padding, no antialias.
+
+    Differs from :func:`resample_abs_pe` in antialias (none here: a downsampled table keeps its high frequencies)
+    and in ``nearest``'s rounding (the nearest cell centre here, ``floor`` there); bilinear and bicubic without
+    antialias give the same values up to float rounding. Same arguments and output layout as :func:`resample_abs_pe` (prefix
+    rows kept, float32 work, cast back once); equal grids are sampled too (values equal the table's up to
+    rounding), as timm does.
+    """
+    if not isinstance(table, torch.Tensor) or table.dim() != 3 or table.shape[0] != 1:
+        got = tuple(table.shape) if isinstance(table, torch.Tensor) else type(table).__name__
+        raise ValueError(f"table must have shape (1, rows, C), got {got}")
+    new_grid, old_grid = _grid(new_grid, "new_grid"), _grid(old_grid, "old_grid")
+    if len(new_grid) != 2 or len(old_grid) != 2:
+        raise ValueError(f"grid_sample reads 2D tables, got new_grid {new_grid}, old_grid {old_grid}")
+    if isinstance(num_prefix, bool) or not isinstance(num_prefix, int) or num_prefix < 0:
+        raise ValueError(f"num_prefix must be an int >= 0, got {num_prefix!r}")
+    if table.shape[1] != num_prefix + math.prod(old_grid):
+        raise ValueError(f"table has {table.shape[1]} rows, but old_grid {old_grid} with {num_prefix} prefix rows "
+                         f"needs {num_prefix + math.prod(old_grid)}")
+    if mode not in GRID_SAMPLE_MODES:
+        raise ValueError(f"grid_sample mode must be one of {GRID_SAMPLE_MODES}, got {mode!r}")
+    C = table.shape[-1]
+    work = table[:, num_prefix:] if table.dtype == torch.float64 else table[:, num_prefix:].float()
+    src = work.reshape(1, *old_grid, C).permute(0, 3, 1, 2)  # (1, C, H, W)
+
+    def axis(n):
+        c = torch.arange(n, device=table.device, dtype=src.dtype)
+        return 2.0 * c / max(n - 1, 1) - 1.0 if align_corners else (2.0 * c + 1.0) / n - 1.0
+
+    gy, gx = torch.meshgrid(axis(new_grid[0]), axis(new_grid[1]), indexing="ij")
+    where = torch.stack([gx, gy], dim=-1)[None]  # (1, H', W', 2), grid_sample's (x, y) order
+    out = F.grid_sample(src, where, mode=mode, padding_mode="border", align_corners=bool(align_corners))
+    out = out.flatten(2).transpose(1, 2).to(table.dtype)
+    return torch.cat([table[:, :num_prefix], out], dim=1)
+
+
 def resample_abs_pe(
     table: torch.Tensor,
     new_grid: Sequence[int],
@@ -450,14 +503,21 @@ class _TokenPE(PositionalEmbedding):
         if x.shape[-1] != self.dim:
             raise ValueError(f"{self.name}: x has {x.shape[-1]} channels, this PE was built for dim={self.dim}")
         if isinstance(layout, PackedLayout):
-            if layout.uniform is None:
+            if layout.uniform is None or self._packed_always:
                 return x + self._packed_table(layout, x)
             layout = layout.uniform
         return x + self.full_table(layout, x.shape[0], x.dtype, x.device)
 
+    #: read per-sample tables even when every sample of a packed batch has one grid (``ape(grid_sample=True)``)
+    _packed_always = False
+
+    def _group_table(self, g: GridLayout, n: int, x: torch.Tensor) -> torch.Tensor:
+        """The table of one grid group of a packed batch (``n`` samples)."""
+        return self.full_table(g, n, x.dtype, x.device)
+
     def _packed_table(self, layout: PackedLayout, x: torch.Tensor) -> torch.Tensor:
         groups = layout.groups()
-        tabs = [self.full_table(g, len(idx), x.dtype, x.device) for g, idx in groups]
+        tabs = [self._group_table(g, len(idx), x) for g, idx in groups]
         C = x.shape[-1]
         if all(t.shape[0] == 1 for t in tabs):  # deterministic tables: one gather
             rows = torch.cat([t[0] for t in tabs] + [tabs[0].new_zeros(1, C)], dim=0)
@@ -492,6 +552,11 @@ class AbsolutePE(_TokenPE):
             where the table is resampled with ``mode``. Draws come from torch's global generator (seeded runs
             repeat).
         init_std: truncated-normal std of the table (0.02, as timm).
+        grid_sample: 2D only. On per-sample (:class:`~vispos.grid.PackedLayout`) batches, read every sample's
+            table with ``F.grid_sample`` at its cell centres (:func:`grid_sample_abs_pe`, ``mode`` bilinear /
+            bicubic / nearest, ``align_corners``, no antialias) -- timm NaFlex ``pos_embed_use_grid_sample`` --
+            instead of resampling the table to the sample's grid; also for a packed batch of one grid. Image
+            batches (:class:`~vispos.grid.GridLayout`) still resample (timm's image path). Default off.
 
     Parameter ``pos_embed (1, rows, C)``, ``rows = (num_prefix if embed_prefix else 0) + prod(grid)``.
 
@@ -521,6 +586,7 @@ class AbsolutePE(_TokenPE):
         fuzzy: float = 0.0,
         init_std: float = 0.02,
         align_corners: bool = False,
+        grid_sample: bool = False,
         device=None,
         dtype=None,
     ):
@@ -543,6 +609,12 @@ class AbsolutePE(_TokenPE):
         if align_corners and mode not in ("bicubic", "bilinear", "trilinear"):
             raise ValueError(f"ape: align_corners works with modes 'bicubic', 'bilinear' and 'trilinear', got "
                              f"mode={mode!r}")
+        if not isinstance(grid_sample, bool):
+            raise TypeError(f"ape: grid_sample must be a bool, got {grid_sample!r}")
+        if grid_sample and (len(self.grid) != 2 or mode not in GRID_SAMPLE_MODES):
+            raise ValueError(f"ape: grid_sample=True reads 2D tables with modes {GRID_SAMPLE_MODES}, got grid "
+                             f"{self.grid}, mode={mode!r}")
+        self.grid_sample = grid_sample
         if crop_aug and len(self.grid) != 2:
             raise ValueError(f"crop_aug (RO-ViT cropped PE) is 2D-only, got a {len(self.grid)}-D grid {self.grid}")
         if crop_aug:
@@ -583,8 +655,16 @@ class AbsolutePE(_TokenPE):
     # ---- a host's absolute table (see vispos.pe.host) -----------------------------------------------------------
     @classmethod
     def options_from_host(cls, host) -> dict:
-        """The host's prefix convention (rows for prefix tokens or not) and its resampling antialias."""
+        """The host's prefix convention (rows for prefix tokens or not) and its table resampling: ``antialias``,
+        and ``mode`` / ``align_corners`` / ``grid_sample`` where the host states them (timm NaFlexViT:
+        ``pos_embed_interp_mode``, ``pos_embed_align_corners``, ``pos_embed_use_grid_sample``; ViT / EVA hosts
+        state bicubic, the default)."""
         out = dict(antialias=bool(host.resample.get("antialias", False)))
+        if "mode" in host.resample:
+            out["mode"] = host.resample["mode"]
+        for k in ("align_corners", "grid_sample"):
+            if host.resample.get(k):
+                out[k] = True
         if host.num_prefix:
             out["embed_prefix"] = bool(host.prefix_in_table)
         return out
@@ -649,11 +729,32 @@ class AbsolutePE(_TokenPE):
             raise ValueError(f"ape: the table has rows for {self.num_prefix} prefix tokens, the layout has "
                              f"{layout.num_prefix} (use embed_prefix=False for a variable number)")
 
-    def get_table(self, grid: Sequence[int]) -> torch.Tensor:
-        """``pos_embed`` resampled to ``grid``: ``(1, table_prefix + prod(grid), C)`` (cached, see class doc)."""
+    def _sample(self, table: torch.Tensor, grid, sampled: bool) -> torch.Tensor:
+        if sampled:
+            return grid_sample_abs_pe(table, grid, self.grid, self.table_prefix, self.mode, self.align_corners)
+        return resample_abs_pe(table, grid, self.grid, self.table_prefix, self.mode, self.antialias,
+                               self.align_corners)
+
+    def get_table(self, grid: Sequence[int], sampled: bool = False) -> torch.Tensor:
+        """``pos_embed`` resampled to ``grid``: ``(1, table_prefix + prod(grid), C)`` (cached, see class doc).
+        ``sampled=True`` (the per-sample path of ``grid_sample=True``): read by :func:`grid_sample_abs_pe`, at the
+        training grid too."""
         grid = _grid(grid, "grid")
         if len(grid) != len(self.grid):
             raise ValueError(f"ape was built for {len(self.grid)}-D grids, got grid {grid}")
+        if sampled:
+            if torch.compiler.is_compiling() or (torch.is_grad_enabled() and self.pos_embed.requires_grad):
+                return self._sample(self.pos_embed, grid, True)
+            key = ("grid_sample", grid, self.pos_embed.device, self.pos_embed.dtype)
+            version = self.pos_embed._version
+            cache = self._table_cache()
+            hit = cache.get(key)
+            if hit is not None and hit[0] == version:
+                cache.move_to_end(key)
+                return hit[1]
+            out = self._sample(self.pos_embed.detach(), grid, True)
+            self._cache_put(key, (version, out))
+            return out
         if torch.compiler.is_exporting():  # no early-out that specialises the exported graph to one grid
             return resample_abs_pe(self.pos_embed, grid, self.grid, self.table_prefix, self.mode, self.antialias,
                                    self.align_corners)
@@ -674,12 +775,20 @@ class AbsolutePE(_TokenPE):
         self._cache_put(key, (version, out))
         return out
 
+    @property
+    def _packed_always(self) -> bool:
+        return self.grid_sample
+
+    def _group_table(self, g, n: int, x: torch.Tensor) -> torch.Tensor:
+        return self.full_table(g, n, x.dtype, x.device, sampled=self.grid_sample)
+
     def full_table(self, layout, batch_size: Optional[int] = None, dtype: Optional[torch.dtype] = None,
-                   device=None):
+                   device=None, sampled: bool = False):
         """PE for every token of ``layout``: ``(1, N, C)``, or ``(B, N, C)`` with crop augmentation in training.
 
         Prefix tokens get their rows (``embed_prefix``) or zeros. ``device`` is ignored (the table lives with
-        ``pos_embed``).
+        ``pos_embed``). ``sampled``: the table read by grid_sample (see ``grid_sample``) outside training
+        augmentation.
         """
         layout = as_layout(layout)
         self._check(layout)
@@ -696,7 +805,7 @@ class AbsolutePE(_TokenPE):
             t = fuzzy_sample_abs_pe(self.pos_embed, self.grid, layout.shape, batch_size, self.fuzzy,
                                     self.table_prefix)
         else:
-            t = self.get_table(layout.shape)
+            t = self.get_table(layout.shape, sampled=True) if sampled else self.get_table(layout.shape)
         if dtype is not None:
             t = t.to(dtype)
         if not self.embed_prefix and layout.num_prefix:
@@ -707,7 +816,8 @@ class AbsolutePE(_TokenPE):
         return (f"dim={self.dim}, grid={self.grid}, num_prefix={self.num_prefix}, embed_prefix={self.embed_prefix}, "
                 f"mode={self.mode!r}, antialias={self.antialias}, crop_aug={self.crop_aug}"
                 + (f", fuzzy={self.fuzzy:g}" if self.fuzzy else "")
-                + (", align_corners=True" if self.align_corners else ""))
+                + (", align_corners=True" if self.align_corners else "")
+                + (", grid_sample=True" if self.grid_sample else ""))
 
 
 class SinCosPE(_TokenPE):

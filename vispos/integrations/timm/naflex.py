@@ -71,12 +71,15 @@ def _resample_settings(e) -> Dict[str, Any]:
     """How timm resamples this model's table at another grid. Factorized tables are resampled linearly per axis
     (no antialias, ``align_corners=False``) and summed: on their full table ``y[h] + x[w]`` that is exactly
     bilinear resampling (the weights of each axis sum to one), so a vispos ``ape`` with ``mode="bilinear"``,
-    ``antialias=False`` reproduces them."""
+    ``antialias=False`` reproduces them. Their grid_sample variant (``pos_embed_use_grid_sample``) samples each axis
+    linearly at the cell centres ``(2c + 1) / n - 1`` with border clamping: the same values, so it needs nothing
+    else. A learned table's grid_sample read-out is ``ape(grid_sample=True)``."""
     if e.pos_embed_type == "factorized" or e.pos_embed_y is not None:
         return dict(mode="bilinear", antialias=False, ar_preserving=bool(e.pos_embed_ar_preserving),
                     align_corners=False)
     return dict(mode=e.pos_embed_interp_mode, antialias=bool(e.pos_embed_antialias),
-                ar_preserving=bool(e.pos_embed_ar_preserving), align_corners=bool(e.pos_embed_align_corners))
+                ar_preserving=bool(e.pos_embed_ar_preserving), align_corners=bool(e.pos_embed_align_corners),
+                grid_sample=bool(e.pos_embed_use_grid_sample))
 
 
 def _factorized(y: torch.Tensor, x: torch.Tensor, source: str) -> HostTable:
@@ -137,23 +140,19 @@ def checkpoint_roles(model: NaFlexVit, sd: dict, prefix: str) -> Dict[str, Any]:
 
 def unreproduced_settings(model: NaFlexVit, pe: nn.Module, host: HostPE) -> list:
     """What the PE member that took timm's learned table does not reproduce of timm's resampling of it (the
-    options it has for it: ``mode``, ``antialias``, ``ar_preserving``, ``align_corners``), and timm settings no
-    vispos PE reproduces (``pos_embed_use_grid_sample``)."""
-    e = model.embeds
+    options it has for it: ``mode``, ``antialias``, ``ar_preserving``, ``align_corners``, ``grid_sample``)."""
     out = []
     owner = host.taken.get("abs_table")
     if owner is not None:
         member = dict(pe.named_modules(prefix="pe")).get(owner.rsplit(".", 1)[0])
         for k, v in host.resample.items():
-            have = getattr(member, k, False if k in ("ar_preserving", "align_corners") else None)
+            have = getattr(member, k, False if k in ("ar_preserving", "align_corners", "grid_sample") else None)
             if have != v:
                 hint = (f" (build it with pe_kwargs {k}={v!r})" if member is not None and hasattr(member, k)
                         else " (the vispos table has no such option)")
-                out.append(f"{owner.rsplit('.', 1)[0]}: timm pos_embed_{'interp_mode' if k == 'mode' else k}={v!r}, "
+                timm_name = dict(mode="interp_mode", grid_sample="use_grid_sample").get(k, k)
+                out.append(f"{owner.rsplit('.', 1)[0]}: timm pos_embed_{timm_name}={v!r}, "
                            f"the vispos table has {k}={have!r}{hint}")
-        if e.pos_embed_use_grid_sample:
-            out.append("timm pos_embed_use_grid_sample=True (NaFlex tables read with grid_sample) has no vispos "
-                       "equivalent; vispos resamples the table per grid")
     return out
 
 
@@ -166,12 +165,12 @@ class _AspectPreservingTable:
 
     ar_preserving = True
 
-    def get_table(self, grid):
+    def get_table(self, grid, sampled: bool = False):
         grid = tuple(int(g) for g in grid)
-        if len(grid) != 2 or grid == tuple(self.grid):
-            return super().get_table(grid)
+        if len(grid) != 2 or (grid == tuple(self.grid) and not sampled):
+            return super().get_table(grid, sampled)
         side = max(grid)
-        table = super().get_table((side, side))
+        table = super().get_table((side, side), sampled)
         p = self.table_prefix
         patch = table[:, p:].reshape(1, side, side, -1)[:, :grid[0], :grid[1]].reshape(1, grid[0] * grid[1], -1)
         return torch.cat([table[:, :p], patch], dim=1)
