@@ -492,3 +492,20 @@ def test_time_aware_rules_on_a_video_host_are_refused_at_apply_rule_naming_why()
             with pytest.raises(ValueError, match=r"TimeAware .* does not read the denoising timestep .* ids-style"):
                 vd.apply_rule(model, **kw)
         assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@torch.no_grad()
+def test_ltx2_with_a_single_band_per_axis_is_refused_at_apply_rule():
+    """dim 6 is one LTX band per axis: refused when the rule is applied (it used to be accepted and raise at the
+    first forward); the rule none is still accepted."""
+    torch.manual_seed(0)
+    model = diffusers.LTX2VideoTransformer3DModel(
+        in_channels=2, out_channels=2, num_attention_heads=1, attention_head_dim=6, cross_attention_dim=6,
+        audio_in_channels=2, audio_out_channels=2, audio_num_attention_heads=1, audio_attention_head_dim=12,
+        audio_cross_attention_dim=12, num_layers=1, caption_channels=8).eval()
+    with pytest.raises(ValueError, match=r"dim 6 has a single band per axis: rules need 2"):
+        vd.apply_rule(model, time={"name": "riflex", "k": 1}, num_frames=30)
+    assert not model.rope._forward_hooks
+    coords = model.rope.prepare_video_coords(1, 4, 2, 2, "cpu", fps=24.0)
+    with vd.apply_rule(model, time="none"):
+        assert _same(model.rope(coords, device="cpu"), model.rope(coords, device="cpu"))

@@ -523,6 +523,9 @@ class LTX2VideoStyle(Adapter):
 
     def install(self, handle, model, pipe):
         rope = model.rope
+        if rope.dim // 6 < 2 and any(ax.active for ax in handle.axes.values()):
+            raise ValueError(f"{type(rope).__name__} with dim {rope.dim} has a single band per axis: rules need 2 "
+                             "(an inner dim of at least 12)")
         self._verify(rope)
         sig = inspect.signature(type(rope).forward)
 
