@@ -12,7 +12,7 @@ of each, so both see the same load of a shared machine), on CUDA with ``triton.t
 ``--rounds`` alternations); forward (``eval()``, no grad) and forward+backward (``train()``). Prints a Markdown
 table with the ratio ``packed / single``; ``--out`` writes ``packed.json`` and ``packed.md`` there.
 
-    .venv/bin/python benchmarks/packed.py --device cpu --threads 1
+    .venv/bin/python benchmarks/packed.py --device cpu --threads 1 [--mix padded]
     .venv/bin/python benchmarks/packed.py --device cuda --out $OUT/packed
 """
 from __future__ import annotations
@@ -36,8 +36,11 @@ from vispos.bench import Timer
 from vispos.grid import GridLayout, PackedLayout
 
 PES = ("ape", "rope_axial", "rel_decomposed")
-#: 4 grid sizes with (almost) the token count of 14x14 = 196
+#: ``--mix equal``: 4 grid sizes with the token count of 14x14 = 196 (no padding)
 MIXED = ((14, 14), (12, 16), (16, 12), (7, 28))
+#: ``--mix padded``: 4 grid sizes of 196, 180, 169 and 180 patches, padded to 196 slots (8 % of the slots padding)
+MIXED_PADDED = ((14, 14), (12, 15), (13, 13), (10, 18))
+MIXES = {"equal": MIXED, "padded": MIXED_PADDED}
 SINGLE = (14, 14)
 
 
@@ -121,8 +124,11 @@ def main(argv=None):
     p.add_argument("--min-time", type=float, default=1.0, help="seconds of timing per measurement")
     p.add_argument("--rounds", type=int, default=3, help="blocks of alternating calls (CPU) / alternations (CUDA)")
     p.add_argument("--pe", action="append", choices=PES, help="only these PEs (repeatable)")
+    p.add_argument("--mix", choices=tuple(MIXES), default="equal",
+                   help="equal: 4 grids of 196 patches each; padded: 196/180/169/180 patches padded to 196 slots")
     p.add_argument("--out", default=None, help="folder for packed.json / packed.md")
     args = p.parse_args(argv)
+    mixed = MIXES[args.mix]
     if args.batch <= 0 or args.batch % len(MIXED):
         p.error(f"--batch must be a positive multiple of {len(MIXED)}, got {args.batch}")
     device = torch.device(args.device)
@@ -130,7 +136,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     timer = Timer(device, args.threads, args.min_time)
     single = GridLayout(SINGLE, 1)
-    packed = PackedLayout([MIXED[b % len(MIXED)] for b in range(args.batch)], num_prefix=1)
+    packed = PackedLayout([mixed[b % len(mixed)] for b in range(args.batch)], num_prefix=1, length=math.prod(SINGLE))
     assert packed.num_tokens == single.num_tokens, (packed, single)
     rows = []
     for name in args.pe or PES:
@@ -149,7 +155,7 @@ def main(argv=None):
                   f"{rows[-1]['packed_ms']:8.2f} ms  ratio {rows[-1]['ratio']:.3f}", flush=True)
     env = dict(rounds=args.rounds, min_time=args.min_time, torch=torch.__version__, python=platform.python_version(), device=str(device), dtype=str(dtype),
                threads=args.threads, batch=args.batch, dim=args.dim, heads=args.heads, depth=args.depth,
-               mixed=[list(s) for s in MIXED], single=list(SINGLE), tokens=single.num_tokens,
+               mix=args.mix, mixed=[list(s) for s in mixed], single=list(SINGLE), tokens=single.num_tokens,
                cpu=platform.processor() or platform.machine(),
                gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None)
     md = ["| PE | mode | single grid ms | packed 4 grids ms | packed / single |", "|---|---|---|---|---|"]
