@@ -111,6 +111,11 @@ ROWS: List[Row] = [
         dict(_NAF, rope_type="mixed", pos_embed="none"), rect=(48, 96)),
     Row("NaFlexViT, DINOv3 RoPE", "naflexvit_base_patch16_gap", "rope_axial",
         dict(_NAF, rope_type="dinov3", rope_rotate_half=True, pos_embed="none"), rect=(48, 96)),
+    Row("NaFlexViT, MRoPE (interleaved, rope_type='mrope')", "naflexvit_base_patch16_gap", "rope_axial",
+        dict(_NAF, rope_type="mrope", rope_mrope_section=(4, 6, 6), pos_embed="none"), rect=(48, 96)),
+    Row("NaFlexViT, APE + MRoPE, head_dim 64 (GenLIP sections 8, 12, 12)", "naflexvit_base_patch16_gap",
+        ["ape", "rope_axial"], dict(_NAF, num_heads=1, rope_type="mrope", rope_mrope_section=(8, 12, 12)),
+        rect=(48, 96)),
     Row("NaFlexViT from EVA-02 (use_naflex)", "eva02_tiny_patch14_224", ["ape", "rope_axial"],
         dict(_EVA, img_size=56, use_naflex=True), (56, 56), (42, 70)),
 ]
@@ -210,6 +215,10 @@ def _member(m) -> str:
         if m.grid_sample:
             opts.append("grid_sample=True")
     if m.name in ("rope_axial", "vope"):
+        if getattr(m, "allocation", "chunked") != "chunked":
+            opts.append(f"allocation={m.allocation}, dims={m.dims}")
+            if m.rotary_dim != sum(m.dims):
+                opts.append(f"rotary_dim={m.rotary_dim}")
         b = sorted(set(m.bases))
         opts.append(f"base={b[0]:g}" if len(b) == 1 else f"bases={m.bases}")
         if m.periods is not None:

@@ -169,7 +169,7 @@ def test_grad_checkpointing_same_outputs():
 
 
 @pytest.mark.parametrize("kw,pk,what", [
-    (dict(rope_type="mrope", rope_mrope_section=(4, 6, 6), pos_embed="none"), None, "RotaryEmbeddingMRope"),
+    (dict(rope_type="mixed", pos_embed="none"), None, "RotaryEmbeddingMixed"),  # replaced by an axial RoPE
     # a user option that overrides the host's table rule is reported, naming timm's setting and the fix
     (dict(pos_embed_use_grid_sample=True), dict(grid_sample=False), "pos_embed_use_grid_sample=True"),
     (dict(pos_embed_interp_mode="bilinear"), dict(mode="bicubic"), "pe_kwargs mode='bilinear'"),
@@ -273,3 +273,46 @@ def test_features_only_and_save_for_hf_round_trip(tmp_path):
         assert [tuple(f.shape) for f in feats(x)] == [(2, 64, 3, 4)] * 2
         assert type(back).__name__ == "VisposNaFlexVit"
         assert torch.equal(back(x), m(x)) and torch.equal(back(batch), m(batch))
+
+
+@pytest.mark.parametrize("heads,section", [(2, (4, 6, 6)), (1, (8, 12, 12)), (2, (2, 4, 4))])
+def test_mrope_converts_exactly_on_a_mixed_batch(caplog, heads, section):
+    """rope_type='mrope' (timm RotaryEmbeddingMRope) -> rope_axial(allocation='mrope_interleaved') on the 2D grid, no
+    options: timm's outputs to 1e-5 on a standard and a mixed NaFlex batch; clamped sections (head_dim 64, GenLIP's
+    (8, 12, 12): 11 h, 10 w pairs) and short ones (t pairs beyond the interleave) included; nothing reported."""
+    torch.manual_seed(0)
+    ref = timm.create_model(NAME, **{**TINY, "num_heads": heads, "rope_type": "mrope",
+                                     "rope_mrope_section": section, "pos_embed": "none"}).eval()
+    tp.randomise(ref)
+    with caplog.at_level(logging.WARNING, logger="vispos.integrations.timm"):
+        ours = install_pe(copy.deepcopy(ref), "rope_axial", convert=True).eval()
+    assert ours._vispos_unreproduced == () and not caplog.records, [r.getMessage() for r in caplog.records]
+    axis = tuple(ref.rope.axis.tolist())
+    assert ours.pe.allocation == "mrope_interleaved" and ours.pe.dims == (2 * axis.count(1), 2 * axis.count(2))
+    batch = tp.naflex_batch(ref, generator=torch.Generator().manual_seed(4))
+    x = torch.randn(2, 3, 48, 96)
+    with torch.no_grad():
+        assert _rel(ours(batch), ref(batch)) < 1e-5 and _rel(ours(x), ref(x)) < 1e-5
+
+
+def test_mrope_interleaved_2d_table_is_timms():
+    """The 2D table: pair j turns by base^(-2j/R) times the row (j % 3 == 1), column (j % 3 == 2) or 0 (t); half
+    pairing; equal to timm RotaryEmbeddingMRope.get_embed; bad sections named."""
+    from timm.layers.pos_embed_sincos import RotaryEmbeddingMRope
+
+    from vispos.pe.rope import AxialRoPE, interleaved_axes_2d
+
+    timm_rope = RotaryEmbeddingMRope(32, mrope_section=(4, 6, 6))
+    pe = AxialRoPE(32, allocation="mrope_interleaved", dims=(10, 10), base=10000.0, pairing="half")
+    cos, sin = pe.get_table((3, 5))
+    emb = timm_rope.get_embed((3, 5))
+    torch.testing.assert_close(sin, emb[:, :16])
+    torch.testing.assert_close(cos, emb[:, 32:48])
+    assert interleaved_axes_2d(32, (10, 10)) == tuple(timm_rope.axis.tolist())
+    assert "allocation='mrope_interleaved'" in repr(pe)
+    with pytest.raises(ValueError, match="do not fit"):
+        AxialRoPE(32, allocation="mrope_interleaved", dims=(12, 12))
+    with pytest.raises(ValueError, match="rotary_dim"):
+        AxialRoPE(32, allocation="mrope_interleaved", dims=(10, 10), rotary_dim=16)
+    with pytest.raises(ValueError, match="3D"):
+        AxialRoPE(32, allocation="mrope", dims=(16, 16))

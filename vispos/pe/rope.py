@@ -108,7 +108,7 @@ def _load_ref_grid(module, state_dict, prefix, local_metadata, strict, missing_k
         module.ref_shape = ref
 
 __all__ = ["PRESETS", "default_axis_dims", "AxialRoPE", "MixedRoPE", "VoPE", "init_mixed_freqs", "dinov3_options",
-           "ALLOCATIONS", "allocation_axes", "allocation_angles", "allocation_plan", "diagonal_coords", "p_rope_keep",
+           "ALLOCATIONS", "allocation_axes", "interleaved_axes_2d", "allocation_angles", "allocation_plan", "diagonal_coords", "p_rope_keep",
            "init_mixed_allocation"]
 
 #: Per-axis rotary dims and bases of well-known video models (head dims 64 / 128 / 128).
@@ -192,6 +192,25 @@ def allocation_axes(allocation: str, dims: Sequence[int]) -> Tuple[int, ...]:
         return tuple(1 if (j % 3 == 1 and j < 3 * sh) else 2 if (j % 3 == 2 and j < 3 * sw) else 0
                      for j in range(n))
     return tuple(1 if j % 2 == 0 else 2 for j in range(sh + sw)) + (0,) * st
+
+
+def interleaved_axes_2d(rotary_dim: int, dims: Sequence[int]) -> Tuple[int, ...]:
+    """The axis (0 = t, 1 = h, 2 = w) of every pair ``j < rotary_dim / 2`` of the 2D interleaved M-RoPE: pair ``j``
+    is h if ``j % 3 == 1`` and it is one of the first ``s_h = d_h / 2`` such pairs, w likewise with ``j % 3 == 2``
+    and ``s_w = d_w / 2``, t otherwise -- on an image the t pairs sit at ``t = 0`` (unrotated). This is timm's
+    ``RotaryEmbeddingMRope`` (GenLIP, ``rope_type='mrope'``) and Qwen3-VL's layout with the image as frame 0; its
+    sections are the per-axis counts (timm's clamped ``mrope_section``). ``ValueError`` when the sections do not
+    fit in the ``rotary_dim / 2`` pairs."""
+    if len(dims) != 2:
+        raise ValueError(f"2D interleaved M-RoPE takes per-axis dims (d_h, d_w), got {tuple(dims)}")
+    n = rotary_dim // 2
+    sh, sw = dims[0] // 2, dims[1] // 2
+    fit_h, fit_w = len(range(1, n, 3)), len(range(2, n, 3))
+    if sh > fit_h or sw > fit_w:
+        raise ValueError(f"2D interleaved M-RoPE: dims {tuple(dims)} ({sh} h and {sw} w pairs) do not fit in "
+                         f"rotary_dim={rotary_dim} ({n} pairs hold at most {fit_h} h and {fit_w} w pairs: h on "
+                         f"j % 3 == 1, w on j % 3 == 2)")
+    return tuple(1 if (j % 3 == 1 and j < 3 * sh) else 2 if (j % 3 == 2 and j < 3 * sw) else 0 for j in range(n))
 
 
 def diagonal_coords(coords: torch.Tensor, shape: Sequence[int], stride: float) -> torch.Tensor:
@@ -392,7 +411,9 @@ class AxialRoPE(_RoPEBase):
         dtype: the cos/sin tables' dtype (default ``float32``; the angles are computed in float64 and the
             trigonometry in the angles' precision either way). ``float64`` tables make the rotation itself run
             in float64; low-precision tables (``bfloat16``) trade accuracy for memory.
-        allocation: which pairs carry which axis (:data:`ALLOCATIONS`; 3D only except ``chunked``): ``chunked``
+        allocation: which pairs carry which axis (:data:`ALLOCATIONS`; 3D only except ``chunked`` and the 2D
+            ``mrope_interleaved`` of :func:`interleaved_axes_2d`, timm ``RotaryEmbeddingMRope``: there
+            ``rotary_dim``, default ``head_dim``, also holds the t pairs, unrotated on an image): ``chunked``
             (default: per-axis blocks, own bands), ``mrope``, ``mrope_interleaved``, ``videorope``, ``hope``,
             ``headwise`` (see :func:`allocation_axes`, :func:`allocation_angles`). The non-chunked ones use one
             band set ``base^(-2j/R)`` (one base) and accept no scaling rules.
@@ -466,11 +487,20 @@ class AxialRoPE(_RoPEBase):
                 raise ValueError(f"per-axis rotary dims must be positive even ints, got dims={dims}")
         if sum(dims) > head_dim:
             raise ValueError(f"per-axis rotary dims {dims} sum to {sum(dims)}, more than head_dim={head_dim}")
-        if rotary_dim is not None and sum(dims) != rotary_dim:
+        # 2D interleaved M-RoPE: rotary_dim (default head_dim) also holds the t pairs, inert on an image
+        inert_t = allocation == "mrope_interleaved" and len(dims) == 2
+        if inert_t and rotary_dim is None:
+            rotary_dim = head_dim
+        if inert_t:
+            if isinstance(rotary_dim, bool) or not isinstance(rotary_dim, int) or rotary_dim % 2 or \
+                    not sum(dims) <= rotary_dim <= head_dim:
+                raise ValueError(f"2D interleaved M-RoPE needs an even rotary_dim in sum(dims)={sum(dims)}.."
+                                 f"head_dim={head_dim} (its t pairs included), got {rotary_dim!r}")
+        elif rotary_dim is not None and sum(dims) != rotary_dim:
             raise ValueError(f"per-axis rotary dims {dims} sum to {sum(dims)}, not rotary_dim={rotary_dim}")
         self.head_dim = head_dim
         self.dims = dims
-        self.rotary_dim = sum(dims)
+        self.rotary_dim = rotary_dim if inert_t else sum(dims)
         # half pairing with a partial rotary dim rotates x[..., :R] with pairs (j, j + R/2) (GPT-NeoX / LLaMA
         # partial-rotary layout) and passes x[..., R:] through
         self._partial_half = pairing == "half" and self.rotary_dim < head_dim
@@ -535,14 +565,18 @@ class AxialRoPE(_RoPEBase):
             raise ValueError(f"unknown allocation {allocation!r}; expected one of {ALLOCATIONS}")
         nd = len(self.dims)
         if allocation != "chunked":
-            if nd != 3:
-                raise ValueError(f"allocation {allocation!r} is for 3D (t, h, w) grids, got dims {self.dims}")
+            if nd != 3 and not (nd == 2 and allocation == "mrope_interleaved"):
+                raise ValueError(f"allocation {allocation!r} is for 3D (t, h, w) grids (mrope_interleaved also 2D), "
+                                 f"got dims {self.dims}")
             if len(set(self.bases)) != 1:
                 raise ValueError(f"allocation {allocation!r} uses one band set: give one base, got {self.bases}")
             if any(r.name != "none" for r in self.rules):
                 raise ValueError(f"allocation {allocation!r} takes no scaling rules (they are defined per axis "
                                  f"block), got {[r.name for r in self.rules]}")
-            allocation_axes(allocation if allocation != "headwise" else "mrope", self.dims)  # validates the dims
+            if nd == 2:
+                interleaved_axes_2d(self.rotary_dim, self.dims)  # validates the dims
+            else:
+                allocation_axes(allocation if allocation != "headwise" else "mrope", self.dims)  # validates
         if allocation == "headwise" and (isinstance(num_heads, bool) or not isinstance(num_heads, int)
                                          or num_heads < 3):
             raise ValueError(f"allocation 'headwise' needs num_heads >= 3 (one group per axis), got {num_heads!r}")
@@ -664,6 +698,16 @@ class AxialRoPE(_RoPEBase):
         if self.augmenting:
             coords = self._augmented(coords, layout)
         width = self.rotary_dim // 2 if self._partial_half else self.head_dim // 2
+        if self.allocation != "chunked" and len(self.dims) == 2:  # 2D interleaved M-RoPE, t = 0
+            axes = torch.tensor(interleaved_axes_2d(self.rotary_dim, self.dims), device=coords.device)
+            theta = torch.tensor(F_.rope_freqs_list(self.rotary_dim, self.bases[0]), dtype=torch.float64,
+                                 device=coords.device)
+            if self.p_rope is not None:
+                theta = theta * torch.tensor(p_rope_keep(self.rotary_dim // 2, self.p_rope), dtype=torch.float64,
+                                             device=coords.device)
+            c = coords.to(torch.float64)
+            c = torch.cat([torch.zeros_like(c[:, :1]), c], dim=-1)
+            return rope_table(c[:, axes] * theta[None, :], layout.num_prefix, width, dtype=self.table_dtype)
         if self.allocation != "chunked":
             keep = p_rope_keep(self.rotary_dim // 2, self.p_rope) if self.p_rope is not None else None
             angles = allocation_angles(self.allocation, coords, layout.shape, self.dims, self.bases[0], stride,
@@ -749,6 +793,10 @@ class AxialRoPE(_RoPEBase):
 
     def extra_repr(self) -> str:
         extra = ""
+        if self.allocation != "chunked":
+            extra += f", allocation={self.allocation!r}"
+            if self.rotary_dim != sum(self.dims):
+                extra += f", rotary_dim={self.rotary_dim}"
         if self._perm != tuple(range(len(self._perm))):
             extra += f", axis_order={self.axis_order!r}"
         if any(self.grid_offset):
@@ -1122,8 +1170,9 @@ def axial_options_from_timm(rope) -> Tuple[dict, str]:
     Handles ``RotaryEmbeddingCat`` / ``RotaryEmbedding`` with index coordinates (EVA-02, naver RoPE-ViT, Perception
     Encoder, the ``_rope_reg`` models: base, pairing, ``grid_indexing``, ``grid_offset``, ``ref_feat_shape``) and
     ``RotaryEmbeddingDinoV3`` (every ``normalize_coords``, periods, offset, indexing), with their train-time
-    coordinate augmentation. Raises ``ValueError`` naming the setting for what vispos cannot reproduce (pixel-band
-    RoPE, ``in_pixels=True``; multimodal ``RotaryEmbeddingMRope``; anything else).
+    coordinate augmentation, and ``RotaryEmbeddingMRope`` (the interleaved multimodal RoPE on images,
+    ``allocation="mrope_interleaved"`` on the 2D grid, :func:`interleaved_axes_2d`). Raises ``ValueError`` naming
+    the setting for what vispos cannot reproduce (pixel-band RoPE, ``in_pixels=True``; anything else).
     """
     kind = type(rope).__name__
     if kind == "RotaryEmbeddingDinoV3":
@@ -1132,6 +1181,19 @@ def axial_options_from_timm(rope) -> Tuple[dict, str]:
                               grid_indexing=rope.grid_indexing, rotate_half=bool(rope.rotate_half),
                               **_timm_aug(rope))
         return {k: v for k, v in opts.items() if v is not None}, "timm RotaryEmbeddingDinoV3"
+    if kind == "RotaryEmbeddingMRope":
+        if getattr(rope, "grid_indexing", "ij") != "ij":
+            raise ValueError(f"timm RotaryEmbeddingMRope with grid_indexing={rope.grid_indexing!r} has no rope_axial "
+                             f"equivalent (timm itself supports 'ij' only)")
+        axis = tuple(int(a) for a in rope.axis.tolist())
+        dims = (2 * axis.count(1), 2 * axis.count(2))
+        rd = int(rope.dim)
+        if interleaved_axes_2d(rd, dims) != axis:
+            raise ValueError(f"timm RotaryEmbeddingMRope axis layout {axis} (mrope_section {rope.mrope_section}) is "
+                             f"not the interleaved h / w layout of rope_axial allocation='mrope_interleaved'")
+        opts = dict(allocation="mrope_interleaved", dims=dims, rotary_dim=rd, base=float(rope.temperature),
+                    pairing="half", coords="index", axis_order="ij", **_timm_aug(rope))
+        return opts, f"timm RotaryEmbeddingMRope (mrope_section={tuple(rope.mrope_section)})"
     if kind in ("RotaryEmbeddingCat", "RotaryEmbedding"):
         grid_type = getattr(rope, "grid_type", "pixel" if rope.in_pixels else "index")
         if rope.in_pixels or grid_type != "index":
