@@ -21,9 +21,9 @@ def test_docs_support_table_is_generated_from_the_installed_diffusers():
 
 
 def test_a_model_that_cannot_be_supported_gets_an_error_naming_why():
-    torch.manual_seed(0)
-    mochi = diffusers.MochiTransformer3DModel(
-        patch_size=1, num_attention_heads=1, attention_head_dim=12, num_layers=1, pooled_projection_dim=8,
-        in_channels=2, text_embed_dim=8, time_embed_dim=8, activation_fn="swiglu")
-    with pytest.raises(ValueError, match=r"MochiRoPE: learned per-head 3-D frequencies"):
-        vd.apply_rule(mochi, time={"name": "riflex", "k": 1}, num_frames=40)
+    from diffusers.models.transformers.transformer_cogview4 import CogView4RotaryPosEmbed
+
+    holder = torch.nn.Module()
+    holder.rope = CogView4RotaryPosEmbed(8, 2, (32, 32))
+    with pytest.raises(ValueError, match=r"CogView4RotaryPosEmbed: positions squeezed into a fixed"):
+        vd.apply_rule(holder, space="pi", height=40)

@@ -1542,11 +1542,12 @@ class QwenLayerStyle(QwenStyle):
 # --------------------------------------------------------------------------------------------------- table
 # adapters_builtin imports this module's base class and helpers, defined above
 from .adapters_builtin import ChronoEditStyle, CosmosStyle, KandinskyStyle, LTX2VideoStyle  # noqa: E402
+from .adapters_mochi import MochiStyle  # noqa: E402
 
 ADAPTERS: Tuple[Adapter, ...] = (HunyuanStyle(), WanStyle(), BandBufferStyle(), LTXStyle(), CogVideoXStyle(),
                                   AllegroStyle(), IdsStyle(), Ids4Style(), HunyuanImageStyle(), GlmImageStyle(),
                                   RopeEmbedderStyle(), QwenStyle(), QwenLayerStyle(),
-                                  CosmosStyle(), KandinskyStyle(), ChronoEditStyle(), LTX2VideoStyle())
+                                  CosmosStyle(), KandinskyStyle(), ChronoEditStyle(), LTX2VideoStyle(), MochiStyle())
 
 
 def find_adapter(model, pipe=None) -> Optional[Adapter]:

@@ -24,8 +24,6 @@ __all__ = ["REFUSED", "support_rows", "support_markdown"]
 
 #: why a RoPE layout that no adapter matches is not served (message text only)
 REFUSED: Dict[str, str] = {
-    "MochiRoPE": "learned per-head 3-D frequencies (`pos_frequencies` is a parameter mixing the axes): no per-axis "
-                 "bands for a rule to act on",
     "Kandinsky5RoPE1D": "1-D text RoPE: left unchanged (the transformer's visual 3-D RoPE is served, "
                         "kandinsky-style)",
     "Kandinsky6RoPE1D": "1-D text / audio RoPE: left unchanged (the transformer's visual 3-D RoPE is served, "
