@@ -43,6 +43,16 @@ class Released:
     base_num_frames: Optional[int] = None
 
 
+def _hooks_undo(hooks, handle):
+    """The undo of an adapter that acts only through torch hooks: remove them (last first), forget the timestep."""
+    def undo():
+        for h in reversed(hooks):
+            h.remove()
+        handle.sigma = None
+
+    return undo
+
+
 def _forward_params(module) -> List[str]:
     """Parameter names of the class's ``forward`` (without ``self``): the structure an adapter matches."""
     try:
@@ -922,12 +932,7 @@ class IdsStyle(Adapter):
 
         hooks.append(rope.register_forward_hook(post_hook, with_kwargs=True))
 
-        def undo():
-            for h in reversed(hooks):
-                h.remove()
-            handle.sigma = None
-
-        return undo
+        return _hooks_undo(hooks, handle)
 
 
 # ------------------------------------------------------------------------ image DiTs: four-axis ids (FLUX.2)
@@ -1001,12 +1006,7 @@ class Ids4Style(IdsStyle):
 
         hooks.append(rope.register_forward_hook(post_hook, with_kwargs=True))
 
-        def undo():
-            for h in reversed(hooks):
-                h.remove()
-            handle.sigma = None
-
-        return undo
+        return _hooks_undo(hooks, handle)
 
 
 # ---------------------------------------------------------------------- image DiTs: HunyuanImage-style
@@ -1106,12 +1106,7 @@ class HunyuanImageStyle(Adapter):
 
         hooks.append(rope.register_forward_hook(post_hook, with_kwargs=True))
 
-        def undo():
-            for h in reversed(hooks):
-                h.remove()
-            handle.sigma = None
-
-        return undo
+        return _hooks_undo(hooks, handle)
 
 
 def _same_pair(a, b) -> bool:
@@ -1203,12 +1198,7 @@ class GlmImageStyle(Adapter):
 
         hooks.append(rope.register_forward_hook(post_hook, with_kwargs=True))
 
-        def undo():
-            for h in reversed(hooks):
-                h.remove()
-            handle.sigma = None
-
-        return undo
+        return _hooks_undo(hooks, handle)
 
 
 # ---------------------------------------------------------------- image DiTs: RopeEmbedder (Z-Image style)
@@ -1459,12 +1449,7 @@ class QwenStyle(Adapter):
 
         hooks.append(rope.register_forward_hook(post_hook, with_kwargs=True))
 
-        def undo():
-            for h in reversed(hooks):
-                h.remove()
-            handle.sigma = None
-
-        return undo
+        return _hooks_undo(hooks, handle)
 
 
 # ----------------------------------------------------------------------- image DiTs: Qwen-Image layered
