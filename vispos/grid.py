@@ -102,8 +102,28 @@ def check_grid_shape(shape, name: str = "grid shape") -> Shape:
     return tuple(out)
 
 
+class _LayoutState:
+    """Per-forward state of a layout (its ``state`` field), shared by :class:`GridLayout` and :class:`PackedLayout`."""
+
+    def with_state(self, owner, value):
+        """This layout carrying ``value`` for ``owner`` (a PE module), replacing what ``owner`` attached before."""
+        kept = tuple((o, v) for o, v in self.state if o is not owner)
+        return replace(self, state=kept + ((owner, value),))
+
+    def state_of(self, owner, default=None):
+        """What ``owner`` attached with :meth:`with_state`, else ``default``."""
+        for o, v in self.state:
+            if o is owner:
+                return v
+        return default
+
+    def without_state(self):
+        """The same layout without per-forward state (what table caches key on)."""
+        return replace(self, state=()) if self.state else self
+
+
 @dataclass(frozen=True)
-class GridLayout:
+class GridLayout(_LayoutState):
     """Where the tokens of a sequence are.
 
     Args:
@@ -166,22 +186,6 @@ class GridLayout:
                 f"{self.num_prefix} prefix tokens has {self.num_tokens}"
             )
 
-    def with_state(self, owner, value) -> "GridLayout":
-        """This layout carrying ``value`` for ``owner`` (a PE module), replacing what ``owner`` attached before."""
-        kept = tuple((o, v) for o, v in self.state if o is not owner)
-        return replace(self, state=kept + ((owner, value),))
-
-    def state_of(self, owner, default=None):
-        """What ``owner`` attached with :meth:`with_state`, else ``default``."""
-        for o, v in self.state:
-            if o is owner:
-                return v
-        return default
-
-    def without_state(self) -> "GridLayout":
-        """The same layout without per-forward state (what table caches key on)."""
-        return replace(self, state=()) if self.state else self
-
     def with_shape(self, shape: Sequence[int]) -> "GridLayout":
         """The same prefix on another grid (explicit positions dropped)."""
         return GridLayout(tuple(shape), self.num_prefix)
@@ -203,7 +207,7 @@ def _sample_layout(s, num_prefix: int, b: int) -> GridLayout:
 
 
 @dataclass(frozen=True)
-class PackedLayout:
+class PackedLayout(_LayoutState):
     """Where the tokens of a batch are when every sample has its own grid (variable-resolution batches, NaFlex).
 
     Args:
@@ -392,23 +396,6 @@ class PackedLayout:
         if b != self.batch_size:
             raise ValueError(f"{what}: got a batch of {b} samples, but the packed layout has {self.batch_size} "
                              f"(one grid per sample)")
-
-    # ---- per-forward state (as GridLayout) ----------------------------------------------------------------------
-    def with_state(self, owner, value) -> "PackedLayout":
-        """This layout carrying ``value`` for ``owner`` (a PE module), replacing what ``owner`` attached before."""
-        kept = tuple((o, v) for o, v in self.state if o is not owner)
-        return replace(self, state=kept + ((owner, value),))
-
-    def state_of(self, owner, default=None):
-        """What ``owner`` attached with :meth:`with_state`, else ``default``."""
-        for o, v in self.state:
-            if o is owner:
-                return v
-        return default
-
-    def without_state(self) -> "PackedLayout":
-        """The same layout without per-forward state (what table caches key on)."""
-        return replace(self, state=()) if self.state else self
 
     def __repr__(self) -> str:
         return f"PackedLayout(shapes={list(self.shapes)}, num_prefix={self.num_prefix}, length={self.length})"
