@@ -43,6 +43,19 @@ class Released:
     base_num_frames: Optional[int] = None
 
 
+def _restore_wan_buffers(rope, hook, orig_cos, orig_sin):
+    """The undo of a Wan-style adapter: remove its hook and put the original ``freqs_cos`` / ``freqs_sin`` back
+    (the same tensors, or cast to where the model has moved since)."""
+    def undo():
+        hook.remove()
+        cur, cur_s = rope.freqs_cos, rope.freqs_sin
+        same = cur.dtype == orig_cos.dtype and cur.device == orig_cos.device
+        rope.freqs_cos = orig_cos if same else orig_cos.to(device=cur.device, dtype=cur.dtype)
+        rope.freqs_sin = orig_sin if same else orig_sin.to(device=cur_s.device, dtype=cur_s.dtype)
+
+    return undo
+
+
 def _hooks_undo(hooks, handle):
     """The undo of an adapter that acts only through torch hooks: remove them (last first), forget the timestep."""
     def undo():
@@ -309,14 +322,7 @@ class WanStyle(Adapter):
 
         hook = rope.register_forward_pre_hook(pre_hook, with_kwargs=True)
 
-        def undo():
-            hook.remove()
-            cur, cur_s = rope.freqs_cos, rope.freqs_sin
-            same = cur.dtype == orig_cos.dtype and cur.device == orig_cos.device
-            rope.freqs_cos = orig_cos if same else orig_cos.to(device=cur.device, dtype=cur.dtype)
-            rope.freqs_sin = orig_sin if same else orig_sin.to(device=cur_s.device, dtype=cur_s.dtype)
-
-        return undo
+        return _restore_wan_buffers(rope, hook, orig_cos, orig_sin)
 
 
 # ----------------------------------------------------------------------------------- Helios-style (bands)

@@ -30,7 +30,15 @@ import torch
 
 from ...freqs import ScalingRule, rope_freqs, rule_attention_factor
 from ...utils.checks import is_int, is_number
-from .adapters import Adapter, _coords_steps, _forward_params, _hidden_states, _ltx_merge, _wan_tables
+from .adapters import (
+    Adapter,
+    _coords_steps,
+    _forward_params,
+    _hidden_states,
+    _ltx_merge,
+    _restore_wan_buffers,
+    _wan_tables,
+)
 from .bands import adjust_bands, ltx_band_base, ltx_bands, merge_bands
 from .handle import AXES, RuleHandle
 
@@ -409,14 +417,7 @@ class ChronoEditStyle(Adapter):
 
         hook = rope.register_forward_pre_hook(pre_hook, with_kwargs=True)
 
-        def undo():
-            hook.remove()
-            cur, cur_s = rope.freqs_cos, rope.freqs_sin
-            same = cur.dtype == orig_cos.dtype and cur.device == orig_cos.device
-            rope.freqs_cos = orig_cos if same else orig_cos.to(device=cur.device, dtype=cur.dtype)
-            rope.freqs_sin = orig_sin if same else orig_sin.to(device=cur_s.device, dtype=cur_s.dtype)
-
-        return undo
+        return _restore_wan_buffers(rope, hook, orig_cos, orig_sin)
 
 
 # ------------------------------------------------------------------------------------------ LTX-2 video
